@@ -1,0 +1,7 @@
+"""`python -m gpt_scratch <stage>`: see gpt_scratch/cli.py."""
+
+import sys
+
+from gpt_scratch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""How fast is it? Training throughput and MFU, and generation with and without the KV cache.
+
+    python -m gpt_scratch bench                               # default preset, best device here
+    python -m gpt_scratch bench --preset gpt2 --device cuda   # GPT-2 small's shape on a GPU
+    figures = run_benchmarks("tiny", "cpu", steps=2, new_tokens=16, batch_size=None)
+
+Three measurements, all in the same run on the same machine:
+1. matmul peak: the FLOP/s this device reaches on one big square matrix product. It is the
+   practical ceiling for a transformer, whose work is almost all matrix products.
+2. training: the preset's GPT doing real optimizer steps (train.train_step: forward, backward,
+   clipping, AdamW) on random tokens -> tokens/s. Times the FLOPs one token costs gives the
+   achieved FLOP/s, and achieved / peak is the MFU (model FLOPs utilisation).
+3. generation: greedy decoding of one prompt, with the KV cache and without it.
+The model is randomly initialised: speed does not depend on what the weights have learned.
+"""
+
+import math
+import time
+from dataclasses import replace
+
+import torch
+
+from gpt_scratch.generate import generate
+from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.presets import PRESETS
+from gpt_scratch.train import TrainConfig, make_optimizer, pick_device, train_step
+
+WARMUP_STEPS = 2  # the first steps pay one-off costs (memory allocation, kernel selection)
+PROMPT_TOKENS = 8
+
+
+def synchronize(device: torch.device) -> None:
+    """GPU work runs asynchronously: wait for it before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def uses_bf16(device: torch.device) -> bool:
+    """The rule of train.autocast_for(device, "auto"): bf16 on a CUDA GPU that has it."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def measure_matmul_peak(device: torch.device, repeats: int = 5) -> tuple[float, str]:
+    """Best FLOP/s of an n x n matrix product (2 * n^3 FLOPs), in the dtype training computes in."""
+    n, dtype = (8192, torch.bfloat16) if uses_bf16(device) else (2048, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        began = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - began)
+    return 2 * n**3 / best, f"{str(dtype).removeprefix('torch.')} {n}x{n}"
+
+
+def flops_per_token(model: GPT) -> int:
+    """Training FLOPs per token, as in the PaLM paper's appendix B: 6 * N + 12 * L * C * T.
+
+    N counts the weights every token is multiplied by: all parameters except the embedding
+    tables (a lookup is not a matmul), plus the lm_head matrix even when it is tied to wte
+    (tied or not, each token is multiplied by it). Biases and LayerNorms are in N too: they
+    are a rounding error. Each weight costs 2 FLOPs (multiply, add) in the forward pass and
+    4 in the backward pass (gradients for the input and for the weight): 6 * N.
+    12 * L * C * T is attention itself: per layer and token, q @ k^T and weights @ v each take
+    C * T multiply-adds (2 * C * T FLOPs): 4 * C * T forward, three times that with backward.
+    """
+    c = model.config
+    n = model.num_parameters(exclude_embeddings=True)
+    if c.tie_weights:
+        n += c.vocab_size * c.n_embd
+    return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+def measure_training(model: GPT, cfg: TrainConfig, steps: int, device: torch.device) -> tuple[float, float]:
+    """Time `steps` real optimizer steps on a fixed random batch -> (tokens/s, seconds/step)."""
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    shape = (cfg.batch_size, model.config.block_size + 1)
+    tokens = torch.randint(0, model.config.vocab_size, shape, device=device)
+    batch = (tokens[:, :-1], tokens[:, 1:])  # the data pipeline is not what we time
+
+    for step in range(WARMUP_STEPS):
+        train_step(model, optimizer, lambda s, m: batch, step, cfg, device)
+    synchronize(device)
+    began, seen = time.perf_counter(), 0
+    for step in range(WARMUP_STEPS, WARMUP_STEPS + steps):
+        seen += train_step(model, optimizer, lambda s, m: batch, step, cfg, device)[1]
+    synchronize(device)
+    seconds = time.perf_counter() - began
+    return seen / seconds, seconds / steps
+
+
+def measure_generation(model: GPT, prompt: list[int], new_tokens: int, use_cache: bool,
+                       device: torch.device) -> tuple[float, list[int]]:
+    """Greedy decoding of one prompt -> (new tokens/s, the tokens)."""
+    # Warm up with the very same run: on a CPU, every new matrix shape (and the cache makes one per
+    # step) costs a one-off setup on first use, which can be 10x the time of the run itself.
+    generate(model, [prompt], new_tokens, use_cache=use_cache)
+    synchronize(device)
+    began = time.perf_counter()
+    tokens = generate(model, [prompt], new_tokens, use_cache=use_cache)[0]  # no eos_id: all steps run
+    synchronize(device)
+    return len(tokens) / (time.perf_counter() - began), tokens
+
+
+def si(value: float, unit: str) -> str:
+    """12_300_000_000, "FLOP/s" -> "12.3 GFLOP/s"."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {prefix}{unit}"
+    return f"{value:.1f} {unit}"
+
+
+def run_benchmarks(preset: str, device: str, steps: int, new_tokens: int, batch_size: int | None) -> dict:
+    """Measure, print a table, and return the figures (per second, FLOP/s, MFU as a fraction)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    if steps < 1 or new_tokens < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError(f"steps, new_tokens and batch_size must be at least 1, got {steps}, {new_tokens}, {batch_size}")
+    dev = pick_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA GPU is visible here; use auto or cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps: no Apple GPU is visible here; use auto or cpu")
+    torch.manual_seed(0)
+    settings = PRESETS[preset]
+    config = GPTConfig(vocab_size=settings["vocab_size"], **settings["model"])
+    cfg = TrainConfig(batch_size=batch_size or settings["pretrain"]["batch_size"], grad_accum=1,
+                      lr=settings["pretrain"]["lr"], warmup_steps=0, device=str(dev), dtype="auto")
+
+    peak, matmul_shape = measure_matmul_peak(dev)
+    model = GPT(config)
+    tokens_per_s, step_s = measure_training(model, cfg, steps, dev)
+    per_token = flops_per_token(model)
+    achieved = per_token * tokens_per_s
+
+    # A separate model whose context fits prompt + new tokens, so that every step really runs.
+    gen_config = replace(config, block_size=max(config.block_size, PROMPT_TOKENS + new_tokens))
+    gen_model = GPT(gen_config).to(dev)
+    prompt = torch.randint(0, config.vocab_size, (PROMPT_TOKENS,)).tolist()
+    cached_speed, cached_tokens = measure_generation(gen_model, prompt, new_tokens, True, dev)
+    uncached_speed, uncached_tokens = measure_generation(gen_model, prompt, new_tokens, False, dev)
+
+    figures = {
+        "preset": preset, "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "parameters": model.num_parameters(), "batch_size": cfg.batch_size, "block_size": config.block_size,
+        "matmul_flops": peak, "train_tokens_per_s": tokens_per_s, "train_step_s": step_s,
+        "flops_per_token": per_token, "train_flops": achieved, "mfu": achieved / peak,
+        "gen_cached_tokens_per_s": cached_speed, "gen_uncached_tokens_per_s": uncached_speed,
+        "kv_cache_speedup": cached_speed / uncached_speed, "same_tokens": cached_tokens == uncached_tokens,
+    }
+    print_table(figures, matmul_shape, steps, new_tokens)
+    return figures
+
+
+def print_table(f: dict, matmul_shape: str, steps: int, new_tokens: int) -> None:
+    gpu = f" ({torch.cuda.get_device_name()})" if f["device"].startswith("cuda") else ""
+    print(f"bench: preset {f['preset']} on {f['device']}{gpu}, torch {f['torch']}, {f['threads']} threads")
+    print(f"model: {f['parameters'] / 1e6:.2f}M parameters, batch {f['batch_size']} x block {f['block_size']}")
+    rows = [
+        (f"matmul peak ({matmul_shape})", si(f["matmul_flops"], "FLOP/s"), "best of 5"),
+        (f"training ({steps} steps)", f"{f['train_tokens_per_s']:,.0f} tokens/s", f"{f['train_step_s']:.3f} s/step"),
+        ("  model FLOPs per token", si(f["flops_per_token"], "FLOP"), "6N + 12 L C T"),
+        ("  achieved", si(f["train_flops"], "FLOP/s"), f"MFU {100 * f['mfu']:.1f}%"),
+        (f"generate {new_tokens} tokens, KV cache", f"{f['gen_cached_tokens_per_s']:,.1f} tokens/s", ""),
+        (f"generate {new_tokens} tokens, no cache", f"{f['gen_uncached_tokens_per_s']:,.1f} tokens/s",
+         f"cache is {f['kv_cache_speedup']:.1f}x faster"),
+    ]
+    for name, value, note in rows:
+        print(f"{name:<34} {value:>20}   {note}")
+    if not f["same_tokens"]:
+        print("warning: cached and uncached generation gave different tokens")

@@ -1,0 +1,188 @@
+"""The command line: `python -m gpt_scratch <stage> [flags]`; `--help` on any stage explains it.
+
+    python -m gpt_scratch run                 the whole course pipeline on the embedded default
+    python -m gpt_scratch data                generate the embedded world's data files
+    python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
+    python -m gpt_scratch generate            sample text from a checkpoint
+    python -m gpt_scratch bench               training / generation speed and MFU
+
+Every flag is checked by argparse (choices=, typed ranges) and against the other flags; a bad
+value exits with code 2 and one line saying what is allowed.
+"""
+
+import argparse
+import sys
+from dataclasses import fields
+
+from gpt_scratch.args import float_range, int_range, non_negative_int, positive_float, positive_int, probability
+from gpt_scratch.presets import PRESETS
+from gpt_scratch.train import TrainConfig
+
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
+TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip",
+               "eval_every", "save_every", "seed", "device", "dtype")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (default: from --preset)")
+    group.add_argument("--n-layer", type=int_range(1, 96), help="transformer blocks")
+    group.add_argument("--n-head", type=int_range(1, 128), help="attention heads (must divide --n-embd)")
+    group.add_argument("--n-embd", type=int_range(1, 16384), help="embedding width")
+    group.add_argument("--block-size", type=int_range(2, 8192), help="context length in tokens")
+    group.add_argument("--dropout", type=float_range(0.0, 1.0, include_high=False), help="dropout rate")
+    group.add_argument("--attention", choices=["manual", "sdpa"], help="written-out attention or PyTorch's SDPA")
+
+
+def add_train_flags(parser: argparse.ArgumentParser, stage: str) -> None:
+    group = parser.add_argument_group(f"training (default: from --preset's {stage} settings)")
+    group.add_argument("--max-steps", type=non_negative_int, help="optimizer steps")
+    group.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
+    group.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
+    group.add_argument("--lr", type=positive_float, help="peak learning rate")
+    group.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (<= --max-steps)")
+    group.add_argument("--weight-decay", type=float_range(0.0, 10.0), help="AdamW weight decay on matrices")
+    group.add_argument("--grad-clip", type=float_range(0.0, 1e6), help="max gradient norm (0 = off)")
+    group.add_argument("--eval-every", type=positive_int, help="validate every N steps")
+    group.add_argument("--save-every", type=positive_int, help="checkpoint every N steps")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                       help="where to train (default: auto = cuda, else mps, else cpu)")
+    group.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                       help="auto = bf16 autocast on a GPU that supports it, else float32")
+    group.add_argument("--resume", action="store_true", help="continue from the stage folder's checkpoint")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def model_settings(args: argparse.Namespace) -> dict:
+    """The preset's model shape with any flags given on the command line on top."""
+    settings = dict(PRESETS[args.preset]["model"])
+    for name in MODEL_FLAGS:
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    return settings
+
+
+def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
+    settings = dict(PRESETS[args.preset][stage])
+    for name in TRAIN_FLAGS:
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in settings.items() if k in known})
+
+
+def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> None:
+    """Cross-flag checks: exit 2 with one line if the combination cannot work."""
+    model = model_settings(args)
+    if model["n_embd"] % model["n_head"] != 0:
+        parser.error(f"--n-embd {model['n_embd']} must be divisible by --n-head {model['n_head']}")
+    cfg = train_config(args, stage)
+    if cfg.warmup_steps > cfg.max_steps:
+        parser.error(f"--warmup-steps {cfg.warmup_steps} is larger than --max-steps {cfg.max_steps}")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The main parser and each stage's own parser (used for its cross-flag errors)."""
+    from gpt_scratch.world import command as data_command
+
+    parser = argparse.ArgumentParser(prog="python -m gpt_scratch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+
+    run = stages.add_parser("run", help="the whole pipeline on the embedded default, with a report")
+    run.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="default", help="size of everything")
+    run.add_argument("--seed", type=non_negative_int, default=0, help="seed for data and training")
+    run.add_argument("--corpus", help="train on this text file instead of the generated corpus")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    data = stages.add_parser("data", help="write the embedded world's corpus, tasks and preferences")
+    data_command.add_arguments(data)
+
+    pre = stages.add_parser("pretrain", help="train a tokenizer and a GPT on a text file")
+    pre.add_argument("--corpus", default="data/corpus.txt", help="UTF-8 text file (default data/corpus.txt)")
+    pre.add_argument("--out", default="runs/default/pretrain", help="stage folder")
+    pre.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model and training size")
+    pre.add_argument("--vocab-size", type=int_range(260, 200_000), help="BPE vocabulary incl. special tokens")
+    pre.add_argument("--val-fraction", type=float_range(0.0, 0.5, include_low=False), default=0.05,
+                     help="share of the corpus kept for validation (default 0.05)")
+    add_model_flags(pre)
+    add_train_flags(pre, "pretrain")
+
+    gen = stages.add_parser("generate", help="continue a prompt with a trained model")
+    gen.add_argument("--checkpoint", default="runs/default/pretrain", help="checkpoint or stage folder")
+    gen.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    gen.add_argument("--max-new-tokens", type=int_range(1, 100_000), default=100)
+    gen.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.8, help="0 = greedy")
+    gen.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
+    gen.add_argument("--top-p", type=float_range(0.0, 1.0, include_low=False), help="nucleus sampling mass")
+    gen.add_argument("--num-samples", type=int_range(1, 64), default=1)
+    gen.add_argument("--seed", type=non_negative_int, default=0)
+    gen.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
+
+    bench = stages.add_parser("bench", help="training tokens/s, MFU and generation speed with/without KV cache")
+    bench.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    bench.add_argument("--steps", type=int_range(1, 1000), default=10, help="timed training steps")
+    bench.add_argument("--new-tokens", type=int_range(1, 8192), default=256, help="tokens to generate")
+    bench.add_argument("--batch-size", type=positive_int, help="training batch (default: the preset's)")
+    return parser, stages.choices
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, stage_parsers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run_stage(stage_parsers[args.stage], args)
+    except (FileNotFoundError, ValueError) as err:  # bad input named by the user: one line, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.stage == "data":
+        from gpt_scratch.world import command as data_command
+        return data_command.run(args)
+    if args.stage == "pretrain":
+        check_model_and_train(parser, args, "pretrain")
+        from gpt_scratch.pretrain import pretrain
+        vocab = args.vocab_size or PRESETS[args.preset]["vocab_size"]
+        pretrain(args.corpus, args.out, model_settings(args), train_config(args, "pretrain"), vocab,
+                 args.val_fraction, resume=args.resume, quiet=args.quiet)
+        return 0
+    if args.stage == "generate":
+        return generate_command(args)
+    if args.stage == "bench":
+        from gpt_scratch.bench import run_benchmarks
+        run_benchmarks(args.preset, args.device, args.steps, args.new_tokens, args.batch_size)
+        return 0
+    if args.stage == "run":
+        from gpt_scratch.pipeline import run_pipeline
+        run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet)
+        return 0
+    raise AssertionError(f"unhandled stage {args.stage}")
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from gpt_scratch.checkpoint import load_checkpoint
+    from gpt_scratch.generate import generate_text
+    from gpt_scratch.train import pick_device
+
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, device=pick_device("auto"))
+    if tokenizer is None:
+        raise FileNotFoundError(f"{args.checkpoint} has no tokenizer files; use a checkpoint saved by a stage")
+    texts = generate_text(model, tokenizer, [args.prompt] * args.num_samples, args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                          crop=args.crop)
+    for text in texts:
+        print(args.prompt + text)
+        print("-" * 40)
+    return 0

@@ -1,0 +1,196 @@
+"""Reading and writing the data formats people use for LLM training, with clear errors.
+
+    text = load_text("corpus.txt")                     # plain UTF-8 text
+    records = load_instructions("alpaca.json")         # or .jsonl: the format is detected
+    pairs = load_preferences("preferences.jsonl")      # prompt / chosen / rejected
+    write_jsonl("out.jsonl", records)                  # atomic: a crash never leaves half a file
+
+Instruction data comes in three shapes, all accepted as a JSON list ([{...}, {...}]) or as
+JSON Lines (one object per line):
+    Alpaca       {"instruction": "...", "input": "..." (optional), "output": "..."}
+    completion   {"prompt": "...", "completion": "..."}
+    chat         {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}
+Records keep any extra fields (id, family, ...). The first record decides the shape; every
+record must then have it. Anything wrong -- bad JSON, a missing field, a wrong type, an
+unknown role, an empty file -- raises ValueError with one line: the file, the line, the problem
+and the fix. Blank lines in JSON Lines are skipped, and their number is printed; nothing else
+is ever dropped.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROLES = ("system", "user", "assistant")
+SHAPES = {  # shape -> the fields that must be strings
+    "alpaca": ("instruction", "input", "output"),
+    "completion": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
+def problem(path: Path, line: int, what: str, fix: str) -> ValueError:
+    return ValueError(f"{path}: line {line}: {what} ({fix})")
+
+
+def read_file(path: str | Path) -> tuple[Path, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; check the path")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark some editors add is dropped
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8") from None
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty; it needs at least one record")
+    return path, text
+
+
+def load_text(path: str | Path) -> str:
+    """A plain-text corpus, as one string."""
+    return read_file(path)[1]
+
+
+def parse_json_list(path: Path, text: str) -> list[tuple[int, object]]:
+    """[(line number, record)] from a file holding one JSON list."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise problem(path, err.lineno, f"bad JSON: {err.msg}", "the file must be one valid JSON list") from None
+    # json.loads forgets where each record started; walk the list once more to find out.
+    decoder, records = json.JSONDecoder(), []
+    pos, line, counted_to = text.index("[") + 1, 1, 0
+    for _ in data:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line, counted_to = line + text.count("\n", counted_to, pos), pos
+        record, pos = decoder.raw_decode(text, pos)
+        records.append((line, record))
+    return records
+
+
+def parse_json_lines(path: Path, text: str) -> list[tuple[int, object]]:
+    """[(line number, record)] from a JSON Lines file; blank lines are skipped and counted."""
+    records, blank = [], 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            blank += 1
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise problem(path, number, f"bad JSON: {err.msg} at column {err.colno}",
+                          "each line must be one complete JSON object") from None
+    if blank:
+        print(f"note: {path}: skipped {blank} blank line(s)", file=sys.stderr)
+    return records
+
+
+def read_records(path: str | Path) -> tuple[Path, list[tuple[int, dict]]]:
+    """[(line number, record)] from a JSON list or JSON Lines file (decided by the first character)."""
+    path, text = read_file(path)
+    parse = parse_json_list if text.lstrip().startswith("[") else parse_json_lines
+    records = parse(path, text)
+    if not records:
+        raise ValueError(f"{path}: no records in the file; it needs at least one")
+    for line, record in records:
+        if not isinstance(record, dict):
+            raise problem(path, line, f"expected a JSON object, got a {type(record).__name__}",
+                          'write each record as {"field": value, ...}')
+    return path, records
+
+
+def check_strings(path: Path, line: int, record: dict, fields: tuple[str, ...]) -> None:
+    for field in fields:
+        if field not in record:
+            raise problem(path, line, f"missing field '{field}'", f"records here need {', '.join(fields)}")
+        if not isinstance(record[field], str):
+            raise problem(path, line, f"field '{field}' must be a string, got {type(record[field]).__name__}",
+                          "put the text in quotes")
+
+
+def check_messages(path: Path, line: int, record: dict) -> None:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise problem(path, line, "'messages' must be a non-empty list", 'e.g. [{"role": "user", "content": "Hi"}]')
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise problem(path, line, f"message {i} is not an object", 'use {"role": ..., "content": ...}')
+        if message.get("role") not in ROLES:
+            raise problem(path, line, f"message {i} has unknown role {message.get('role')!r}",
+                          f"use one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise problem(path, line, f"message {i} needs a string 'content'", "put the text in quotes")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise problem(path, line, "no assistant message", "a conversation to learn from needs a reply")
+
+
+def shape_of(record: dict) -> str:
+    if "messages" in record:
+        return "chat"
+    if "prompt" in record and "completion" in record:
+        return "completion"
+    return "alpaca"
+
+
+def load_instructions(path: str | Path) -> list[dict]:
+    """Alpaca, prompt/completion or chat records; Alpaca records get input "" when it is missing."""
+    path, records = read_records(path)
+    shape = shape_of(records[0][1])
+    loaded = []
+    for line, record in records:
+        if shape_of(record) != shape:
+            raise problem(path, line, f"this record is not in the {shape} shape of the first record",
+                          "use one shape per file")
+        if shape == "chat":
+            check_messages(path, line, record)
+        elif shape == "completion":
+            check_strings(path, line, record, SHAPES["completion"])
+        else:
+            record = {**record, "input": record.get("input", "")}  # the one optional field
+            check_strings(path, line, record, SHAPES["alpaca"])
+        loaded.append(record)
+    return loaded
+
+
+def load_preferences(path: str | Path) -> list[dict]:
+    """Preference records: prompt, chosen, rejected (strings), extra fields kept."""
+    path, records = read_records(path)
+    for line, record in records:
+        check_strings(path, line, record, SHAPES["preference"])
+    return [record for _, record in records]
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write to a temporary file next to path, then rename it: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+        os.chmod(temp, 0o644)  # mkstemp makes the file private; data files are for everyone to read
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_atomic(path, text)
+
+
+def write_json(path: str | Path, data: list | dict) -> Path:
+    """A list is written one record per line (valid JSON, easy to read and diff); anything else indented."""
+    if isinstance(data, list) and data:
+        text = "[\n" + ",\n".join(json.dumps(record, ensure_ascii=False) for record in data) + "\n]\n"
+    else:
+        text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+    return write_atomic(path, text)
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    return write_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))

@@ -1,0 +1,131 @@
+"""Text generation: greedy, temperature, top-k and top-p sampling, with a KV cache.
+
+    new_ids = generate(model, [prompt_ids], max_new_tokens=50, temperature=0.8, top_k=40, seed=0)
+    texts = generate_text(model, tokenizer, ["Once upon a time"], max_new_tokens=50)
+
+Prompts of different lengths are batched by padding them on the left (so that every row's
+next token is in the last column) and passing an attention mask. Each row stops at its own
+end-of-text token. temperature=0 means greedy: always take the most likely token.
+"""
+
+import torch
+
+from gpt_scratch.model import GPT, KVCache
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row, set the rest to -inf."""
+    k = min(k, logits.shape[-1])
+    kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities add up to at least p.
+
+    Example: probabilities [0.5, 0.3, 0.15, 0.05] with p=0.7 keep the first two tokens.
+    """
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    drop_sorted = mass_before >= p  # already enough mass above this token: drop it (never the first)
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one next token per row from logits (B, vocab) -> ids (B,)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None:
+        logits = filter_top_p(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad prompts on the left to one length; return ids (B, T) and attention mask (B, T)."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, longest - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def check_prompts(prompts: list[list[int]], block_size: int, crop: bool) -> list[list[int]]:
+    """Refuse (or, with crop=True, cut from the left) prompts longer than the context."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    too_long = [len(p) for p in prompts if len(p) > block_size]
+    if too_long and not crop:
+        raise ValueError(f"a prompt has {max(too_long)} tokens but the model's context is {block_size}; "
+                         f"shorten the prompt or pass crop=True to keep its last {block_size} tokens")
+    return [p[-block_size:] for p in prompts]
+
+
+@torch.no_grad()
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             seed: int | None = None, use_cache: bool = True, crop: bool = False) -> list[list[int]]:
+    """Continue each prompt; return the new token ids of each row (ending with eos_id if it came).
+
+    Generation stops when every row has produced eos_id, after max_new_tokens, or when the
+    sequence fills the model's context (block_size), whichever comes first.
+    """
+    if max_new_tokens < 0 or temperature < 0:
+        raise ValueError("max_new_tokens and temperature must not be negative")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    block_size = model.config.block_size
+    prompts = check_prompts(prompts, block_size, crop)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+
+    ids, mask = left_pad(prompts, pad_id=eos_id if eos_id is not None else 0, device=device)
+    # The last sampled token needs no position of its own, so one more than the free room fits.
+    steps = min(max_new_tokens, block_size - ids.shape[1] + 1)
+    cache = KVCache(model.config.n_layer) if use_cache else None
+    new_tokens = [[] for _ in prompts]
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    next_input = ids
+    for step in range(steps):
+        if use_cache:
+            logits = model(next_input, attention_mask=mask, kv_cache=cache)[:, -1]
+        else:
+            logits = model(ids, attention_mask=mask)[:, -1]
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        for row in range(len(prompts)):
+            if not finished[row]:
+                new_tokens[row].append(int(token[row]))
+        if eos_id is not None:
+            finished |= token == eos_id
+        if finished.all() or step == steps - 1:
+            break
+        next_input = token[:, None]
+        ids = torch.cat([ids, next_input], dim=1)
+        mask = torch.cat([mask, torch.ones_like(next_input)], dim=1)
+
+    model.train(was_training)
+    return new_tokens
+
+
+def generate_text(model: GPT, tokenizer, prompts: list[str], max_new_tokens: int, **kwargs) -> list[str]:
+    """Like generate(), but with strings in and out; the text stops before the end-of-text token."""
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    outputs = generate(model, prompt_ids, max_new_tokens, eos_id=tokenizer.eot_id, **kwargs)
+    texts = []
+    for ids in outputs:
+        if ids and ids[-1] == tokenizer.eot_id:
+            ids = ids[:-1]
+        texts.append(tokenizer.decode(ids))
+    return texts

@@ -1,0 +1,162 @@
+"""Hugging Face GPT-2 checkpoints in and out of our GPT.
+
+    from gpt_scratch.generate import generate_text
+    from gpt_scratch.gpt2 import download_gpt2, load_hf_gpt2, save_hf_gpt2
+    from gpt_scratch.tokenizer import gpt2_tokenizer
+
+    folder = download_gpt2("gpt2")           # once, needs internet (gpt2-medium, -large, -xl too)
+    model = load_hf_gpt2(folder)             # any folder with config.json + model.safetensors
+    print(generate_text(model, gpt2_tokenizer(), ["Hello, I'm a language model,"], 30))
+    save_hf_gpt2(model, "my-gpt2", eos_id=50256)  # GPT2LMHeadModel.from_pretrained("my-gpt2") reads it
+
+Our parameters carry GPT-2's own names (transformer.h.0.attn.c_attn.weight, ...), so importing
+is mostly copying by name. The one twist: GPT-2 was written with "Conv1D" layers, which are
+linear layers that store their weight as (in, out); nn.Linear stores (out, in). So c_attn,
+c_proj and c_fc weights are transposed on the way in and again on the way out.
+"""
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt_scratch.model import GPT, GPTConfig
+
+GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 355M, 774M, 1.5B parameters
+CONV1D_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # stored (in, out) by GPT-2
+BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some checkpoints hold: not weights
+
+
+def read_hf_config(folder: Path, attention: str) -> GPTConfig:
+    """GPT-2's config.json -> our GPTConfig."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; give a folder holding a GPT-2 config.json and model.safetensors")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-download or re-save it") from None
+    hf.setdefault("n_positions", hf.get("n_ctx"))  # old GPT-2 configs call the context n_ctx
+    absent = [key for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if hf.get(key) is None]
+    if absent:
+        raise ValueError(f"{path} lacks {absent}; is it a GPT-2 config?")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+        raise ValueError(f"{path}: n_inner={hf['n_inner']} is not supported; our MLP is 4 * n_embd wide")
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"{path}: activation_function {hf['activation_function']!r} is not supported; "
+                         f"our MLP uses GPT-2's tanh GELU (gelu_new)")
+    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
+                     n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                     tie_weights=hf.get("tie_word_embeddings", True), attention=attention,
+                     layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def hf_to_ours(hf_weights: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.Tensor]:
+    """Rename (GPT2Model saves "h.0...", GPT2LMHeadModel "transformer.h.0...") and transpose."""
+    ours = {}
+    for name, tensor in hf_weights.items():
+        if name.endswith(BUFFERS) or (tie_weights and name == "lm_head.weight"):
+            continue  # a tied lm_head is wte itself: nothing of its own to load
+        if not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name
+        ours[name] = tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+    return ours
+
+
+def load_hf_gpt2(folder: str | Path, attention: str = "manual") -> GPT:
+    """Build our GPT from a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; download one with download_gpt2() first")
+    config = read_hf_config(folder, attention)
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; re-save the model with save_pretrained(safe_serialization=True)")
+    weights = hf_to_ours(load_file(str(path)), config.tie_weights)
+
+    model = GPT(config)
+    own = model.state_dict()
+    if config.tie_weights:
+        own.pop("lm_head.weight")  # filled through wte
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong_shape = [f"{n} {tuple(weights[n].shape)} (ours {tuple(own[n].shape)})"
+                   for n in own if n in weights and weights[n].shape != own[n].shape]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(f"{path} does not fit {folder}/config.json: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shapes {wrong_shape[:5]}")
+    model.load_state_dict(weights, strict=False)  # strict=False only for the tied lm_head
+    return model.eval()
+
+
+def hf_config(config: GPTConfig, eos_id: int | None) -> dict:
+    """Our GPTConfig -> the config.json that transformers' GPT2LMHeadModel expects."""
+    return {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "initializer_range": 0.02, "tie_word_embeddings": config.tie_weights, "torch_dtype": "float32",
+        "bos_token_id": eos_id, "eos_token_id": eos_id,  # GPT-2 uses <|endoftext|> for both
+    }
+
+
+def save_hf_gpt2(model: GPT, folder: str | Path, eos_id: int | None = None) -> Path:
+    """Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 layout.
+
+    eos_id: the tokenizer's <|endoftext|> id (50256 for GPT-2's), so that transformers'
+    generate() knows where to stop; None if the model has no such token.
+    """
+    if not model.config.bias:
+        raise ValueError("GPT-2 has biases everywhere; a model built with bias=False cannot be saved as GPT-2")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if model.config.tie_weights and name == "lm_head.weight":
+            continue  # safetensors refuses two names for one tensor; transformers re-ties it
+        tensor = tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+        tensors[name] = tensor.detach().float().cpu().contiguous()
+    # Write to a temporary name, then rename: a crash never leaves half a file behind.
+    tmp = folder / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers refuses files without "format"
+    os.replace(tmp, folder / "model.safetensors")
+    tmp = folder / "config.json.tmp"
+    tmp.write_text(json.dumps(hf_config(model.config, eos_id), indent=2) + "\n")
+    os.replace(tmp, folder / "config.json")
+    return folder
+
+
+def download_gpt2(size: str = "gpt2", cache_dir: str | Path = "~/.cache/gpt_scratch") -> Path:
+    """Fetch config.json and model.safetensors of an OpenAI GPT-2 from the Hugging Face hub.
+
+    Files already in cache_dir/size are kept. Returns the folder, ready for load_hf_gpt2().
+    """
+    if size not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(GPT2_SIZES)}")
+    folder = Path(cache_dir).expanduser() / size
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename in ("config.json", "model.safetensors"):
+        target = folder / filename
+        if target.is_file():
+            continue
+        url = f"https://huggingface.co/{size}/resolve/main/{filename}"
+        tmp = folder / (filename + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                megabytes = int(response.headers.get("Content-Length", 0)) / 1e6
+                print(f"downloading {url} ({megabytes:.0f} MB)")
+                shutil.copyfileobj(response, out, length=1 << 20)
+        except (urllib.error.URLError, OSError) as err:
+            tmp.unlink(missing_ok=True)
+            reason = getattr(err, "reason", err)
+            raise RuntimeError(f"could not download {url} ({reason}); check the internet connection, "
+                               f"or put config.json and model.safetensors into {folder} by hand") from None
+        os.replace(tmp, target)
+    return folder

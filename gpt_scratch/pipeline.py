@@ -1,0 +1,80 @@
+"""The main job: every stage of the course, one after another, ending in a report card.
+
+    python -m gpt_scratch run                   # runs/default, the default preset
+    python -m gpt_scratch run --preset tiny     # seconds: a smoke test of the whole path
+
+Each stage writes its own folder under the run folder and reads only the previous stage's
+folder. A stage whose metrics.json exists is done and skipped; a stage that was interrupted
+resumes from its last checkpoint. The report (report.md) is rewritten at the end.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from gpt_scratch.presets import PRESETS
+from gpt_scratch.train import TrainConfig
+
+
+def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool) -> dict:
+    """Run one stage unless its metrics.json says it is already done."""
+    metrics_file = stage_dir / "metrics.json"
+    if metrics_file.is_file():
+        if not quiet:
+            print(f"[{name}] done already ({metrics_file}); skipping")
+        return json.loads(metrics_file.read_text())
+    if not quiet:
+        print(f"[{name}] running -> {stage_dir}")
+    began = time.perf_counter()
+    metrics = work()
+    metrics.setdefault("stage_seconds", round(time.perf_counter() - began, 1))
+    return metrics
+
+
+def stage_train_config(preset: str, stage: str, seed: int, device: str) -> TrainConfig:
+    return TrainConfig(**PRESETS[preset][stage], seed=seed, device=device)
+
+
+def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
+    """A markdown report card: one table per stage, with its plots."""
+    lines = ["# gpt-scratch run report", "", f"Run folder: `{run_dir}`, preset `{preset}`.", ""]
+    for stage, metrics in results.items():
+        lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
+        for key, value in metrics.items():
+            if isinstance(value, (dict, list)):
+                continue
+            text = str(value).replace("\n", " ").replace("|", "/")
+            lines.append(f"| {key} | {text[:120]} |")
+        for plot in sorted((run_dir / stage).glob("*.png")):
+            lines += ["", f"![{stage} {plot.stem}]({stage}/{plot.name})"]
+        if "table" in metrics:
+            lines += ["", metrics["table"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
+                 device: str = "auto", quiet: bool = False) -> dict[str, dict]:
+    from gpt_scratch.pretrain import pretrain
+    from gpt_scratch.world.command import ensure_default_data
+
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = PRESETS[preset]
+    results: dict[str, dict] = {}
+    began = time.perf_counter()
+
+    data_dir = ensure_default_data(run_dir / "data", seed=seed, corpus_mb=settings["corpus_mb"])
+    corpus_path = Path(corpus) if corpus else data_dir / "corpus.txt"
+
+    results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(
+        corpus_path, run_dir / "pretrain", settings["model"], stage_train_config(preset, "pretrain", seed, device),
+        settings["vocab_size"], resume=True, quiet=quiet), quiet)
+
+    report = format_report(results, run_dir, preset)
+    (run_dir / "report.md").write_text(report)
+    if not quiet:
+        print(report)
+        print(f"total {time.perf_counter() - began:.0f} s; report: {run_dir / 'report.md'}")
+    return results

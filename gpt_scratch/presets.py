@@ -1,0 +1,38 @@
+"""Named sizes for the whole pipeline: one knob (--preset) sets model, data and training sizes.
+
+    tiny     a few thousand parameters: tests and the notebooks' fast mode (seconds)
+    default  ~1M parameters: the course's main run on a 2-core laptop CPU (minutes)
+    gpt2     GPT-2 small's shape (124M): for a GPU owner scaling the same code up
+
+Any single value can still be overridden on the command line (--n-layer, --lr, ...).
+"""
+
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 64},
+        "vocab_size": 300,
+        "corpus_mb": 0.1,
+        "pretrain": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                     "save_every": 10},
+        "sft": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                "save_every": 10},
+    },
+    "default": {
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
+        "vocab_size": 2048,
+        "corpus_mb": 3.0,
+        "pretrain": {"max_steps": 1500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "eval_every": 100,
+                     "save_every": 250},
+        "sft": {"max_steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "eval_every": 100,
+                "save_every": 250},
+    },
+    "gpt2": {
+        "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
+        "vocab_size": 50257,
+        "corpus_mb": 100.0,
+        "pretrain": {"max_steps": 5000, "batch_size": 16, "grad_accum": 8, "lr": 6e-4, "warmup_steps": 300,
+                     "eval_every": 250, "save_every": 500},
+        "sft": {"max_steps": 2000, "batch_size": 16, "lr": 3e-5, "warmup_steps": 100, "eval_every": 250,
+                "save_every": 500},
+    },
+}

@@ -1,0 +1,74 @@
+"""The pretraining stage: text file -> tokenizer -> token windows -> trained GPT.
+
+    python -m gpt_scratch pretrain --corpus data/corpus.txt --out runs/default/pretrain
+
+Writes into the stage folder:
+    tokenizer.tiktoken, tokenizer.json   the BPE tokenizer trained on the corpus
+    checkpoint/                          the model (see checkpoint.py), resumable
+    loss.png, samples.txt, metrics.json  metrics.json is written last: it marks the stage done
+"""
+
+import json
+import time
+from pathlib import Path
+
+from gpt_scratch.checkpoint import write_json
+from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
+from gpt_scratch.generate import generate_text
+from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.train import TrainConfig, train
+
+SAMPLE_PROMPTS = ["Once upon a time", "The cat", "3 plus 4 is"]
+
+
+def tokenizer_for(text: str, out_dir: Path, vocab_size: int, quiet: bool) -> Tokenizer:
+    """Train a BPE tokenizer on the corpus, or reuse the one a previous (interrupted) run saved."""
+    if (out_dir / "tokenizer.tiktoken").is_file():
+        tokenizer = Tokenizer.load(out_dir)
+        if tokenizer.n_vocab == vocab_size:
+            return tokenizer
+    began = time.perf_counter()
+    tokenizer = Tokenizer.train(text, vocab_size)
+    tokenizer.save(out_dir)
+    if not quiet:
+        print(f"trained a {vocab_size}-token BPE tokenizer in {time.perf_counter() - began:.1f} s")
+    return tokenizer
+
+
+def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, train_cfg: TrainConfig,
+             vocab_size: int, val_fraction: float = 0.05, resume: bool = False, quiet: bool = False) -> dict:
+    """Run the whole stage; return its metrics (also written to out_dir/metrics.json)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = read_corpus(corpus)
+    tokenizer = tokenizer_for(text, out_dir, vocab_size, quiet)
+    train_ids, val_ids = split_train_val(tokenizer.encode(text), val_fraction)
+    config = GPTConfig(vocab_size=tokenizer.n_vocab, **model_settings)
+    train_windows = TokenWindows(train_ids, config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
+    val_windows = TokenWindows(val_ids, config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
+    model = GPT(config)
+    if not quiet:
+        print(f"corpus: {len(text):,} characters -> {len(train_ids):,} train / {len(val_ids):,} val tokens; "
+              f"model: {model.num_parameters():,} parameters")
+
+    history = train(model, tokenizer, train_windows.batch, val_windows.evenly_spaced_batches(8), train_cfg,
+                    out_dir, meta={"stage": "pretrain", "corpus": str(corpus)}, resume=resume, quiet=quiet)
+
+    samples = generate_text(model, tokenizer, SAMPLE_PROMPTS, max_new_tokens=40, temperature=0.8, top_k=40,
+                            seed=train_cfg.seed)
+    (out_dir / "samples.txt").write_text("".join(f"{p}|{s}\n\n" for p, s in zip(SAMPLE_PROMPTS, samples)))
+    metrics = {
+        "parameters": model.num_parameters(),
+        "train_tokens": len(train_ids),
+        "steps": train_cfg.max_steps,
+        "final_train_loss": round(sum(history["train_loss"][-20:]) / len(history["train_loss"][-20:]), 4),
+        "final_val_loss": round(history["val_loss"][-1], 4),
+        "train_seconds": round(history["seconds"], 1),
+        "tokens_per_second": round(history["tokens"] / max(history["seconds"], 1e-9)),
+        "sample": SAMPLE_PROMPTS[0] + samples[0],
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    if not quiet:
+        print(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,175 @@
+"""One training loop for every stage that trains on next-token loss (pretraining and SFT).
+
+    history = train(model, tokenizer, get_batch, val_batches, TrainConfig(max_steps=500), out_dir)
+
+get_batch(step, micro_step) -> (x, y) gives the batch of a step (y = -100 where no loss is
+wanted); val_batches is a fixed list of (x, y). The loop does AdamW (weight decay on matrices
+only), linear warmup then cosine decay, gradient accumulation and clipping, periodic
+validation, a progress bar, and checkpoints for resuming. Every source of randomness is a
+function of (seed, step), so `resume=True` continues with exactly the losses an
+uninterrupted run would have had.
+"""
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from gpt_scratch.checkpoint import find_checkpoint, load_train_state, load_weights_into, read_weights, save_checkpoint
+from gpt_scratch.model import GPT, lm_loss
+from gpt_scratch.plots import plot_losses
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 = no clipping
+    eval_every: int = 100
+    save_every: int = 200
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, mps
+    dtype: str = "auto"  # auto (bf16 on a GPU that has it), float32, bfloat16
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for (or, with 'auto', on a GPU that supports it)."""
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters only; weight decay on matrices, not on biases or norms."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters; unfreeze something first")
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, batches: list[Batch], device: torch.device, dtype: str = "auto") -> float:
+    """Mean loss over fixed batches, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with autocast_for(device, dtype):
+            losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def train_step(model: GPT, optimizer: torch.optim.Optimizer, get_batch: Callable[[int, int], Batch],
+               step: int, cfg: TrainConfig, device: torch.device) -> tuple[float, int]:
+    """One optimizer step over cfg.grad_accum micro-batches; returns (loss, tokens seen)."""
+    torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks depend on the step only
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    total_loss, tokens = 0.0, 0
+    for micro_step in range(cfg.grad_accum):
+        x, y = get_batch(step, micro_step)
+        x, y = x.to(device), y.to(device)
+        with autocast_for(device, cfg.dtype):
+            loss = lm_loss(model(x), y) / cfg.grad_accum
+        loss.backward()
+        total_loss += loss.item()
+        tokens += x.numel()
+    if cfg.grad_clip > 0:  # clip after backward, before the step
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss, tokens
+
+
+def new_history() -> dict:
+    return {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": 0.0, "tokens": 0}
+
+
+def resume_from(out_dir: Path, model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+    """Load weights, optimizer moments and history from out_dir/checkpoint, if there is one."""
+    try:
+        folder = find_checkpoint(out_dir / "checkpoint")
+    except FileNotFoundError:
+        return 0, new_history()
+    state, optim_state = load_train_state(folder)
+    if "step" not in state or optim_state is None:
+        return 0, new_history()
+    load_weights_into(model, read_weights(folder), folder)
+    optimizer.load_state_dict(optim_state)
+    return state["step"], state["history"]
+
+
+def train(model: GPT, tokenizer, get_batch: Callable[[int, int], Batch], val_batches: list[Batch],
+          cfg: TrainConfig, out_dir: str | Path, meta: dict | None = None, resume: bool = False,
+          quiet: bool = False) -> dict:
+    """Train, writing out_dir/checkpoint/ and out_dir/loss.png; return the loss history."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    start, history = resume_from(out_dir, model, optimizer) if resume else (0, new_history())
+    meta = {**(meta or {}), "train_config": asdict(cfg)}
+
+    def save(step: int) -> None:
+        state = {"step": step, "history": history}
+        save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "step": step}, state, optimizer)
+
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=quiet,
+               desc=out_dir.name, mininterval=1.0)
+    for step in bar:
+        began = time.perf_counter()
+        loss, tokens = train_step(model, optimizer, get_batch, step, cfg, device)
+        history["seconds"] += time.perf_counter() - began
+        history["tokens"] += tokens
+        history["step"].append(step)
+        history["train_loss"].append(loss)
+        last = step == cfg.max_steps - 1
+        if val_batches and ((step + 1) % cfg.eval_every == 0 or last):
+            history["val_step"].append(step)
+            history["val_loss"].append(evaluate_loss(model, val_batches, device, cfg.dtype))
+        val = history["val_loss"][-1] if history["val_loss"] else float("nan")
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=f"{history['tokens'] / history['seconds']:.0f}")
+        if (step + 1) % cfg.save_every == 0 and not last:
+            save(step + 1)
+    if start < cfg.max_steps or not (out_dir / "checkpoint").exists():
+        save(cfg.max_steps)
+    plot_losses(history, out_dir / "loss.png", title=out_dir.name)
+    return history

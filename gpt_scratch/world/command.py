@@ -1,0 +1,142 @@
+"""`python -m gpt_scratch data`: write the embedded world's data files.
+
+    python -m gpt_scratch data --out data --seed 0          # about 3 MB of corpus + tasks, seconds
+    python -m gpt_scratch data --style sentence --label-noise 0.1
+
+Files written into --out (the same seed and flags always give the same bytes):
+    corpus.txt                   pretraining text
+    world.json                   the world's facts and what is held out
+    sft_train.json, sft_val.json, sft_test.json
+                                 Alpaca records (instruction, input, output) + id, family,
+                                 level, answer, unseen
+    sft_train_chat.jsonl         the training tasks as chat messages (user, assistant)
+    sft_train_completion.jsonl   the training tasks as prompt / completion
+    preferences_train.jsonl      prompt / chosen / rejected from the training tasks (with noise)
+    preferences_test.jsonl       the same from the test tasks (never noisy: it measures)
+    manifest.json                the settings and per-family counts
+"""
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from gpt_scratch.args import float_range, int_range, non_negative_int, positive_int
+from gpt_scratch.formats import write_json, write_jsonl, write_text
+from gpt_scratch.world.corpus import build_world, generate_corpus
+from gpt_scratch.world.preferences import make_preference_pairs, prompt_of
+from gpt_scratch.world.tasks import family_counts, format_family_counts, make_tasks
+
+DEFAULTS = {"seed": 0, "corpus_mb": 3.0, "n_train": 20_000, "n_val": 500, "n_test": 1_000, "style": "mix",
+            "label_noise": 0.0, "max_level": 2}
+FILES = ("corpus.txt", "world.json", "sft_train.json", "sft_val.json", "sft_test.json", "sft_train_chat.jsonl",
+         "sft_train_completion.jsonl", "preferences_train.jsonl", "preferences_test.jsonl", "manifest.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="data", help="folder for the files (default data)")
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULTS["seed"],
+                        help="decides the world, the corpus, the tasks and the pairs (default 0)")
+    parser.add_argument("--corpus-mb", type=float_range(0.01, 100.0), default=DEFAULTS["corpus_mb"],
+                        help="corpus size in megabytes, 0.01 to 100 (default 3)")
+    parser.add_argument("--n-train", type=positive_int, default=DEFAULTS["n_train"],
+                        help="training tasks (default 20000)")
+    parser.add_argument("--n-val", type=positive_int, default=DEFAULTS["n_val"],
+                        help="validation tasks, at most (default 500)")
+    parser.add_argument("--n-test", type=positive_int, default=DEFAULTS["n_test"],
+                        help="test tasks, at most (default 1000)")
+    parser.add_argument("--style", choices=["mix", "bare", "sentence"], default=DEFAULTS["style"],
+                        help="style of the training outputs: bare '82', sentence 'The answer is 82.' "
+                             "or a 50/50 mix (default)")
+    parser.add_argument("--label-noise", type=float_range(0.0, 0.5), default=DEFAULTS["label_noise"],
+                        help="share of training preference pairs swapped, 0 to 0.5 (default 0)")
+    parser.add_argument("--max-level", type=int_range(1, 3), default=DEFAULTS["max_level"],
+                        help="hardest task level: 1 one digit / 3 letters, 2 two digits / 4-6 letters, "
+                             "3 three digits / 7+ letters (default 2)")
+
+
+def as_chat(example: dict) -> dict:
+    return {"id": example["id"], "messages": [{"role": "user", "content": prompt_of(example)},
+                                              {"role": "assistant", "content": example["output"]}]}
+
+
+def as_completion(example: dict) -> dict:
+    return {"id": example["id"], "prompt": prompt_of(example), "completion": example["output"]}
+
+
+def write_dataset(out_dir: str | Path, seed: int = 0, corpus_mb: float = 3.0, n_train: int = 20_000,
+                  n_val: int = 500, n_test: int = 1_000, style: str = "mix", label_noise: float = 0.0,
+                  max_level: int = 2) -> dict:
+    """Generate everything and write FILES into out_dir; returns the manifest plus timings."""
+    out = Path(out_dir)
+    settings = {"seed": seed, "corpus_mb": corpus_mb, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+                "style": style, "label_noise": label_noise, "max_level": max_level}
+    seconds, began = {}, time.perf_counter()
+
+    world = build_world(seed)
+    write_text(out / "corpus.txt", generate_corpus(world, int(corpus_mb * 1_000_000), seed))
+    write_json(out / "world.json", world.to_dict())
+    seconds["corpus"], began = time.perf_counter() - began, time.perf_counter()
+
+    splits = make_tasks(world, seed, n_train, n_val, n_test, style=style, max_level=max_level)
+    for name, examples in splits.items():
+        write_json(out / f"sft_{name}.json", examples)
+    write_jsonl(out / "sft_train_chat.jsonl", [as_chat(e) for e in splits["train"]])
+    write_jsonl(out / "sft_train_completion.jsonl", [as_completion(e) for e in splits["train"]])
+    seconds["tasks"], began = time.perf_counter() - began, time.perf_counter()
+
+    train_pairs = make_preference_pairs(splits["train"], seed, label_noise)
+    test_pairs = make_preference_pairs(splits["test"], seed + 1, label_noise=0.0)
+    write_jsonl(out / "preferences_train.jsonl", train_pairs)
+    write_jsonl(out / "preferences_test.jsonl", test_pairs)
+    seconds["preferences"] = time.perf_counter() - began
+
+    manifest = {"settings": settings, "files": list(FILES), "family_counts": family_counts(splits),
+                "preference_pairs": {"train": len(train_pairs), "train_flipped": sum(p["flipped"] for p in train_pairs),
+                                     "test": len(test_pairs)}}
+    write_json(out / "manifest.json", manifest)  # written last: its presence means "complete"
+    return {**manifest, "seconds": seconds}
+
+
+def report(summary: dict, out_dir: Path) -> str:
+    pairs, seconds = summary["preference_pairs"], summary["seconds"]
+    return "\n".join([
+        format_family_counts(summary["family_counts"]), "",
+        f"preference pairs: {pairs['train']} train ({pairs['train_flipped']} flipped by label noise), "
+        f"{pairs['test']} test",
+        "seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items())
+        + f" (total {sum(seconds.values()):.1f})",
+        f"wrote {len(FILES)} files to {out_dir}",
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    summary = write_dataset(out, args.seed, args.corpus_mb, args.n_train, args.n_val, args.n_test, args.style,
+                            args.label_noise, args.max_level)
+    print(report(summary, out))
+    return 0
+
+
+def ensure_default_data(out_dir: str | Path, seed: int = 0, corpus_mb: float = 3.0, quiet: bool = False) -> Path:
+    """The default data in out_dir, generated only if it is not there yet.
+
+    Everything is written into out_dir.partial first and renamed at the end, so an interrupted
+    run never leaves half a dataset behind (the next call starts the partial folder again).
+    """
+    out = Path(out_dir)
+    settings = {**DEFAULTS, "seed": seed, "corpus_mb": corpus_mb}
+    manifest = out / "manifest.json"
+    if out.exists():
+        if manifest.is_file() and json.loads(manifest.read_text())["settings"] == settings:
+            return out
+        raise ValueError(f"{out} exists but does not hold the data for seed {seed} and corpus_mb {corpus_mb}; "
+                         f"delete it or choose another folder")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    summary = write_dataset(partial, **settings)
+    partial.rename(out)
+    if not quiet:
+        print(report(summary, out))
+    return out

@@ -1,0 +1,242 @@
+"""Instruction tasks with answers a program can check, in train / validation / test splits.
+
+    world = build_world(seed=0)
+    splits = make_tasks(world, seed=0, n_train=20_000, n_val=500, n_test=1_000)
+    splits["train"][0]
+    # {'id': 'train-00000', 'family': 'reverse', 'level': 2, 'instruction': 'Reverse the letters.',
+    #  'input': 'h o r s e', 'output': 'The answer is e s r o h.', 'answer': 'e s r o h', 'unseen': False}
+    print(format_family_counts(family_counts(splits)))
+
+`output` is the response to train on (bare "e s r o h" or the sentence "The answer is e s r o h.",
+see judge.py); `answer` is the truth in its bare form, which the judge compares against.
+
+Every family is one short function (rng, world, level, unseen) -> Draft. Levels: 1 = one-digit
+numbers / three-letter words, 2 = two-digit numbers / 4-6 letters, 3 = three digits / 7+ letters.
+Letters are written with spaces between them ("c a t"), because the tokenizer joins letters
+into word pieces and a small model cannot see inside a piece.
+
+The splits share no (family, inputs) pair: the test and validation questions are drawn first
+and training never asks them. About 30% of the test is *unseen*: it uses a held-out number
+pair, word or fact (chosen by the world, see corpus.py) that no training task uses at all.
+"""
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from gpt_scratch.world.corpus import QUESTIONS, World
+from gpt_scratch.world.judge import render
+
+
+@dataclass
+class Draft:
+    key: tuple  # (family, inputs...): what must never be shared between splits
+    instruction: str
+    input: str
+    answer: str
+
+
+DIGITS = {1: (0, 9), 2: (10, 99), 3: (100, 999)}  # level -> range of the numbers
+WORD_BAND = {1: 3, 2: 4, 3: 7}  # level -> word-length band (see corpus.length_band)
+
+
+def pick_numbers(rng: random.Random, world: World, levels: list[int], unseen: bool,
+                 distinct: bool = False) -> list[int]:
+    """One number per entry of levels; some two of them form a held-out pair exactly when unseen."""
+    while True:
+        numbers = [rng.randint(*DIGITS[level]) for level in levels]
+        if distinct and len(set(numbers)) < len(numbers):
+            continue
+        if world.has_held_pair(numbers) == unseen:
+            return numbers
+
+
+def pick_word(rng: random.Random, world: World, level: int, unseen: bool) -> str:
+    return rng.choice(world.words_by_length[WORD_BAND[level], unseen])
+
+
+def spaced(word: str) -> str:
+    return " ".join(word)
+
+
+# --- the families ---------------------------------------------------------------------------
+
+def add(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    a, b = pick_numbers(rng, world, [level, level], unseen)
+    return Draft(("add", a, b), f"What is {a} plus {b}?", "", str(a + b))
+
+
+def subtract(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    a, b = sorted(pick_numbers(rng, world, [level, level], unseen), reverse=True)  # never below zero
+    return Draft(("subtract", a, b), f"What is {a} minus {b}?", "", str(a - b))
+
+
+def larger(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    a, b = pick_numbers(rng, world, [level, level], unseen, distinct=True)
+    return Draft(("larger", a, b), f"Which is larger, {a} or {b}?", "", str(max(a, b)))
+
+
+def two_step(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    """a plus b minus c. Level 1: one-digit; 2: a has two digits; 3: all two digits."""
+    levels = {1: [1, 1, 1], 2: [2, 1, 1], 3: [2, 2, 2]}[level]
+    while True:
+        a, b, c = pick_numbers(rng, world, levels, unseen)
+        if a + b >= c:
+            return Draft(("two_step", a, b, c), f"What is {a} plus {b} minus {c}?", "", str(a + b - c))
+
+
+def sort_numbers(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    """Level 1: three one-digit numbers; 2: four two-digit; 3: five three-digit."""
+    numbers = pick_numbers(rng, world, [level] * (level + 2), unseen, distinct=True)
+    return Draft(("sort_numbers", *numbers), "Sort the numbers from smallest to largest.",
+                 ", ".join(map(str, numbers)), ", ".join(map(str, sorted(numbers))))
+
+
+def reverse(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    word = pick_word(rng, world, level, unseen)
+    return Draft(("reverse", word), "Reverse the letters.", spaced(word), spaced(word[::-1]))
+
+
+def capitals(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    word = pick_word(rng, world, level, unseen)
+    return Draft(("capitals", word), f"Spell {word} in capital letters.", "", spaced(word.upper()))
+
+
+def count_letters(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    word = pick_word(rng, world, level, unseen)
+    return Draft(("count_letters", word), f"How many letters are in the word {word}?", "", str(len(word)))
+
+
+def count_items(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    """Level 1: how many words (2-4); 2: how many of one kind among 4 words; 3: among 6."""
+    size = rng.randint(2, 4) if level == 1 else 2 * level
+    words = rng.sample(world.seen_words, size)
+    if unseen:  # one of the words is a held-out word
+        words[rng.randrange(size)] = rng.choice(world.held_out_words)
+    if level == 1:
+        return Draft(("count_items", "word", *words), "How many words are in the list?", ", ".join(words),
+                     str(len(words)))
+    kind = world.category_of(rng.choice(words))  # a kind that occurs at least once
+    count = sum(world.category_of(word) == kind for word in words)
+    plural = {"animal": "animals", "colour": "colours", "food": "foods", "object": "objects"}[kind]
+    return Draft(("count_items", kind, *words), f"How many {plural} are in the list?", ", ".join(words),
+                 str(count))
+
+
+def facts(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    """Level 1: 'Where does Anna live?'; level 2: 'Does Anna live in Elmwick?' (yes / no)."""
+    name, attribute = rng.choice(world.held_out_facts if unseen else world.seen_facts)
+    value = world.people[name][attribute]
+    ask_value, ask_yes_no = QUESTIONS[attribute]
+    if level == 1:
+        return Draft(("facts", name, attribute), ask_value.format(name=name), "", value)
+    candidate = value if rng.random() < 0.5 else rng.choice([v for v in world.values[attribute] if v != value])
+    return Draft(("facts", name, attribute, candidate), ask_yes_no.format(name=name, value=candidate), "",
+                 "yes" if candidate == value else "no")
+
+
+FAMILIES = {  # name -> (generator, highest level)
+    "add": (add, 3), "subtract": (subtract, 3), "larger": (larger, 3), "two_step": (two_step, 3),
+    "sort_numbers": (sort_numbers, 3), "reverse": (reverse, 3), "capitals": (capitals, 3),
+    "count_letters": (count_letters, 3), "count_items": (count_items, 3), "facts": (facts, 2),
+}
+
+
+# --- the splits -----------------------------------------------------------------------------
+# Some families have few possible questions (there are only 49 three-letter words to reverse in
+# training), so the test and validation splits may each claim only a share of a family's
+# questions: a fixed hash of the key puts every question in a region, test [0, 0.3), val
+# [0.3, 0.45). Training takes any question the other splits did not. Questions with held-out
+# numbers, words or facts (unseen ones) belong to the test alone.
+REGIONS = {"test": (0.0, 0.3), "val": (0.3, 0.45), "train": (0.0, 1.0)}
+TRIES = 300  # attempts to find a new question before a family gives up (the counts show it)
+
+
+def key_fraction(seed: int, key: tuple) -> float:
+    """A fixed number in [0, 1) for every question key."""
+    digest = hashlib.blake2b(f"{seed}:{key!r}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") / 2**32
+
+
+def share_out(total: int, names: list[str]) -> dict[str, int]:
+    """share_out(7, ['a', 'b', 'c']) -> {'a': 3, 'b': 2, 'c': 2}"""
+    return {name: total // len(names) + (i < total % len(names)) for i, name in enumerate(names)}
+
+
+def new_draft(split: str, family: str, rng: random.Random, world: World, level: int, unseen: bool,
+              taken: set, own: set) -> Draft | None:
+    """A question no other split has; test and val also never repeat one. None if none is found."""
+    low, high = REGIONS[split]
+    for _ in range(TRIES):
+        draft = FAMILIES[family][0](rng, world, level, unseen)
+        if draft.key in taken:
+            continue
+        if split == "train":  # training may repeat a question (a second epoch, in effect)
+            return draft
+        if draft.key not in own and (unseen or low <= key_fraction(world.seed, draft.key) < high):
+            return draft
+    return None
+
+
+def draw_split(split: str, n: int, world: World, rng: random.Random, taken: set, unseen_share: float,
+               style: str, max_level: int) -> list[dict]:
+    examples, own = [], set()
+    for family, count in share_out(n, list(FAMILIES)).items():
+        n_levels = min(max_level, FAMILIES[family][1])
+        n_unseen = round(count * unseen_share)
+        for i in range(count):
+            level, unseen = 1 + i % n_levels, i < n_unseen
+            draft = new_draft(split, family, rng, world, level, unseen, taken, own)
+            if draft is None:  # this family and level have no new question left for the split
+                continue
+            own.add(draft.key)
+            chosen_style = style if style != "mix" else rng.choice(["bare", "sentence"])
+            examples.append({"family": family, "level": level, "instruction": draft.instruction,
+                             "input": draft.input, "output": render(draft.answer, chosen_style),
+                             "answer": draft.answer, "unseen": unseen, "key": draft.key})
+    rng.shuffle(examples)
+    for i, example in enumerate(examples):
+        example["id"] = f"{split}-{i:05d}"
+    return examples
+
+
+def make_tasks(world: World, seed: int = 0, n_train: int = 20_000, n_val: int = 500, n_test: int = 1_000,
+               style: str = "mix", max_level: int = 2, unseen_share: float = 0.3) -> dict[str, list[dict]]:
+    """Train, val and test examples, with style 'mix' (half bare, half sentence), 'bare' or 'sentence'.
+
+    n_train is exact; n_val and n_test are upper bounds, because a family with few possible
+    questions runs out of new ones (family_counts shows how many each family got).
+    """
+    if style not in ("mix", "bare", "sentence"):
+        raise ValueError(f"style {style!r} is not one of mix, bare, sentence")
+    if not 1 <= max_level <= 3:
+        raise ValueError(f"max_level must be 1, 2 or 3, got {max_level}")
+    rng = random.Random(f"tasks:{seed}")
+    test = draw_split("test", n_test, world, rng, set(), unseen_share, style, max_level)
+    val = draw_split("val", n_val, world, rng, {e["key"] for e in test}, 0.0, style, max_level)
+    train = draw_split("train", n_train, world, rng, {e["key"] for e in test + val}, 0.0, style, max_level)
+    fields = ("id", "family", "level", "instruction", "input", "output", "answer", "unseen")
+    return {name: [{f: e[f] for f in fields} for e in split]  # the key was bookkeeping only
+            for name, split in (("train", train), ("val", val), ("test", test))}
+
+
+def family_counts(splits: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    """family -> {'train': n, 'train_distinct': n, 'val': n, 'test': n, 'test_unseen': n}"""
+    counts: dict[str, dict[str, int]] = {}
+    for family in FAMILIES:
+        row = {name: sum(e["family"] == family for e in examples) for name, examples in splits.items()}
+        train = [e for e in splits.get("train", []) if e["family"] == family]
+        row["train_distinct"] = len({(e["instruction"], e["input"]) for e in train})
+        row["test_unseen"] = sum(e["family"] == family and e["unseen"] for e in splits.get("test", []))
+        counts[family] = row
+    return counts
+
+
+def format_family_counts(counts: dict[str, dict[str, int]]) -> str:
+    columns = ["train", "train_distinct", "val", "test", "test_unseen"]
+    lines = ["| family | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for family, row in counts.items():
+        lines.append(f"| {family} | " + " | ".join(str(row.get(c, 0)) for c in columns) + " |")
+    totals = [sum(row.get(c, 0) for row in counts.values()) for c in columns]
+    lines.append("| **all** | " + " | ".join(map(str, totals)) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The benchmark runs end to end on the tiny preset and reports sane, consistent figures."""
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench uses train.py's step, and train.py (through checkpoint.py) needs the tokenizer module.
+needs_tokenizer = pytest.mark.skipif(importlib.util.find_spec("gpt_scratch.tokenizer") is None,
+                                     reason="gpt_scratch/tokenizer.py is not written yet (train.py imports it)")
+
+
+@pytest.fixture(scope="module")
+def figures():
+    from gpt_scratch.bench import run_benchmarks
+    return run_benchmarks("tiny", "cpu", steps=2, new_tokens=16, batch_size=None)
+
+
+@needs_tokenizer
+def test_figures_are_positive_and_finite(figures):
+    for name in ("matmul_flops", "train_tokens_per_s", "train_step_s", "flops_per_token", "train_flops", "mfu",
+                 "gen_cached_tokens_per_s", "gen_uncached_tokens_per_s", "kv_cache_speedup"):
+        assert math.isfinite(figures[name]) and figures[name] > 0, name
+    assert 0 < figures["mfu"] < 1.5
+    assert (figures["device"], figures["batch_size"], figures["block_size"]) == ("cpu", 8, 64)
+
+
+@needs_tokenizer
+def test_figures_are_consistent(figures):
+    assert figures["train_flops"] == pytest.approx(figures["flops_per_token"] * figures["train_tokens_per_s"])
+    assert figures["mfu"] == pytest.approx(figures["train_flops"] / figures["matmul_flops"])
+    assert figures["train_tokens_per_s"] == pytest.approx(8 * 64 / figures["train_step_s"])
+    assert figures["kv_cache_speedup"] == pytest.approx(
+        figures["gen_cached_tokens_per_s"] / figures["gen_uncached_tokens_per_s"])
+    assert figures["same_tokens"]  # the cache must not change what greedy decoding picks
+
+
+@needs_tokenizer
+def test_flops_per_token_formula():
+    """tiny: L=2, C=16, T=64, V=300, tied. N = 2 blocks * (12 C^2 + 13 C) + final LayerNorm 2 C + lm_head V C."""
+    from gpt_scratch.bench import flops_per_token
+    from gpt_scratch.model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=16))
+    n = 2 * (12 * 16 * 16 + 13 * 16) + 2 * 16 + 300 * 16
+    assert flops_per_token(model) == 6 * n + 12 * 2 * 16 * 64
+
+
+@needs_tokenizer
+def test_bad_arguments_are_value_errors():
+    from gpt_scratch.bench import run_benchmarks
+    with pytest.raises(ValueError, match="unknown preset"):
+        run_benchmarks("huge", "cpu", 1, 1, None)
+    with pytest.raises(ValueError, match="at least 1"):
+        run_benchmarks("tiny", "cpu", 0, 1, None)
+
+
+def test_cli_rejects_zero_steps():
+    missing = [m for m in ("gpt_scratch.tokenizer", "gpt_scratch.world") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the CLI imports {', '.join(missing)}, which is not written yet")
+    result = subprocess.run([sys.executable, "-m", "gpt_scratch", "bench", "--steps", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--steps" in result.stderr

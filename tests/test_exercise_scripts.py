@@ -1,0 +1,226 @@
+"""The exercise scripts as programs: their flags, their errors and their "not done yet" message.
+
+For every script in solutions/: --help works; every bad flag value exits 2 with one error line
+naming the flag; every accepted value of every flag changes what the script prints. For its
+untouched copy in exercises/: exit 1 with one "Exercise N.M is not done yet: ..." line. And the
+two copies are the same file except for the bodies of the exercise functions.
+Most runs call main(argv) in-process (starting a script that imports torch takes ~2 s); a few
+subprocess runs check real exit codes.
+"""
+
+import ast
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_scratch.grade import exercises_of
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_DONE = re.compile(r"Exercise (\d+)\.(\d+) is not done yet: \S.*")
+
+# For each script: small flags that keep every run quick, the values to try for each flag (each
+# must change the output), and bad command lines with the flag their error must name.
+SCRIPTS = {
+    "ch01/ex1_bpe.py": {
+        "base": [],
+        "values": {"--text": ["numbers"], "--vocab-size": ["270"], "--show": ["3"], "--encode": ["a hat"]},
+        "bad": [(["--text", "poems"], "--text"), (["--vocab-size", "256"], "--vocab-size"),
+                (["--vocab-size", "many"], "--vocab-size"), (["--show", "0"], "--show"),
+                (["--vocab-size", "260", "--show", "5"], "--show"), (["--encode", ""], "--encode")],
+    },
+    "ch02/ex1_attention.py": {
+        "base": [],
+        "values": {"--seq-len": ["3"], "--n-embd": ["8"], "--n-head": ["4"], "--head": ["1"], "--mask": ["none"],
+                   "--decimals": ["3"], "--seed": ["1"]},
+        "bad": [(["--seq-len", "1"], "--seq-len"), (["--seq-len", "12"], "--seq-len"), (["--n-embd", "0"], "--n-embd"),
+                (["--n-head", "3"], "--n-head"), (["--n-head", "0"], "--n-head"), (["--head", "-1"], "--head"),
+                (["--head", "2"], "--head"), (["--mask", "full"], "--mask"), (["--decimals", "5"], "--decimals"),
+                (["--seed", "x"], "--seed")],
+    },
+    "ch03/ex1_gpt.py": {
+        "base": ["--n-embd", "8", "--new-tokens", "3"],
+        "values": {"--n-layer": ["1"], "--n-head": ["4"], "--n-embd": ["16"], "--block-size": ["8"],
+                   "--vocab-size": ["20"], "--prompt-len": ["2"], "--new-tokens": ["5"], "--top-k": ["3"],
+                   "--seed": ["1"]},
+        "bad": [(["--n-layer", "0"], "--n-layer"), (["--n-head", "3"], "--n-head"), (["--n-embd", "200"], "--n-embd"),
+                (["--block-size", "1"], "--block-size"), (["--vocab-size", "1"], "--vocab-size"),
+                (["--prompt-len", "0"], "--prompt-len"), (["--block-size", "4", "--prompt-len", "5"], "--prompt-len"),
+                (["--new-tokens", "0"], "--new-tokens"), (["--top-k", "0"], "--top-k"),
+                (["--vocab-size", "4", "--top-k", "5"], "--top-k"), (["--seed", "-3"], "--seed")],
+    },
+    "ch04/ex1_pretrain.py": {
+        "base": ["--steps", "3", "--warmup-steps", "1", "--print-every", "1", "--batch-size", "2",
+                 "--block-size", "8", "--n-embd", "8"],
+        "values": {"--text": ["counting"], "--steps": ["4"], "--warmup-steps": ["2"], "--lr": ["0.01"],
+                   "--batch-size": ["3"], "--block-size": ["6"], "--n-layer": ["1"], "--n-head": ["4"],
+                   "--n-embd": ["16"], "--print-every": ["2"], "--seed": ["1"]},
+        "bad": [(["--text", "poems"], "--text"), (["--steps", "0"], "--steps"), (["--warmup-steps", "-1"], "--warmup-steps"),
+                (["--steps", "2", "--warmup-steps", "3"], "--warmup-steps"), (["--lr", "0"], "--lr"),
+                (["--lr", "nan"], "--lr"), (["--batch-size", "0"], "--batch-size"), (["--block-size", "65"], "--block-size"),
+                (["--n-layer", "5"], "--n-layer"), (["--n-head", "3"], "--n-head"), (["--n-embd", "0"], "--n-embd"),
+                (["--print-every", "0"], "--print-every"), (["--seed", "1.5"], "--seed")],
+    },
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine may be shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@cache
+def load(folder: str, script: str):
+    path = REPO / folder / script
+    spec = importlib.util.spec_from_file_location(f"{folder}_{script.replace('/', '_')[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(capsys, folder: str, script: str, argv: list[str]) -> tuple[int, str, str]:
+    """main(argv) in-process -> (exit code, stdout, stderr); argparse's exits become codes."""
+    capsys.readouterr()
+    try:
+        code = load(folder, script).main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def option_flags(script: str) -> dict[str, object]:
+    """Every --flag of the script's parser -> its argparse action."""
+    parser = load("solutions", script).build_parser()
+    return {action.option_strings[-1]: action for action in parser._actions if action.option_strings[-1] != "--help"}
+
+
+def test_every_chapter_has_scripts_and_the_table_covers_them():
+    for folder in ("solutions", "exercises"):
+        found = sorted(path.relative_to(REPO / folder).as_posix() for path in (REPO / folder).glob("ch*/*.py"))
+        assert found == sorted(SCRIPTS), f"{folder}/ holds {found}; add new scripts to SCRIPTS here"
+    for script, table in SCRIPTS.items():
+        flags = option_flags(script)
+        assert sorted(table["values"]) == sorted(flags), f"{script}: try a value for every flag"
+        assert {flag for _, flag in table["bad"]} == set(flags), f"{script}: give a bad value for every flag"
+        for flag, action in flags.items():
+            if action.choices:
+                assert set(table["values"][flag]) == set(action.choices) - {action.default}, \
+                    f"{script}: try every choice of {flag}"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_explains_every_flag(script, capsys):
+    code, out, _ = run_main(capsys, "solutions", script, ["--help"])
+    assert code == 0
+    for flag in option_flags(script):
+        assert flag in out
+
+
+BAD = [(script, argv, flag) for script, table in SCRIPTS.items() for argv, flag in table["bad"]]
+
+
+@pytest.mark.parametrize("script, argv, flag", BAD, ids=[f"{s[:4]}{' '.join(a)}" for s, a, _ in BAD])
+def test_bad_value_exits_2_naming_the_flag(script, argv, flag, capsys):
+    code, out, err = run_main(capsys, "solutions", script, argv)
+    assert code == 2
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and flag in errors[0], err
+    assert err.splitlines()[-1] == errors[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_accepted_value_changes_the_output(script, capsys):
+    table = SCRIPTS[script]
+    code, baseline, _ = run_main(capsys, "solutions", script, table["base"])
+    assert code == 0 and baseline
+    assert run_main(capsys, "solutions", script, table["base"])[1] == baseline, "same flags, same output"
+    for flag, values in table["values"].items():
+        for value in values:
+            code, out, err = run_main(capsys, "solutions", script, table["base"] + [flag, value])
+            assert code == 0, err
+            assert out != baseline, f"{script}: {flag} {value} printed the same as without it"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_untouched_exercise_says_which_is_not_done(script, capsys):
+    code, out, err = run_main(capsys, "exercises", script, SCRIPTS[script]["base"])
+    assert code == 1
+    assert NOT_DONE.fullmatch(err.strip()), err
+    assert int(NOT_DONE.fullmatch(err.strip())[1]) == int(script[2:4])
+
+
+def script_process(folder: str, script: str, *argv: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, str(REPO / folder / script), *argv], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_untouched_exercise_as_a_program_exits_1_with_one_line(script):
+    done = script_process("exercises", script, *SCRIPTS[script]["base"])
+    assert done.returncode == 1
+    assert NOT_DONE.fullmatch(done.stderr.strip()), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_solution_as_a_program_exit_codes():
+    assert script_process("solutions", "ch01/ex1_bpe.py", "--help").returncode == 0
+    done = script_process("solutions", "ch01/ex1_bpe.py", "--vocab-size", "9999")
+    assert done.returncode == 2 and "--vocab-size" in done.stderr.splitlines()[-1]
+    done = script_process("solutions", "ch01/ex1_bpe.py", "--vocab-size", "260", "--show", "4")
+    assert done.returncode == 0 and "decodes back to the same text: True" in done.stdout
+
+
+def exercise_functions(tree: ast.Module) -> dict[str, str]:
+    """Name -> stub message of each top-level function whose body ends in raise NotImplementedError(...)."""
+    stubs = {}
+    for node in tree.body:
+        last = node.body[-1] if isinstance(node, ast.FunctionDef) else None
+        if isinstance(last, ast.Raise) and isinstance(last.exc, ast.Call) and \
+                getattr(last.exc.func, "id", None) == "NotImplementedError":
+            stubs[node.name] = last.exc.args[0].value
+    return stubs
+
+
+def without_bodies(tree: ast.Module, names: set[str]) -> str:
+    """The module with the named functions' bodies cut down to their docstrings."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            node.body = node.body[:1]
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_exercise_and_solution_differ_only_in_exercise_bodies(script):
+    exercise = ast.parse((REPO / "exercises" / script).read_text())
+    solution = ast.parse((REPO / "solutions" / script).read_text())
+    stubs = exercise_functions(exercise)
+    assert len(stubs) >= 3
+    assert not exercise_functions(solution), "the solution still has a stub"
+    for name, message in stubs.items():
+        node = next(n for n in exercise.body if isinstance(n, ast.FunctionDef) and n.name == name)
+        assert len(node.body) == 2 and ast.get_docstring(node), f"{name}: a docstring, then the raise"
+        assert re.fullmatch(rf"Exercise {int(script[2:4])}\.\d+: \S.*", message), message
+    assert without_bodies(exercise, set(stubs)) == without_bodies(solution, set(stubs))
+
+
+@pytest.mark.parametrize("chapter", [1, 2, 3, 4])
+def test_each_chapter_has_one_test_per_exercise(chapter):
+    numbers = set()
+    for script in (REPO / "exercises").glob(f"ch{chapter:02d}/*.py"):
+        for message in exercise_functions(ast.parse(script.read_text())).values():
+            numbers.add(message.split(":")[0].removeprefix("Exercise "))
+    tested = {f"{c}.{n}" for c, n, _ in exercises_of(chapter)}
+    assert len(numbers) >= 3
+    assert numbers == tested, "every exercise needs exactly one test_ex_<chapter>_<number>_<task>"

@@ -1,0 +1,143 @@
+"""Every loader on good and bad files: one-line errors that name the file and the line."""
+
+import json
+import os
+
+import pytest
+
+from gpt_scratch.formats import (load_instructions, load_preferences, load_text, write_atomic, write_json,
+                                 write_jsonl)
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(loader, path) -> str:
+    with pytest.raises(ValueError) as info:
+        loader(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message  # one line, naming the file
+    return message
+
+
+# --- plain text ---------------------------------------------------------------------------
+
+def test_load_text(tmp_path):
+    assert load_text(write(tmp_path, "c.txt", "Hello, world.\n")) == "Hello, world.\n"
+    assert "empty" in error_of(load_text, write(tmp_path, "e.txt", " \n\n"))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert "UTF-8" in error_of(load_text, tmp_path / "latin1.txt")
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_text(tmp_path / "nope.txt")
+
+
+# --- instructions: the three shapes -------------------------------------------------------
+
+ALPACA = [{"instruction": "Add.", "input": "2 and 3", "output": "5", "id": "a1"},
+          {"instruction": "Name a colour.", "output": "red"}]  # "input" is optional, as in real Alpaca data
+
+
+def test_alpaca_json_list(tmp_path):
+    records = load_instructions(write(tmp_path, "alpaca.json", json.dumps(ALPACA, indent=2)))
+    assert records == [ALPACA[0], {**ALPACA[1], "input": ""}]  # extra fields kept, input filled in
+
+
+def test_alpaca_as_json_lines(tmp_path):
+    path = write(tmp_path, "alpaca.jsonl", "".join(json.dumps(r) + "\n" for r in ALPACA))
+    assert load_instructions(path)[0]["output"] == "5"
+
+
+def test_prompt_completion_jsonl_counts_blank_lines(tmp_path, capsys):
+    path = write(tmp_path, "pc.jsonl", '{"prompt": "2+3=", "completion": "5"}\n\n{"prompt": "1+1=", "completion": "2"}\n')
+    assert load_instructions(path) == [{"prompt": "2+3=", "completion": "5"}, {"prompt": "1+1=", "completion": "2"}]
+    assert "skipped 1 blank line" in capsys.readouterr().err  # never dropped silently
+
+
+def test_chat_messages(tmp_path):
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}]}
+    assert load_instructions(write(tmp_path, "chat.jsonl", json.dumps(chat) + "\n")) == [chat]
+
+
+# --- instructions: bad files --------------------------------------------------------------
+
+def test_bad_json_names_the_line(tmp_path):
+    lines = ['{"prompt": "a", "completion": "b"}', '{"prompt": "c", "completion": "d"}', '{"prompt": "e", "completion"']
+    message = error_of(load_instructions, write(tmp_path, "bad.jsonl", "\n".join(lines) + "\n"))
+    assert "line 3" in message and "bad JSON" in message
+    text = '[\n{"instruction": "a", "output": "b"},\n{"instruction": "c", "output": "d",,}\n]\n'  # in a JSON list
+    message = error_of(load_instructions, write(tmp_path, "bad.json", text))
+    assert "line 3" in message and "bad JSON" in message
+
+
+def test_missing_output_names_the_record_line(tmp_path):
+    records = [ALPACA[0], {"instruction": "No answer here."}]
+    path = write(tmp_path, "missing.json", "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+    message = error_of(load_instructions, path)
+    assert "line 3" in message and "missing field 'output'" in message
+
+
+def test_wrong_type(tmp_path):
+    path = write(tmp_path, "type.jsonl", '{"instruction": "Add 2 and 3.", "output": 5}\n')
+    message = error_of(load_instructions, path)
+    assert "line 1" in message and "'output' must be a string, got int" in message
+
+
+def test_unknown_role_and_other_chat_mistakes(tmp_path):
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    bad_role = {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello."}]}
+    no_reply = {"messages": [{"role": "user", "content": "Hi"}]}
+    for bad, words in [(bad_role, "unknown role 'bot'"), (no_reply, "no assistant message"),
+                       ({"messages": []}, "non-empty list"),
+                       ({"messages": [{"role": "user", "content": 3}]}, "string 'content'")]:
+        path = write(tmp_path, "chat.jsonl", json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        message = error_of(load_instructions, path)
+        assert "line 2" in message and words in message
+
+
+def test_empty_files_and_wrong_containers(tmp_path):
+    assert "empty" in error_of(load_instructions, write(tmp_path, "empty.jsonl", ""))
+    assert "no records" in error_of(load_instructions, write(tmp_path, "none.json", "[]"))
+    assert "expected a JSON object" in error_of(load_instructions, write(tmp_path, "list.jsonl", "[1, 2]\n"))
+    assert "line 1: missing field 'instruction'" in error_of(load_instructions, write(tmp_path, "o.json", '{"a": 1}'))
+
+
+def test_mixed_shapes_in_one_file(tmp_path):
+    lines = [json.dumps({"prompt": "a", "completion": "b"}), json.dumps({"instruction": "c", "output": "d"})]
+    message = error_of(load_instructions, write(tmp_path, "mixed.jsonl", "\n".join(lines)))
+    assert "line 2" in message and "completion shape" in message
+
+
+# --- preferences --------------------------------------------------------------------------
+
+def test_preferences(tmp_path):
+    pair = {"prompt": "2+3?", "chosen": "The answer is 5.", "rejected": "6", "kind": "correctness"}
+    assert load_preferences(write(tmp_path, "p.jsonl", json.dumps(pair) + "\n")) == [pair]
+    broken = {"prompt": "2+3?", "chosen": "5"}
+    path = write(tmp_path, "p_bad.jsonl", json.dumps(pair) + "\n" + json.dumps(broken) + "\n")
+    message = error_of(load_preferences, path)
+    assert "line 2" in message and "missing field 'rejected'" in message
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def test_writers_round_trip_and_leave_no_temporary_files(tmp_path):
+    records = [{"instruction": "Say hi.", "input": "", "output": "hi ☺"}, {"instruction": "x", "input": "y", "output": "z"}]
+    assert load_instructions(write_json(tmp_path / "r.json", records)) == records
+    assert (tmp_path / "r.json").read_text().splitlines()[1] == json.dumps(records[0], ensure_ascii=False) + ","
+    assert load_instructions(write_jsonl(tmp_path / "r.jsonl", records)) == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.jsonl"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "keep.txt", "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        write_atomic(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from tiny import tiny_config
+from gpt_scratch.checkpoint import load_checkpoint
+from gpt_scratch.data import TokenWindows
+from gpt_scratch.model import GPT
+from gpt_scratch.train import TrainConfig, learning_rate, make_optimizer, train
+
+
+def windows(batch_size=4):
+    torch.manual_seed(123)
+    stream = torch.randint(0, 64, (50,)).repeat(40)  # a repeated random phrase: learnable
+    return TokenWindows(stream, block_size=16, batch_size=batch_size, seed=0)
+
+
+def quick_config(**overrides) -> TrainConfig:
+    settings = dict(max_steps=10, batch_size=4, lr=1e-2, warmup_steps=2, eval_every=5, save_every=5)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def fresh_model(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(tiny_config(**overrides))
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(55, cfg) == pytest.approx(0.55)  # half way through the cosine
+    assert learning_rate(100, cfg) == pytest.approx(0.1)
+    assert all(learning_rate(s, cfg) >= learning_rate(s + 1, cfg) for s in range(10, 100))
+
+
+def test_weight_decay_only_on_matrices_and_only_trainable_parameters():
+    model = fresh_model()
+    model.transformer.wpe.weight.requires_grad_(False)
+    decay, no_decay = make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    trainable = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert trainable == model.num_parameters() - 32 * 16
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make_optimizer(model, TrainConfig())
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path):
+    data = windows()
+    model = fresh_model()
+    history = train(model, None, data.batch, data.evenly_spaced_batches(2), quick_config(max_steps=40), tmp_path,
+                    quiet=True)
+    assert len(history["train_loss"]) == 40
+    assert sum(history["train_loss"][-5:]) / 5 < history["train_loss"][0] - 0.1
+    assert history["val_step"] == [4, 9, 14, 19, 24, 29, 34, 39]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    loaded, tokenizer, meta = load_checkpoint(tmp_path)
+    assert meta["step"] == 40 and tokenizer is None
+    x = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_resume_continues_with_exactly_the_uninterrupted_losses(tmp_path):
+    data = windows()
+    full = train(fresh_model(dropout=0.1), None, data.batch, [], quick_config(), tmp_path / "full", quiet=True)
+    # "Interrupted" run: the same settings, killed at step 7 (the last checkpoint is from step 5).
+    def crash_at_step_7(step, micro):
+        if step == 7:
+            raise KeyboardInterrupt
+        return data.batch(step, micro)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh_model(dropout=0.1), None, crash_at_step_7, [], quick_config(), tmp_path / "cut", quiet=True)
+    resumed = train(fresh_model(dropout=0.1), None, data.batch, [], quick_config(), tmp_path / "cut", resume=True,
+                    quiet=True)
+    assert resumed["train_loss"] == full["train_loss"]
+    a, _, _ = load_checkpoint(tmp_path / "full")
+    b, _, _ = load_checkpoint(tmp_path / "cut")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    data = windows()
+    runs = [train(fresh_model(dropout=0.1), None, data.batch, [], quick_config(), tmp_path / str(i), quiet=True)
+            for i in range(2)]
+    assert runs[0]["train_loss"] == runs[1]["train_loss"]
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    data = windows(batch_size=8)
+    x, y = data.batch(0)
+
+    def whole(step, micro):
+        return x, y
+
+    def halves(step, micro):
+        return x[4 * micro: 4 * micro + 4], y[4 * micro: 4 * micro + 4]
+
+    big = fresh_model()
+    train(big, None, whole, [], quick_config(max_steps=1, warmup_steps=0, grad_clip=0), tmp_path / "a", quiet=True)
+    small = fresh_model()
+    train(small, None, halves, [], quick_config(max_steps=1, warmup_steps=0, grad_clip=0, grad_accum=2),
+          tmp_path / "b", quiet=True)
+    for p, q in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,324 @@
+"""The embedded world: determinism, disjoint splits, really-unseen test cases, the judge, the
+preference rule and the `data` command. Answers are re-computed here independently of tasks.py."""
+
+import argparse
+import re
+from itertools import combinations
+
+import pytest
+
+from gpt_scratch.formats import load_instructions, load_preferences, load_text
+from gpt_scratch.world import command
+from gpt_scratch.world.corpus import WORDS, build_world, generate_corpus
+from gpt_scratch.world.judge import extract_answer, format_table, is_correct, normalise, score, style_of
+from gpt_scratch.world.preferences import make_preference_pairs, preference_rank
+from gpt_scratch.world.tasks import FAMILIES, family_counts, make_tasks
+
+NUMBER_FAMILIES = {"add", "subtract", "larger", "two_step", "sort_numbers"}
+WORD_FAMILIES = {"reverse", "capitals", "count_letters", "count_items"}
+FACT_QUESTIONS = [  # (question pattern, attribute, is it a yes/no question?)
+    (r"Where does (\w+) live\?", "town", False), (r"What pet does (\w+) have\?", "pet", False),
+    (r"What is (\w+)'s favourite colour\?", "colour", False), (r"What is (\w+)'s favourite food\?", "food", False),
+    (r"Does (\w+) live in (\w+)\?", "town", True), (r"Does (\w+) have a pet (\w+)\?", "pet", True),
+    (r"Is (\w+)'s favourite colour (\w+)\?", "colour", True), (r"Is (\w+)'s favourite food (\w+)\?", "food", True),
+]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(seed=0)
+
+
+@pytest.fixture(scope="module")
+def splits(world):
+    return make_tasks(world, seed=0)  # the default sizes: what the course ships
+
+
+# --- independent re-computation of every answer -------------------------------------------
+
+def numbers_in(example: dict) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", example["instruction"] + " " + example["input"])]
+
+
+def parse_fact(example: dict) -> tuple[str, str, str | None]:
+    for pattern, attribute, yes_no in FACT_QUESTIONS:
+        match = re.fullmatch(pattern, example["instruction"])
+        if match:
+            return match[1], attribute, match[2] if yes_no else None
+    raise AssertionError(f"not a fact question: {example['instruction']}")
+
+
+def expected_answer(example: dict, world) -> str:
+    family, text, given = example["family"], example["instruction"], example["input"]
+    numbers = numbers_in(example)
+    if family == "add":
+        assert re.fullmatch(r"What is \d+ plus \d+\?", text)
+        return str(numbers[0] + numbers[1])
+    if family == "subtract":
+        assert re.fullmatch(r"What is \d+ minus \d+\?", text) and numbers[0] >= numbers[1]
+        return str(numbers[0] - numbers[1])
+    if family == "larger":
+        assert numbers[0] != numbers[1]
+        return str(max(numbers))
+    if family == "two_step":
+        assert re.fullmatch(r"What is \d+ plus \d+ minus \d+\?", text)
+        return str(numbers[0] + numbers[1] - numbers[2])
+    if family == "sort_numbers":
+        return ", ".join(str(n) for n in sorted(numbers))
+    if family == "reverse":
+        return " ".join(given.replace(" ", "")[::-1])
+    if family == "capitals":
+        return " ".join(re.fullmatch(r"Spell (\w+) in capital letters\.", text)[1].upper())
+    if family == "count_letters":
+        return str(len(re.fullmatch(r"How many letters are in the word (\w+)\?", text)[1]))
+    if family == "count_items":
+        kind = re.fullmatch(r"How many (\w+) are in the list\?", text)[1]
+        items = given.split(", ")
+        return str(len(items) if kind == "words" else sum(item in WORDS[kind[:-1]] for item in items))
+    name, attribute, candidate = parse_fact(example)
+    truth = world.people[name][attribute]
+    return truth if candidate is None else ("yes" if candidate == truth else "no")
+
+
+def test_every_answer_is_right_at_every_level(world):
+    splits = make_tasks(world, seed=3, n_train=1500, n_val=100, n_test=300, max_level=3)
+    for example in splits["train"] + splits["val"] + splits["test"]:
+        assert example["answer"] == expected_answer(example, world), example
+        assert example["output"] in (example["answer"], f"The answer is {example['answer']}.")
+        assert is_correct(example, example["output"])
+
+
+def test_levels_set_the_size_of_numbers_and_words(world):
+    splits = make_tasks(world, seed=4, n_train=1500, n_val=100, n_test=300, max_level=3)
+    digits = {1: (0, 9), 2: (10, 99), 3: (100, 999)}
+    for example in splits["train"]:
+        family, level = example["family"], example["level"]
+        if family in ("add", "subtract", "larger", "sort_numbers"):
+            assert all(digits[level][0] <= n <= digits[level][1] for n in numbers_in(example))
+        if family == "reverse":
+            length = len(example["input"].replace(" ", ""))
+            assert {1: length == 3, 2: 4 <= length <= 6, 3: length >= 7}[level]
+    assert {e["level"] for e in splits["train"] if e["family"] == "facts"} == {1, 2}  # facts have two levels
+
+
+def test_default_examples_are_short(splits):
+    for example in splits["train"]:
+        assert len(example["instruction"] + example["input"] + example["output"]) < 120, example
+
+
+# --- determinism --------------------------------------------------------------------------
+
+def test_same_seed_same_world_corpus_and_tasks(world):
+    assert build_world(0).to_dict() == world.to_dict()
+    assert build_world(1).to_dict() != world.to_dict()
+    text = generate_corpus(world, 20_000, seed=0)
+    assert text == generate_corpus(build_world(0), 20_000, seed=0)
+    assert text != generate_corpus(world, 20_000, seed=1)
+    assert 20_000 <= len(text.encode()) < 21_000 and text.isascii()
+    small = dict(n_train=200, n_val=20, n_test=50)
+    assert make_tasks(world, seed=0, **small) == make_tasks(build_world(0), seed=0, **small)
+    assert make_tasks(world, seed=0, **small) != make_tasks(world, seed=1, **small)
+
+
+def test_corpus_teaches_every_fact_and_every_spelling(world):
+    text = generate_corpus(world, 1_000_000, seed=0)
+    for name, facts in world.people.items():
+        assert f"{name} lives in {facts['town']}." in text
+        assert f"{name} has a pet {facts['pet']}." in text
+    for word in world.words:  # held-out words too: the corpus is where they can be learned
+        assert f"The word {word} is spelled {' '.join(word)}." in text
+    for a, b in re.findall(r"(\d+) (?:plus|minus) (\d+) is", text):
+        assert not world.is_held_pair(int(a), int(b)), (a, b)  # held-out sums are never shown
+
+
+# --- splits -------------------------------------------------------------------------------
+
+def test_splits_share_no_question(splits):
+    keys = {name: [(e["family"], e["instruction"], e["input"]) for e in split] for name, split in splits.items()}
+    assert not set(keys["train"]) & set(keys["test"])
+    assert not set(keys["train"]) & set(keys["val"])
+    assert not set(keys["val"]) & set(keys["test"])
+    assert len(set(keys["test"])) == len(keys["test"]) and len(set(keys["val"])) == len(keys["val"])
+    assert len(splits["train"]) == 20_000 and 700 <= len(splits["test"]) <= 1_000
+
+
+def test_family_counts(splits):
+    counts = family_counts(splits)
+    assert list(counts) == list(FAMILIES) and len(FAMILIES) >= 8
+    assert all(row["train"] == 2_000 and row["test"] >= 50 and row["test_unseen"] >= 15 for row in counts.values())
+    assert sum(row["test"] for row in counts.values()) == len(splits["test"])
+
+
+def words_in(example: dict) -> set[str]:
+    """Words, including words spelled out letter by letter ("c a t" -> cat)."""
+    text = " | ".join([example["instruction"], example["input"], example["output"]])
+    spelled = {m.replace(" ", "").lower() for m in re.findall(r"\b[a-zA-Z](?: [a-zA-Z])+\b", text)}
+    return set(re.findall(r"[a-z]+", text.lower())) | spelled
+
+
+def number_pairs(example: dict) -> set[tuple[int, int]]:
+    return {tuple(sorted(pair)) for pair in combinations(numbers_in(example), 2)}
+
+
+def test_unseen_test_examples_are_really_unseen(world, splits):
+    held_words = set(world.held_out_words)
+    train_words = set().union(*(words_in(e) for e in splits["train"]))
+    train_pairs = set().union(*(number_pairs(e) for e in splits["train"] if e["family"] in NUMBER_FAMILIES))
+    train_facts = {parse_fact(e)[:2] for e in splits["train"] if e["family"] == "facts"}
+    assert not held_words & train_words
+    unseen = [e for e in splits["test"] if e["unseen"]]
+    assert 0.25 <= len(unseen) / len(splits["test"]) <= 0.35
+    for example in splits["test"]:
+        family = example["family"]
+        if family in WORD_FAMILIES:
+            assert bool(words_in(example) & held_words) == example["unseen"], example
+        elif family in NUMBER_FAMILIES and example["unseen"]:
+            assert number_pairs(example) - train_pairs, example  # some pair never appeared in training
+        elif family == "facts":
+            assert (parse_fact(example)[:2] not in train_facts) == example["unseen"], example
+
+
+def test_output_style_option(world):
+    small = dict(n_train=400, n_val=10, n_test=50)
+    bare = make_tasks(world, seed=0, style="bare", **small)["train"]
+    sentence = make_tasks(world, seed=0, style="sentence", **small)["train"]
+    mix = make_tasks(world, seed=0, **small)["train"]
+    assert all(e["output"] == e["answer"] for e in bare)
+    assert all(e["output"] == f"The answer is {e['answer']}." for e in sentence)
+    share = sum(style_of(e["output"]) == "sentence" for e in mix) / len(mix)
+    assert 0.4 < share < 0.6
+    with pytest.raises(ValueError, match="style"):
+        make_tasks(world, style="fancy")
+
+
+# --- judge --------------------------------------------------------------------------------
+
+ADD = {"family": "add", "answer": "82"}
+
+
+@pytest.mark.parametrize("response", ["82", "82.", "  82 \n", "The answer is 82.", "the answer is 82",
+                                      "The answer is: 82", "82\nI added the tens first.",
+                                      "The answer is 82. I added the tens first."])
+def test_judge_accepts(response):
+    assert is_correct(ADD, response)
+
+
+@pytest.mark.parametrize("response", ["81", "The answer is 81.", "I think the answer is 82.", "", "8 2", "820",
+                                      "82 because 80 plus 2"])
+def test_judge_rejects(response):
+    assert not is_correct(ADD, response)
+
+
+def test_judge_cases_lists_and_capitals():
+    assert normalise("  The   Cat. ") == "the cat" and normalise("7 ,19,  42") == "7, 19, 42"
+    assert extract_answer("The answer is t a c. Done!") == "t a c"
+    assert is_correct({"family": "sort_numbers", "answer": "7, 19, 42"}, "7,19,42")
+    assert not is_correct({"family": "sort_numbers", "answer": "7, 19, 42"}, "7, 42, 19")
+    assert is_correct({"family": "facts", "answer": "Ashford"}, "The answer is ashford.")
+    assert is_correct({"family": "reverse", "answer": "t a c"}, "T A C")
+    assert is_correct({"family": "capitals", "answer": "C A T"}, "The answer is C A T.")
+    assert not is_correct({"family": "capitals", "answer": "C A T"}, "c a t")  # the case is the task
+
+
+def test_style_of():
+    assert style_of("The answer is 82.") == "sentence"
+    assert style_of("The answer is 7, 19, 42.") == "sentence"
+    assert style_of("82") == style_of(" t a c ") == style_of("82.") == "bare"
+    for other in ["The answer is 82", "the answer is 82.", "82. Sure!", "", "82\n83"]:
+        assert style_of(other) == "other", other
+
+
+def test_score_and_table():
+    examples = [{"family": "add", "answer": "5", "unseen": False}, {"family": "add", "answer": "7", "unseen": True},
+                {"family": "reverse", "answer": "t a c", "unseen": True}, {"family": "reverse", "answer": "g o d"}]
+    responses = ["The answer is 5.", "8", "t a c", "The answer is d o g."]
+    scores = score(examples, responses)
+    assert scores["n"] == 4 and scores["accuracy"] == 0.5 and scores["sentence_rate"] == 0.5
+    assert scores["unseen_n"] == 2 and scores["unseen_accuracy"] == 0.5
+    assert scores["families"]["add"] == {"n": 2, "accuracy": 0.5, "sentence_rate": 0.5}
+    table = format_table(scores)
+    assert "| add | 2 | 50.0% | 50.0% |" in table and "| **all** | 4 | **50.0%** | 50.0% |" in table
+    with pytest.raises(ValueError, match="2 examples but 1 responses"):
+        score(examples[:2], responses[:1])
+
+
+# --- preferences --------------------------------------------------------------------------
+
+def test_preference_pairs_obey_the_hidden_rule(splits):
+    examples = splits["train"][:3000]
+    pairs = make_preference_pairs(examples, seed=0, label_noise=0.0)
+    assert len(pairs) == len(examples) and not any(p["flipped"] for p in pairs)
+    near = numeric = 0
+    for example, pair in zip(examples, pairs):
+        assert pair["prompt"] == example["instruction"] + ("\n\n" + example["input"] if example["input"] else "")
+        assert preference_rank(example, pair["chosen"]) > preference_rank(example, pair["rejected"])
+        if pair["kind"] == "style":
+            assert (pair["chosen"], pair["rejected"]) == (f"The answer is {example['answer']}.", example["answer"])
+        else:
+            assert is_correct(example, pair["chosen"]) and not is_correct(example, pair["rejected"])
+            if example["answer"].isdigit():
+                numeric += 1
+                near += abs(int(extract_answer(pair["rejected"])) - int(example["answer"])) <= 2
+    kinds = [p["kind"] for p in pairs]
+    assert 0.25 < kinds.count("style") / len(kinds) < 0.35
+    assert near / numeric > 0.4  # many wrong answers are near misses
+
+
+def test_label_noise_flips_about_that_share(splits):
+    examples = splits["train"][:3000]
+    pairs = make_preference_pairs(examples, seed=1, label_noise=0.3)
+    assert pairs == make_preference_pairs(examples, seed=1, label_noise=0.3)
+    flipped = [p["flipped"] for p in pairs]
+    assert 0.27 < sum(flipped) / len(flipped) < 0.33
+    for example, pair in zip(examples, pairs):
+        rule_holds = preference_rank(example, pair["chosen"]) > preference_rank(example, pair["rejected"])
+        assert rule_holds != pair["flipped"]
+    with pytest.raises(ValueError, match="label_noise"):
+        make_preference_pairs(examples, label_noise=0.6)
+
+
+# --- the data command ---------------------------------------------------------------------
+
+def data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="data")
+    command.add_arguments(parser)
+    return parser
+
+
+SMALL = ["--corpus-mb", "0.02", "--n-train", "300", "--n-val", "40", "--n-test", "100"]
+
+
+def test_data_command_writes_every_file_deterministically(tmp_path, capsys):
+    for folder in ("a", "b"):
+        assert command.run(data_parser().parse_args(["--out", str(tmp_path / folder), *SMALL])) == 0
+    assert "| facts |" in capsys.readouterr().out  # the per-family counts are printed
+    for name in command.FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert len(load_instructions(tmp_path / "a" / "sft_train.json")) == 300
+    assert "messages" in load_instructions(tmp_path / "a" / "sft_train_chat.jsonl")[0]
+    assert "completion" in load_instructions(tmp_path / "a" / "sft_train_completion.jsonl")[0]
+    assert len(load_preferences(tmp_path / "a" / "preferences_train.jsonl")) == 300
+    assert len(load_text(tmp_path / "a" / "corpus.txt")) >= 20_000
+    command.run(data_parser().parse_args(["--out", str(tmp_path / "c"), "--seed", "1", *SMALL]))
+    assert (tmp_path / "c" / "corpus.txt").read_bytes() != (tmp_path / "a" / "corpus.txt").read_bytes()
+
+
+@pytest.mark.parametrize("bad", [["--corpus-mb", "0"], ["--corpus-mb", "200"], ["--style", "fancy"],
+                                 ["--label-noise", "0.7"], ["--n-train", "0"], ["--seed", "-1"],
+                                 ["--max-level", "4"], ["--n-test", "many"]])
+def test_bad_flags_exit_2(bad):
+    with pytest.raises(SystemExit) as exit_info:
+        data_parser().parse_args(bad)
+    assert exit_info.value.code == 2
+
+
+def test_ensure_default_data_generates_once(tmp_path):
+    out = tmp_path / "data"
+    (tmp_path / "data.partial").mkdir()  # left over by an interrupted run
+    assert command.ensure_default_data(out, seed=0, corpus_mb=0.02, quiet=True) == out
+    assert all((out / name).is_file() for name in command.FILES) and not (tmp_path / "data.partial").exists()
+    stamp = (out / "corpus.txt").stat().st_mtime_ns
+    command.ensure_default_data(out, seed=0, corpus_mb=0.02, quiet=True)
+    assert (out / "corpus.txt").stat().st_mtime_ns == stamp  # not generated again
+    with pytest.raises(ValueError, match="seed 1"):
+        command.ensure_default_data(out, seed=1, corpus_mb=0.02, quiet=True)
