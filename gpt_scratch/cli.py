@@ -3,8 +3,10 @@
     python -m gpt_scratch run                 the whole course pipeline on the embedded default
     python -m gpt_scratch data                generate the embedded world's data files
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
+    python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
     python -m gpt_scratch generate            sample text from a checkpoint
     python -m gpt_scratch bench               training / generation speed and MFU
+    python -m gpt_scratch grade               grade the exercises (or --solutions)
 
 Every flag is checked by argparse (choices=, typed ranges) and against the other flags; a bad
 value exits with code 2 and one line saying what is allowed.
@@ -87,6 +89,7 @@ def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The main parser and each stage's own parser (used for its cross-flag errors)."""
+    from gpt_scratch import grade as grade_command
     from gpt_scratch.world import command as data_command
 
     parser = argparse.ArgumentParser(prog="python -m gpt_scratch", description=__doc__,
@@ -114,6 +117,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_model_flags(pre)
     add_train_flags(pre, "pretrain")
 
+    sft = stages.add_parser("sft", help="instruction fine-tuning of a pretrained model, scored by the judge")
+    sft.add_argument("--base", default="runs/default/pretrain",
+                     help="checkpoint to start from: a stage or checkpoint folder (default runs/default/pretrain)")
+    sft.add_argument("--data", default="runs/default/data",
+                     help="folder with sft_train.json, sft_val.json, sft_test.json (from `data`)")
+    sft.add_argument("--out", default="runs/default/sft", help="stage folder")
+    sft.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
+    sft.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template")
+    sft.add_argument("--loss-on", choices=["answer", "all"], default="answer",
+                     help="train on answer tokens only (prompt masked with -100) or on all tokens")
+    sft.add_argument("--n-train", type=positive_int, help="use only the first N training examples")
+    sft.add_argument("--n-eval", type=positive_int, help="score only the first N test examples")
+    sft.add_argument("--max-length", type=int_range(8, 8192),
+                     help="longest example in tokens (longer ones are cut, with a count); at most the context")
+    add_train_flags(sft, "sft")
+
     gen = stages.add_parser("generate", help="continue a prompt with a trained model")
     gen.add_argument("--checkpoint", default="runs/default/pretrain", help="checkpoint or stage folder")
     gen.add_argument("--prompt", default="Once upon a time", help="text to continue")
@@ -131,6 +150,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     bench.add_argument("--steps", type=int_range(1, 1000), default=10, help="timed training steps")
     bench.add_argument("--new-tokens", type=int_range(1, 8192), default=256, help="tokens to generate")
     bench.add_argument("--batch-size", type=positive_int, help="training batch (default: the preset's)")
+
+    grade = stages.add_parser("grade", help="run the exercise tests and print a score table")
+    grade_command.add_arguments(grade)
     return parser, stages.choices
 
 
@@ -158,6 +180,11 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         pretrain(args.corpus, args.out, model_settings(args), train_config(args, "pretrain"), vocab,
                  args.val_fraction, resume=args.resume, quiet=args.quiet)
         return 0
+    if args.stage == "sft":
+        return sft_command(parser, args)
+    if args.stage == "grade":
+        from gpt_scratch import grade as grade_command
+        return grade_command.run(args)
     if args.stage == "generate":
         return generate_command(args)
     if args.stage == "bench":
@@ -169,6 +196,20 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet)
         return 0
     raise AssertionError(f"unhandled stage {args.stage}")
+
+
+def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    check_model_and_train(parser, args, "sft")
+    from gpt_scratch.checkpoint import find_checkpoint, read_config
+    from gpt_scratch.sft import sft
+
+    config, _ = read_config(find_checkpoint(args.base))
+    if args.max_length is not None and args.max_length > config.block_size:
+        parser.error(f"--max-length {args.max_length} is longer than the base model's context "
+                     f"(block_size {config.block_size}); use at most {config.block_size}")
+    sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
+        args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet)
+    return 0
 
 
 def generate_command(args: argparse.Namespace) -> int:

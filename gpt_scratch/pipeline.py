@@ -57,6 +57,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
                  device: str = "auto", quiet: bool = False) -> dict[str, dict]:
     from gpt_scratch.pretrain import pretrain
+    from gpt_scratch.sft import sft
     from gpt_scratch.world.command import ensure_default_data
 
     run_dir = Path(out)
@@ -71,6 +72,9 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(
         corpus_path, run_dir / "pretrain", settings["model"], stage_train_config(preset, "pretrain", seed, device),
         settings["vocab_size"], resume=True, quiet=quiet), quiet)
+    results["sft"] = run_stage("sft", run_dir / "sft", lambda: sft(
+        run_dir / "pretrain", data_dir, run_dir / "sft", stage_train_config(preset, "sft", seed, device),
+        resume=True, quiet=quiet), quiet)
 
     report = format_report(results, run_dir, preset)
     (run_dir / "report.md").write_text(report)

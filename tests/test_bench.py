@@ -1,6 +1,5 @@
 """The benchmark runs end to end on the tiny preset and reports sane, consistent figures."""
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -9,10 +8,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench uses train.py's step, and train.py (through checkpoint.py) needs the tokenizer module.
-needs_tokenizer = pytest.mark.skipif(importlib.util.find_spec("gpt_scratch.tokenizer") is None,
-                                     reason="gpt_scratch/tokenizer.py is not written yet (train.py imports it)")
-
 
 @pytest.fixture(scope="module")
 def figures():
@@ -20,7 +15,6 @@ def figures():
     return run_benchmarks("tiny", "cpu", steps=2, new_tokens=16, batch_size=None)
 
 
-@needs_tokenizer
 def test_figures_are_positive_and_finite(figures):
     for name in ("matmul_flops", "train_tokens_per_s", "train_step_s", "flops_per_token", "train_flops", "mfu",
                  "gen_cached_tokens_per_s", "gen_uncached_tokens_per_s", "kv_cache_speedup"):
@@ -29,7 +23,6 @@ def test_figures_are_positive_and_finite(figures):
     assert (figures["device"], figures["batch_size"], figures["block_size"]) == ("cpu", 8, 64)
 
 
-@needs_tokenizer
 def test_figures_are_consistent(figures):
     assert figures["train_flops"] == pytest.approx(figures["flops_per_token"] * figures["train_tokens_per_s"])
     assert figures["mfu"] == pytest.approx(figures["train_flops"] / figures["matmul_flops"])
@@ -39,7 +32,6 @@ def test_figures_are_consistent(figures):
     assert figures["same_tokens"]  # the cache must not change what greedy decoding picks
 
 
-@needs_tokenizer
 def test_flops_per_token_formula():
     """tiny: L=2, C=16, T=64, V=300, tied. N = 2 blocks * (12 C^2 + 13 C) + final LayerNorm 2 C + lm_head V C."""
     from gpt_scratch.bench import flops_per_token
@@ -49,7 +41,6 @@ def test_flops_per_token_formula():
     assert flops_per_token(model) == 6 * n + 12 * 2 * 16 * 64
 
 
-@needs_tokenizer
 def test_bad_arguments_are_value_errors():
     from gpt_scratch.bench import run_benchmarks
     with pytest.raises(ValueError, match="unknown preset"):
@@ -59,9 +50,6 @@ def test_bad_arguments_are_value_errors():
 
 
 def test_cli_rejects_zero_steps():
-    missing = [m for m in ("gpt_scratch.tokenizer", "gpt_scratch.world") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"the CLI imports {', '.join(missing)}, which is not written yet")
     result = subprocess.run([sys.executable, "-m", "gpt_scratch", "bench", "--steps", "0"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
