@@ -6,6 +6,10 @@ import torch
 from gpt_scratch.model import GPT
 from tiny import tiny_config
 
+# Tiny tensors run fastest on one thread (thread start-up costs more than the arithmetic),
+# and CI's two cores may be shared.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tiny_model() -> GPT:

@@ -1,0 +1,326 @@
+"""LoRA: fine-tune a frozen model through small low-rank updates to its Linear layers.
+
+    names = add_lora(model, rank=8, alpha=16, targets=("attn", "mlp"))  # base frozen, A and B added
+    train(model, ...)                                   # only lora_A and lora_B move
+    save_adapter(model, "runs/lora/adapter", base="runs/default/sft")   # a few KB, not the model
+    load_adapter(plain_base_model, "runs/lora/adapter") # the same fine-tuned model again
+    remove_lora(model)                                  # merge and go back to a plain GPT
+
+The idea: a frozen layer computes y = W x + b. LoRA adds a trainable update of rank r,
+    y = W x + b + (alpha / r) * B (A x),    A: (r, in), B: (out, r)
+so it trains r * (in + out) numbers instead of in * out. A starts random and B starts at
+zero: B A = 0, so the model starts exactly as the base model, while B's gradient (which
+goes through A x) is not zero, so training can begin. alpha / r keeps the size of the update
+similar when you change r. After training, B A can be merged into W: the same outputs with
+no extra cost per token.
+
+LoRA on the tied output head (targets including "head", with config.tie_weights) first unties
+the head: it gets its own frozen copy of the shared matrix and config.tie_weights becomes
+False. Otherwise merging B A into the head would also change the token embedding, i.e. the
+input side of the model.
+"""
+
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gpt_scratch.checkpoint import write_json
+from gpt_scratch.freeze import head_is_tied
+from gpt_scratch.model import GPT, GPTConfig
+
+# Which Linear layers each target name means; names are matched at the end of module names,
+# so "attn.c_proj" is transformer.h.<i>.attn.c_proj and never transformer.h.<i>.mlp.c_proj.
+TARGETS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj"), "head": ("lm_head",)}
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update: W x + b + scale * B (A x)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank, self.alpha = rank, alpha
+        self.scale = alpha / rank
+        # The base layer's own Parameter objects under the same names: the model's state dict
+        # keeps saying ...c_attn.weight and ...c_attn.bias, so base checkpoints still load.
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)  # base.bias is None when config.bias=False
+        for p in (self.weight, self.bias):
+            if p is not None:
+                p.requires_grad_(False)
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))  # zero: starts as the base
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the init nn.Linear uses for its weights
+        self.dropout = nn.Dropout(dropout)  # on the LoRA path only: the base path stays exact
+        self.merged = False
+
+    def delta(self) -> torch.Tensor:
+        """The update to the weight, scale * B @ A, shaped like the weight (out, in)."""
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out  # the update is already inside self.weight
+        # (..., in) @ A^T -> (..., rank) @ B^T -> (..., out): never builds the (out, in) matrix
+        return out + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add scale * B @ A into the weight; forward then skips the LoRA path."""
+        if not self.merged:
+            self.weight.add_(self.delta())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update again (the base weight comes back up to float rounding)."""
+        if self.merged:
+            self.weight.sub_(self.delta())
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}")
+
+
+def check_lora_settings(rank: int, alpha: float, targets: tuple[str, ...] | list[str] | str, dropout: float,
+                        train_head: bool) -> tuple[str, ...]:
+    """Raise a one-line ValueError for a bad setting; return targets as a tuple."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if not isinstance(alpha, (int, float)) or not alpha > 0:  # `not >` also rejects NaN
+        raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    unknown = [t for t in targets if t not in TARGETS]
+    if not targets or unknown:
+        raise ValueError(f"LoRA targets must be a non-empty subset of {', '.join(TARGETS)}; got {list(targets)}")
+    if train_head and "head" in targets:
+        raise ValueError("train_head=True trains the whole head already; drop 'head' from the LoRA targets")
+    return targets
+
+
+def matches(name: str, suffixes: tuple[str, ...]) -> bool:
+    """Is a module name one of the suffixes, e.g. 'transformer.h.0.attn.c_attn' for 'attn.c_attn'?"""
+    return any(name == s or name.endswith("." + s) for s in suffixes)
+
+
+def target_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """Names of the plain nn.Linear layers that the targets select, in model order."""
+    suffixes = tuple(s for group in targets for s in TARGETS[group])
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and matches(name, suffixes)]
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """(name, layer) for every LoRALinear in the model, in model order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` is ('transformer.h.0.attn.c_attn')."""
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, new)  # "" is the model itself
+
+
+def untie_head(model: GPT) -> None:
+    """Give the head its own frozen copy of the shared matrix, so changing it spares the embedding."""
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+    # A new config object (not an edit of the shared one): checkpoints now save lm_head.weight.
+    model.config = replace(model.config, tie_weights=False)
+
+
+def refuse_if_has_lora(model: nn.Module) -> None:
+    if lora_layers(model):
+        raise ValueError("the model already has LoRA layers; call remove_lora(model) first")
+
+
+def add_lora(model: GPT, rank: int, alpha: float, targets: tuple[str, ...] = ("attn", "mlp"), dropout: float = 0.0,
+             train_head: bool = False) -> list[str]:
+    """Freeze the model, wrap each targeted Linear in a LoRALinear; return the wrapped names.
+
+    train_head=True leaves the output head's weight trainable (a new or retrained head must
+    learn; tied, that matrix is also the token embedding, as in freeze.py).
+    """
+    targets = check_lora_settings(rank, alpha, targets, dropout, train_head)
+    refuse_if_has_lora(model)
+    for p in model.parameters():  # freeze first: only what is unfrozen below will train
+        p.requires_grad_(False)
+    if "head" in targets and head_is_tied(model):
+        untie_head(model)
+    names = target_names(model, targets)
+    for name in names:
+        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
+    if train_head:
+        model.lm_head.weight.requires_grad_(True)
+    return names
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Merge every LoRA layer: same outputs, no extra cost per token (e.g. to serve or export)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Undo merge_lora, e.g. to train the adapter further."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+
+
+def remove_lora(model: GPT) -> list[str]:
+    """Merge every LoRA layer and put a plain nn.Linear back: an ordinary GPT again.
+
+    The plain layers hold the merged weights, and every parameter is trainable again, as
+    GPT() makes it. Returns the names of the layers replaced.
+    """
+    names = []
+    for name, layer in lora_layers(model):
+        layer.merge()
+        # skip_init: build the layer without initialising a weight we replace on the next line
+        plain = nn.utils.skip_init(nn.Linear, layer.in_features, layer.out_features,
+                                   bias=layer.bias is not None, device=layer.weight.device,
+                                   dtype=layer.weight.dtype)
+        plain.weight = layer.weight
+        if layer.bias is not None:
+            plain.bias = layer.bias
+        replace_module(model, name, plain)
+        names.append(name)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return names
+
+
+def lora_parameter_count(config: GPTConfig, rank: int, targets: tuple[str, ...] = ("attn", "mlp")) -> int:
+    """The number of LoRA parameters add_lora creates, from the config alone."""
+    targets = check_lora_settings(rank, 1.0, targets, 0.0, False)
+    E, V = config.n_embd, config.vocab_size
+
+    def pair(n_in: int, n_out: int) -> int:
+        return rank * n_in + n_out * rank  # A is (rank, in), B is (out, rank)
+
+    per_block = 0
+    if "attn" in targets:
+        per_block += pair(E, 3 * E) + pair(E, E)  # c_attn, c_proj
+    if "mlp" in targets:
+        per_block += pair(E, 4 * E) + pair(4 * E, E)  # c_fc, c_proj
+    count = config.n_layer * per_block
+    if "head" in targets:
+        count += pair(E, V)
+    return count
+
+
+# ---- adapter files: only what LoRA learned, next to (not inside) the base checkpoint ----
+
+def head_is_trained(model: GPT) -> bool:
+    """Did add_lora(train_head=True) leave the head trainable? Then it belongs in the adapter."""
+    return not isinstance(model.lm_head, LoRALinear) and model.lm_head.weight.requires_grad
+
+
+def lora_settings(model: GPT) -> dict:
+    """rank, alpha, dropout, targets and train_head of a model that has LoRA layers."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call add_lora first")
+    first = layers[0][1]  # add_lora gives every layer the same settings
+    names = [name for name, _ in layers]
+    targets = [group for group, suffixes in TARGETS.items() if any(matches(n, suffixes) for n in names)]
+    return {"rank": first.rank, "alpha": first.alpha, "dropout": first.dropout.p,
+            "targets": targets, "train_head": head_is_trained(model)}
+
+
+def adapter_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """The LoRA tensors under their state-dict names, plus the head when it was trained."""
+    tensors = {}
+    for name, layer in lora_layers(model):
+        tensors[f"{name}.lora_A"] = layer.lora_A
+        tensors[f"{name}.lora_B"] = layer.lora_B
+    if head_is_trained(model):  # a retrained head is part of what was learned
+        tensors["lm_head.weight"] = model.lm_head.weight
+    return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+
+def save_adapter(model: GPT, folder: str | Path, base: str | None = None) -> Path:
+    """Write folder/adapter.safetensors and folder/adapter.json; each file is written atomically."""
+    folder = Path(folder)
+    settings = {**lora_settings(model), "base": None if base is None else str(base)}
+    folder.mkdir(parents=True, exist_ok=True)
+    # Temporary name, then rename: a run killed mid-save leaves the old file, never half a new one.
+    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
+    save_file(adapter_tensors(model), str(tmp))
+    os.replace(tmp, folder / ADAPTER_WEIGHTS)
+    write_json(folder / ADAPTER_CONFIG, settings)  # last: the json says the adapter is complete
+    return folder
+
+
+def read_adapter_settings(folder: Path) -> dict:
+    path = folder / ADAPTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; write the adapter with save_adapter(model, folder) first")
+    try:
+        data = json.loads(path.read_text())
+        settings = {key: data[key] for key in ("rank", "alpha", "dropout", "targets", "train_head")}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid adapter config ({err!r}); save the adapter again") from None
+    check_lora_settings(settings["rank"], settings["alpha"], settings["targets"], settings["dropout"],
+                        settings["train_head"])
+    return {**settings, "base": data.get("base")}
+
+
+def read_adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; write the adapter with save_adapter(model, folder) first")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is corrupt or unreadable ({err}); save the adapter again") from None
+
+
+def expected_adapter_shapes(model: GPT, settings: dict) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an adapter with these settings must hold for this model."""
+    rank, shapes = settings["rank"], {}
+    for name in target_names(model, tuple(settings["targets"])):
+        linear = model.get_submodule(name)
+        shapes[f"{name}.lora_A"] = (rank, linear.in_features)
+        shapes[f"{name}.lora_B"] = (linear.out_features, rank)
+    if settings["train_head"]:
+        shapes["lm_head.weight"] = tuple(model.lm_head.weight.shape)
+    return shapes
+
+
+def load_adapter(model: GPT, folder: str | Path) -> dict:
+    """Add LoRA to a plain base model with the saved settings and load the saved tensors.
+
+    Everything is checked before the model is touched. Returns the settings (with "base").
+    """
+    folder = Path(folder)
+    refuse_if_has_lora(model)
+    settings = read_adapter_settings(folder)
+    tensors = read_adapter_tensors(folder)
+    expected = expected_adapter_shapes(model, settings)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = [f"{n} {tuple(tensors[n].shape)} vs {expected[n]}"
+                   for n in expected if n in tensors and tuple(tensors[n].shape) != expected[n]]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(f"{folder}/{ADAPTER_WEIGHTS} does not fit this model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, shapes {wrong_shape[:3]}")
+    add_lora(model, settings["rank"], settings["alpha"], tuple(settings["targets"]),
+             settings["dropout"], settings["train_head"])
+    model.load_state_dict(tensors, strict=False)  # strict=False: the file holds no base weights
+    return settings
