@@ -55,6 +55,46 @@ def add_train_flags(parser: argparse.ArgumentParser, stage: str) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
+    """Chapters 6 and 7: which parameters fine-tuning changes."""
+    from gpt_scratch.freeze import STRATEGIES
+    from gpt_scratch.lora import TARGETS
+
+    group = parser.add_argument_group("what to train (default: every parameter)")
+    group.add_argument("--freeze", choices=STRATEGIES, default="full",
+                       help="freezing strategy (last_blocks needs --trainable-blocks; default full = nothing frozen)")
+    group.add_argument("--trainable-blocks", type=non_negative_int,
+                       help="with --freeze last_blocks: how many of the last blocks train (0..n_layer of the base)")
+    group.add_argument("--lora-rank", type=positive_int, help="train LoRA adapters of this rank instead (base frozen)")
+    group.add_argument("--lora-alpha", type=positive_float, help="LoRA scale numerator (default 2 * rank)")
+    group.add_argument("--lora-targets", nargs="+", choices=sorted(TARGETS), default=None,
+                       help="layers that get adapters (default attn mlp)")
+    group.add_argument("--lora-dropout", type=float_range(0.0, 1.0, include_high=False), default=None,
+                       help="dropout on the LoRA path (default 0)")
+
+
+def tuning_from(parser: argparse.ArgumentParser, args: argparse.Namespace, n_layer: int):
+    """The Tuning the flags ask for; contradictory combinations exit 2 with one line."""
+    from gpt_scratch.sft import Tuning
+
+    lora_only = [flag for flag, value in (("--lora-alpha", args.lora_alpha), ("--lora-targets", args.lora_targets),
+                                          ("--lora-dropout", args.lora_dropout)) if value is not None]
+    if args.lora_rank is None and lora_only:
+        parser.error(f"{lora_only[0]} needs --lora-rank (LoRA is off without a rank)")
+    if args.lora_rank is not None and (args.freeze != "full" or args.trainable_blocks is not None):
+        parser.error("--lora-rank cannot be combined with --freeze/--trainable-blocks: LoRA freezes the whole base "
+                     "model itself")
+    if args.freeze == "last_blocks" and args.trainable_blocks is None:
+        parser.error("--freeze last_blocks needs --trainable-blocks N")
+    if args.trainable_blocks is not None and args.freeze != "last_blocks":
+        parser.error(f"--trainable-blocks only works with --freeze last_blocks, not --freeze {args.freeze}")
+    if args.trainable_blocks is not None and args.trainable_blocks > n_layer:
+        parser.error(f"--trainable-blocks {args.trainable_blocks} is more than the base model's {n_layer} blocks; "
+                     f"use 0..{n_layer}")
+    return Tuning(args.freeze, args.trainable_blocks, args.lora_rank, args.lora_alpha,
+                  tuple(args.lora_targets or ("attn", "mlp")), args.lora_dropout or 0.0)
+
+
 def model_settings(args: argparse.Namespace) -> dict:
     """The preset's model shape with any flags given on the command line on top."""
     settings = dict(PRESETS[args.preset]["model"])
@@ -131,6 +171,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sft.add_argument("--n-eval", type=positive_int, help="score only the first N test examples")
     sft.add_argument("--max-length", type=int_range(8, 8192),
                      help="longest example in tokens (longer ones are cut, with a count); at most the context")
+    add_tuning_flags(sft)
     add_train_flags(sft, "sft")
 
     gen = stages.add_parser("generate", help="continue a prompt with a trained model")
@@ -207,8 +248,9 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     if args.max_length is not None and args.max_length > config.block_size:
         parser.error(f"--max-length {args.max_length} is longer than the base model's context "
                      f"(block_size {config.block_size}); use at most {config.block_size}")
+    tuning = tuning_from(parser, args, config.n_layer)
     sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
-        args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet)
+        args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning)
     return 0
 
 

@@ -16,16 +16,19 @@ The three ideas of the chapter:
 """
 
 import random
+import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from gpt_scratch.checkpoint import load_checkpoint, write_json
+from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint, write_json
 from gpt_scratch.formats import load_instructions
+from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
 from gpt_scratch.generate import generate
+from gpt_scratch.lora import add_lora, remove_lora, save_adapter
 from gpt_scratch.model import GPT
 from gpt_scratch.plots import plot_bars
 from gpt_scratch.templates import encode_example, encode_prompt
@@ -34,6 +37,33 @@ from gpt_scratch.train import TrainConfig, pick_device, train
 from gpt_scratch.world.judge import format_table, score
 
 IGNORE = -100  # targets with this value add nothing to the loss (lm_loss's ignore_index)
+
+
+@dataclass
+class Tuning:
+    """Which parameters fine-tuning may change (chapters 6 and 7); the default trains them all.
+
+    freeze: a strategy of freeze.py (full, last_blocks, head, norms_biases, embeddings_frozen);
+    lora_rank: if set, the base model is frozen and LoRA adapters are trained instead.
+    """
+    freeze: str = "full"
+    trainable_blocks: int | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # default 2 * rank: the same scale (alpha / rank = 2) for every rank
+    lora_targets: tuple[str, ...] = field(default_factory=lambda: ("attn", "mlp"))
+    lora_dropout: float = 0.0
+
+    def apply(self, model: GPT) -> None:
+        if self.lora_rank is not None:
+            add_lora(model, self.lora_rank, self.lora_alpha or 2.0 * self.lora_rank, self.lora_targets,
+                     self.lora_dropout)
+        else:
+            apply_freezing(model, self.freeze, self.trainable_blocks)
+
+    def describe(self) -> str:
+        if self.lora_rank is not None:
+            return f"LoRA rank {self.lora_rank} on {'+'.join(self.lora_targets)}"
+        return self.freeze + (f" {self.trainable_blocks}" if self.freeze == "last_blocks" else "")
 
 
 @dataclass
@@ -139,11 +169,13 @@ def check_judgeable(records: list[dict], path: Path) -> None:
 def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, template: str = "alpaca",
         mask_prompt: bool = True, n_train: int | None = None, max_length: int | None = None,
         n_eval: int | None = None, resume: bool = False, quiet: bool = False,
-        prepare_model=None) -> dict:
+        tuning: Tuning | None = None) -> dict:
     """The whole SFT stage: load the base model, score it, fine-tune, score again; return metrics.
 
-    prepare_model(model) -> None, if given, runs before training (chapter 6/7: freezing, LoRA).
+    With LoRA, the stage folder also gets adapter/ (the small adapter file), and the checkpoint
+    holds the merged model: a plain GPT that the next stage loads like any other.
     """
+    tuning = tuning or Tuning()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -164,15 +196,20 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
                    for i in range(0, min(len(val), 8 * cfg.batch_size), cfg.batch_size)]
 
     before, _ = evaluate(model, tokenizer, test_records, template)
-    if prepare_model is not None:
-        prepare_model(model)
+    tuning.apply(model)
+    trainable, total = count_parameters(model)
     if not quiet:
+        print(trainable_table(model))
         print(f"SFT: {len(examples):,} examples ({batches.steps_per_epoch():.0f} steps per epoch), "
-              f"template {template}, {'answer tokens only' if mask_prompt else 'all tokens'} in the loss; "
-              f"accuracy before: {before['accuracy']:.1%}")
+              f"template {template}, {'answer tokens only' if mask_prompt else 'all tokens'} in the loss, "
+              f"tuning: {tuning.describe()}; accuracy before: {before['accuracy']:.1%}")
     meta = {"stage": "sft", "base": str(base), "template": template, "mask_prompt": mask_prompt,
-            "corpus": base_meta.get("corpus")}
+            "tuning": tuning.describe(), "corpus": base_meta.get("corpus")}
     history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet)
+    if tuning.lora_rank is not None:
+        save_adapter(model, out_dir / "adapter", base=str(base))
+        remove_lora(model)  # merge the adapters into the weights: an ordinary GPT again
+        save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "merged_lora": True})
 
     began = time.perf_counter()
     after, responses = evaluate(model, tokenizer, test_records, template)
@@ -187,7 +224,10 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         "sentence_rate_after": round(after["sentence_rate"], 4),
         "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
         "train_seconds": round(history["seconds"], 1), "eval_seconds": round(eval_seconds, 1),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "tuning": tuning.describe(), "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_share": round(trainable / total, 4),
+        "step_seconds": round(history["seconds"] / max(1, len(history["step"])), 4),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
         "table": format_table(after),
     }
     write_json(out_dir / "metrics.json", metrics)
@@ -195,6 +235,12 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         print(format_table(after))
         print(f"accuracy {before['accuracy']:.1%} before SFT -> {after['accuracy']:.1%} after")
     return metrics
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 1024**2
 
 
 def write_reports(out_dir: Path, records: list[dict], responses: list[str], before: dict, after: dict) -> None:

@@ -11,6 +11,7 @@ from gpt_scratch.sft import IGNORE, Encoded, ExampleBatches, collate, encode_rec
 from gpt_scratch.templates import encode_example, encode_prompt
 from gpt_scratch.tokenizer import ASSISTANT, EOT, USER, Tokenizer
 from gpt_scratch.train import TrainConfig
+from tiny import write_yes_data
 
 ALPACA = {"instruction": "What is 3 plus 4?", "input": "", "output": "The answer is 7."}
 WITH_INPUT = {"instruction": "Reverse the letters.", "input": "c a t", "output": "t a c"}
@@ -133,17 +134,6 @@ def test_batches_visit_every_example_once_per_epoch_and_repeat_exactly():
     assert torch.equal(batches.batch(7)[0], batches.batch(7)[0])
     other_seed = ExampleBatches(examples, 2, 1, 9, True, seed=4)
     assert any(not torch.equal(batches.batch(s)[0], other_seed.batch(s)[0]) for s in range(5))
-
-
-def write_yes_data(folder, n_train=64, n_test=16):
-    """A task a tiny model learns in seconds: the answer is always 'yes'."""
-    folder.mkdir(parents=True, exist_ok=True)
-    def records(n, split):
-        return [{"id": f"{split}-{i}", "family": "facts", "level": 1, "instruction": f"Is {i} a number?",
-                 "input": "", "output": "yes", "answer": "yes", "unseen": False} for i in range(n)]
-    for split, n in (("train", n_train), ("val", 8), ("test", n_test)):
-        (folder / f"sft_{split}.json").write_text(json.dumps(records(n, split)))
-    return folder
 
 
 @pytest.fixture(scope="module")

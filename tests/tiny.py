@@ -1,5 +1,6 @@
 """Tiny configs shared by the tests: models of a few thousand parameters keep the suite fast."""
 
+import json
 from pathlib import Path
 
 from gpt_scratch.model import GPTConfig
@@ -12,3 +13,14 @@ def tiny_config(**overrides) -> GPTConfig:
     settings = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16)
     settings.update(overrides)
     return GPTConfig(**settings)
+
+
+def write_yes_data(folder, n_train=64, n_test=16):
+    """A task a tiny model learns in seconds: the answer is always 'yes'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    def records(n, split):
+        return [{"id": f"{split}-{i}", "family": "facts", "level": 1, "instruction": f"Is {i} a number?",
+                 "input": "", "output": "yes", "answer": "yes", "unseen": False} for i in range(n)]
+    for split, n in (("train", n_train), ("val", 8), ("test", n_test)):
+        (folder / f"sft_{split}.json").write_text(json.dumps(records(n, split)))
+    return folder
