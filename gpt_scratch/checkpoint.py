@@ -16,6 +16,7 @@ so a run killed mid-save leaves the previous checkpoint intact, never half of a 
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -109,8 +110,9 @@ def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], 
     wrong_shape = [f"{n} {tuple(weights[n].shape)} vs {tuple(own[n].shape)}"
                    for n in own if n in weights and weights[n].shape != own[n].shape]
     if missing or unexpected or wrong_shape:
-        raise ValueError(f"{source}/model.safetensors does not match its config: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {wrong_shape[:3]}")
+        raise ValueError(f"{source}/model.safetensors does not match the model's config: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {wrong_shape[:3]}; "
+                         f"restore the config.json that was saved with these weights or re-run the stage")
     model.load_state_dict(weights, strict=False)
 
 
@@ -128,6 +130,10 @@ def load_train_state(path: str | Path) -> tuple[dict, dict | None]:
     """(train_state, optimizer_state) saved for resuming, or ({}, None) if there are none."""
     folder = find_checkpoint(path)
     state_file, optim_file = folder / "train_state.json", folder / "optimizer.pt"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    optim = torch.load(optim_file, weights_only=True) if optim_file.is_file() else None
+    try:
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        optim = torch.load(optim_file, weights_only=True) if optim_file.is_file() else None
+    except (json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(f"the resume state in {folder} is damaged ({type(err).__name__}); delete {folder} "
+                         f"to train the stage from the start") from None
     return state, optim

@@ -4,6 +4,7 @@
     python -m gpt_scratch data                generate the embedded world's data files
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
+    python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
     python -m gpt_scratch generate            sample text from a checkpoint
     python -m gpt_scratch bench               training / generation speed and MFU
     python -m gpt_scratch grade               grade the exercises (or --solutions)
@@ -130,6 +131,7 @@ def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namesp
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The main parser and each stage's own parser (used for its cross-flag errors)."""
     from gpt_scratch import grade as grade_command
+    from gpt_scratch.compare import DEFAULT_METHODS, method_type
     from gpt_scratch.world import command as data_command
 
     parser = argparse.ArgumentParser(prog="python -m gpt_scratch", description=__doc__,
@@ -171,8 +173,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sft.add_argument("--n-eval", type=positive_int, help="score only the first N test examples")
     sft.add_argument("--max-length", type=int_range(8, 8192),
                      help="longest example in tokens (longer ones are cut, with a count); at most the context")
+    sft.add_argument("--skip-before", action="store_true", help="do not score the base model before training")
     add_tuning_flags(sft)
     add_train_flags(sft, "sft")
+
+    compare = stages.add_parser("compare", help="fine-tune with several freezing/LoRA methods and compare them")
+    compare.add_argument("--base", default="runs/default/pretrain", help="the checkpoint every method starts from")
+    compare.add_argument("--data", default="runs/default/data", help="folder with the sft_*.json files")
+    compare.add_argument("--out", default="runs/compare", help="one sub-folder per method, plus the table and plot")
+    compare.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
+    compare.add_argument("--methods", nargs="+", type=method_type, default=list(DEFAULT_METHODS),
+                         help="full, last_blocks:N, head, norms_biases, embeddings_frozen, lora:R "
+                              "(default: all strategies and LoRA ranks 1-16)")
+    compare.add_argument("--max-steps", type=positive_int, help="training steps of every method (default: the preset's)")
+    compare.add_argument("--n-eval", type=positive_int, help="score only the first N test examples")
+    compare.add_argument("--quiet", action="store_true")
 
     gen = stages.add_parser("generate", help="continue a prompt with a trained model")
     gen.add_argument("--checkpoint", default="runs/default/pretrain", help="checkpoint or stage folder")
@@ -223,6 +238,12 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.stage == "sft":
         return sft_command(parser, args)
+    if args.stage == "compare":
+        from gpt_scratch.compare import compare
+        extra = [flag for name, value in (("--max-steps", args.max_steps), ("--n-eval", args.n_eval)) if value
+                 for flag in (name, str(value))]
+        compare(args.base, args.data, args.out, args.methods, args.preset, extra, args.quiet)
+        return 0
     if args.stage == "grade":
         from gpt_scratch import grade as grade_command
         return grade_command.run(args)
@@ -250,7 +271,8 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
                      f"(block_size {config.block_size}); use at most {config.block_size}")
     tuning = tuning_from(parser, args, config.n_layer)
     sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
-        args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning)
+        args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning,
+        score_before=not args.skip_before)
     return 0
 
 

@@ -65,7 +65,7 @@ def check_prompts(prompts: list[list[int]], block_size: int, crop: bool) -> list
     too_long = [len(p) for p in prompts if len(p) > block_size]
     if too_long and not crop:
         raise ValueError(f"a prompt has {max(too_long)} tokens but the model's context is {block_size}; "
-                         f"shorten the prompt or pass crop=True to keep its last {block_size} tokens")
+                         f"shorten the prompt or crop it to its last {block_size} tokens (crop=True, or --crop)")
     return [p[-block_size:] for p in prompts]
 
 

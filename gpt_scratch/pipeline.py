@@ -33,17 +33,34 @@ def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool)
 
 
 def stage_train_config(preset: str, stage: str, seed: int, device: str) -> TrainConfig:
-    return TrainConfig(**PRESETS[preset][stage], seed=seed, device=device)
+    settings = {k: v for k, v in PRESETS[preset][stage].items() if k not in ("rank", "targets")}
+    return TrainConfig(**settings, seed=seed, device=device)
+
+
+def headline(results: dict[str, dict]) -> list[str]:
+    """The few numbers that say whether the run worked, as a short list."""
+    lines = []
+    if "pretrain" in results:
+        m = results["pretrain"]
+        lines.append(f"- pretraining: {m['parameters']:,} parameters, final validation loss {m['final_val_loss']}")
+    for stage in ("sft", "lora"):
+        if stage in results:
+            m = results[stage]
+            before = f"{m['accuracy_before']:.1%} -> " if m.get("accuracy_before") is not None else ""
+            lines.append(f"- {stage} ({m['tuning']}, {m['trainable_share']:.1%} of parameters trained): held-out "
+                         f"accuracy {before}{m['accuracy_after']:.1%} (unseen questions {m['unseen_accuracy_after']:.1%})")
+    return lines
 
 
 def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
     """A markdown report card: one table per stage, with its plots."""
     lines = ["# gpt-scratch run report", "", f"Run folder: `{run_dir}`, preset `{preset}`.", ""]
+    lines += headline(results) + [""]
     for stage, metrics in results.items():
         lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
         for key, value in metrics.items():
-            if isinstance(value, (dict, list)):
-                continue
+            if isinstance(value, (dict, list)) or key == "table":
+                continue  # the per-family table comes below the metrics
             text = str(value).replace("\n", " ").replace("|", "/")
             lines.append(f"| {key} | {text[:120]} |")
         for plot in sorted((run_dir / stage).glob("*.png")):
@@ -57,7 +74,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
                  device: str = "auto", quiet: bool = False) -> dict[str, dict]:
     from gpt_scratch.pretrain import pretrain
-    from gpt_scratch.sft import sft
+    from gpt_scratch.sft import Tuning, sft
     from gpt_scratch.world.command import ensure_default_data
 
     run_dir = Path(out)
@@ -66,7 +83,7 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     results: dict[str, dict] = {}
     began = time.perf_counter()
 
-    data_dir = ensure_default_data(run_dir / "data", seed=seed, corpus_mb=settings["corpus_mb"])
+    data_dir = ensure_default_data(run_dir / "data", seed=seed, corpus_mb=settings["corpus_mb"], quiet=quiet)
     corpus_path = Path(corpus) if corpus else data_dir / "corpus.txt"
 
     results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(
@@ -75,6 +92,11 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     results["sft"] = run_stage("sft", run_dir / "sft", lambda: sft(
         run_dir / "pretrain", data_dir, run_dir / "sft", stage_train_config(preset, "sft", seed, device),
         resume=True, quiet=quiet), quiet)
+    # Chapter 7: the same fine-tuning with the base frozen and LoRA adapters trained instead.
+    lora = settings["lora"]
+    results["lora"] = run_stage("lora", run_dir / "lora", lambda: sft(
+        run_dir / "pretrain", data_dir, run_dir / "lora", stage_train_config(preset, "lora", seed, device),
+        resume=True, quiet=quiet, tuning=Tuning(lora_rank=lora["rank"], lora_targets=tuple(lora["targets"]))), quiet)
 
     report = format_report(results, run_dir, preset)
     (run_dir / "report.md").write_text(report)

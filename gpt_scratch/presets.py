@@ -9,13 +9,15 @@ Any single value can still be overridden on the command line (--n-layer, --lr, .
 
 PRESETS: dict[str, dict] = {
     "tiny": {
-        "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 64},
-        "vocab_size": 300,
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 128},
+        "vocab_size": 400,
         "corpus_mb": 0.1,
         "pretrain": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
                      "save_every": 10},
         "sft": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
                 "save_every": 10},
+        "lora": {"max_steps": 30, "batch_size": 8, "lr": 1e-2, "warmup_steps": 5, "eval_every": 10,
+                 "save_every": 10, "rank": 4, "targets": ["attn", "mlp"]},
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
@@ -25,6 +27,8 @@ PRESETS: dict[str, dict] = {
                      "save_every": 250},
         "sft": {"max_steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "eval_every": 100,
                 "save_every": 250},
+        "lora": {"max_steps": 1000, "batch_size": 32, "lr": 3e-3, "warmup_steps": 50, "eval_every": 100,
+                 "save_every": 250, "rank": 8, "targets": ["attn", "mlp"]},
     },
     "gpt2": {
         "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
@@ -34,5 +38,7 @@ PRESETS: dict[str, dict] = {
                      "eval_every": 250, "save_every": 500},
         "sft": {"max_steps": 2000, "batch_size": 16, "lr": 3e-5, "warmup_steps": 100, "eval_every": 250,
                 "save_every": 500},
+        "lora": {"max_steps": 2000, "batch_size": 16, "lr": 3e-4, "warmup_steps": 100, "eval_every": 250,
+                 "save_every": 500, "rank": 8, "targets": ["attn", "mlp"]},
     },
 }

@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from gpt_scratch.checkpoint import write_json
 from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
 from gpt_scratch.generate import generate_text
@@ -22,9 +24,9 @@ from gpt_scratch.train import TrainConfig, train
 SAMPLE_PROMPTS = ["Once upon a time", "The cat", "3 plus 4 is"]
 
 
-def tokenizer_for(text: str, out_dir: Path, vocab_size: int, quiet: bool) -> Tokenizer:
-    """Train a BPE tokenizer on the corpus, or reuse the one a previous (interrupted) run saved."""
-    if (out_dir / "tokenizer.tiktoken").is_file():
+def tokenizer_for(text: str, out_dir: Path, vocab_size: int, resume: bool, quiet: bool) -> Tokenizer:
+    """Train a BPE tokenizer on the corpus, or, when resuming, reuse the one the interrupted run saved."""
+    if resume and (out_dir / "tokenizer.tiktoken").is_file():
         tokenizer = Tokenizer.load(out_dir)
         if tokenizer.n_vocab == vocab_size:
             return tokenizer
@@ -39,14 +41,22 @@ def tokenizer_for(text: str, out_dir: Path, vocab_size: int, quiet: bool) -> Tok
 def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, train_cfg: TrainConfig,
              vocab_size: int, val_fraction: float = 0.05, resume: bool = False, quiet: bool = False) -> dict:
     """Run the whole stage; return its metrics (also written to out_dir/metrics.json)."""
+    if train_cfg.max_steps < 1:
+        raise ValueError(f"max_steps is {train_cfg.max_steps}; pretraining needs at least 1 step")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     text = read_corpus(corpus)
-    tokenizer = tokenizer_for(text, out_dir, vocab_size, quiet)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer_for(text, out_dir, vocab_size, resume, quiet)
     train_ids, val_ids = split_train_val(tokenizer.encode(text), val_fraction)
     config = GPTConfig(vocab_size=tokenizer.n_vocab, **model_settings)
+    for split, ids in (("training", train_ids), ("validation", val_ids)):
+        if len(ids) < config.block_size + 1:
+            raise ValueError(f"the {split} part of {corpus} is only {len(ids)} tokens, but one window needs "
+                             f"block_size + 1 = {config.block_size + 1}; use more text, a smaller block size "
+                             f"or a larger validation fraction")
     train_windows = TokenWindows(train_ids, config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
     val_windows = TokenWindows(val_ids, config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)  # the same seed, the same initial weights
     model = GPT(config)
     if not quiet:
         print(f"corpus: {len(text):,} characters -> {len(train_ids):,} train / {len(val_ids):,} val tokens; "

@@ -169,7 +169,7 @@ def check_judgeable(records: list[dict], path: Path) -> None:
 def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, template: str = "alpaca",
         mask_prompt: bool = True, n_train: int | None = None, max_length: int | None = None,
         n_eval: int | None = None, resume: bool = False, quiet: bool = False,
-        tuning: Tuning | None = None) -> dict:
+        tuning: Tuning | None = None, score_before: bool = True) -> dict:
     """The whole SFT stage: load the base model, score it, fine-tune, score again; return metrics.
 
     With LoRA, the stage folder also gets adapter/ (the small adapter file), and the checkpoint
@@ -195,14 +195,14 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     val_batches = [collate(val[i:i + cfg.batch_size], tokenizer.eot_id, mask_prompt)
                    for i in range(0, min(len(val), 8 * cfg.batch_size), cfg.batch_size)]
 
-    before, _ = evaluate(model, tokenizer, test_records, template)
+    before = evaluate(model, tokenizer, test_records, template)[0] if score_before else None
     tuning.apply(model)
     trainable, total = count_parameters(model)
     if not quiet:
         print(trainable_table(model))
         print(f"SFT: {len(examples):,} examples ({batches.steps_per_epoch():.0f} steps per epoch), "
               f"template {template}, {'answer tokens only' if mask_prompt else 'all tokens'} in the loss, "
-              f"tuning: {tuning.describe()}; accuracy before: {before['accuracy']:.1%}")
+              f"tuning: {tuning.describe()}" + (f"; accuracy before: {before['accuracy']:.1%}" if before else ""))
     meta = {"stage": "sft", "base": str(base), "template": template, "mask_prompt": mask_prompt,
             "tuning": tuning.describe(), "corpus": base_meta.get("corpus")}
     history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet)
@@ -219,7 +219,7 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         "template": template, "mask_prompt": mask_prompt, "train_examples": len(examples),
         "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
         "test_examples": len(test_records),
-        "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
+        "accuracy_before": round(before["accuracy"], 4) if before else None, "accuracy_after": round(after["accuracy"], 4),
         "unseen_accuracy_after": round(after["unseen_accuracy"], 4),
         "sentence_rate_after": round(after["sentence_rate"], 4),
         "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
@@ -233,7 +233,8 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     write_json(out_dir / "metrics.json", metrics)
     if not quiet:
         print(format_table(after))
-        print(f"accuracy {before['accuracy']:.1%} before SFT -> {after['accuracy']:.1%} after")
+        print(f"accuracy {before['accuracy']:.1%} before SFT -> {after['accuracy']:.1%} after" if before
+              else f"accuracy after SFT: {after['accuracy']:.1%}")
     return metrics
 
 
@@ -243,7 +244,7 @@ def peak_memory_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 1024**2
 
 
-def write_reports(out_dir: Path, records: list[dict], responses: list[str], before: dict, after: dict) -> None:
+def write_reports(out_dir: Path, records: list[dict], responses: list[str], before: dict | None, after: dict) -> None:
     """samples.txt (first answers), scores.json (both tables), accuracy.png (per family)."""
     lines = []
     for record, response in list(zip(records, responses))[:30]:

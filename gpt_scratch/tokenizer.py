@@ -64,13 +64,36 @@ def merge(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+def first_seen(pair: tuple[int, int], words: list[list[int]], holders: set[int]) -> tuple[int, int]:
+    """Where pair first occurs as (word index, position); words are in order of first appearance.
+
+    holders may also name words that no longer hold the pair (it was merged away): those are skipped.
+    """
+    for w in sorted(holders):
+        for i, neighbours in enumerate(pairs_of(words[w])):
+            if neighbours == pair:
+                return w, i
+    raise AssertionError(f"pair {pair} is counted but occurs in no word")
+
+
+def most_frequent_pair(pair_counts: Counter, words: list[list[int]],
+                       where: dict[tuple[int, int], set[int]]) -> tuple[int, int]:
+    """The most frequent pair; on a tie, the one that appears first in the text (as in chapter 1)."""
+    top = max(pair_counts.values())
+    tied = [pair for pair, count in pair_counts.items() if count == top]
+    if len(tied) == 1:
+        return tied[0]
+    return min(tied, key=lambda pair: first_seen(pair, words, where[pair]))
+
+
 def train_ranks(text: str, n_merges: int, pattern: str = GPT2_PATTERN) -> dict[bytes, int]:
     """Learn n_merges merges; return the rank table {token bytes: id} (256 bytes + the merges).
 
     Speed comes from two ideas. We count pairs over *unique* words, each weighted by how often
     it occurs (a few MB of simple English has only thousands of different words). And after a
     merge we update the counts of only the words that held the merged pair, instead of
-    counting everything again.
+    counting everything again. Ties go to the pair that appears first in the text, so the
+    merges are exactly those of a plain recount-everything loop (chapter 1's draft).
     """
     word_counts = count_words(text, pattern)
     words = [list(word) for word in word_counts]  # each word as byte ids
@@ -86,7 +109,7 @@ def train_ranks(text: str, n_merges: int, pattern: str = GPT2_PATTERN) -> dict[b
     for new_id in range(256, 256 + n_merges):
         if not pair_counts:
             break  # every word is a single token already: nothing left to merge
-        best = max(pair_counts.items(), key=lambda item: item[1])[0]  # first seen wins a tie
+        best = most_frequent_pair(pair_counts, words, where)
         token_bytes.append(token_bytes[best[0]] + token_bytes[best[1]])
         for w in where.pop(best):
             for pair in pairs_of(words[w]):  # take the word's old pairs out ...
@@ -126,6 +149,10 @@ class Tokenizer:
 
     def __init__(self, ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str = GPT2_PATTERN,
                  name: str = "gpt-scratch") -> None:
+        taken = [token for token, rank in special_tokens.items() if rank < len(ranks)]
+        if taken:
+            raise ValueError(f"special token {taken[0]} has id {special_tokens[taken[0]]}, an id of the rank table; "
+                             f"special ids start at {len(ranks)}")
         self.ranks, self.special_tokens, self.pattern, self.name = ranks, special_tokens, pattern, name
         self.decoder = {rank: token for token, rank in ranks.items()}
         self.decoder.update({rank: text.encode("utf-8") for text, rank in special_tokens.items()})
@@ -217,7 +244,7 @@ class Tokenizer:
         try:
             info = json.loads(info_path.read_text())
             return cls(ranks, info["special_tokens"], info["pattern"], info.get("name", "gpt-scratch"))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"{info_path} is not a valid tokenizer file ({err}); save the tokenizer again") from None
 
 
@@ -232,8 +259,12 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; it holds the tokenizer's ranks (save a tokenizer there first)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of 'base64-token rank' lines; the file is damaged") from None
     ranks = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -243,6 +274,9 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
             raise ValueError(f"{path}: line {number} is not 'base64-token rank'; the file is damaged") from None
     if not ranks:
         raise ValueError(f"{path} is empty; it should hold one token per line")
+    if set(ranks.values()) != set(range(len(ranks))):  # tiktoken would crash on a repeated token or rank
+        raise ValueError(f"{path}: the ranks are not 0..{len(ranks) - 1}, each once (a line is repeated, "
+                         f"missing or edited); the file is damaged")
     return ranks
 
 
@@ -254,6 +288,9 @@ def gpt2_tokenizer(path: str | Path | None = None) -> Tokenizer:
     """
     path = path or os.environ.get(GPT2_FILE_ENV)
     if path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"GPT-2 vocabulary file {path} not found; give the path of a gpt2.tiktoken "
+                                    f"file (as an argument or in ${GPT2_FILE_ENV})")
         return Tokenizer(read_ranks(path), {EOT: 50256}, GPT2_PATTERN, name="gpt2")
     try:
         encoding = tiktoken.get_encoding("gpt2")

@@ -20,13 +20,13 @@ def test_figures_are_positive_and_finite(figures):
                  "gen_cached_tokens_per_s", "gen_uncached_tokens_per_s", "kv_cache_speedup"):
         assert math.isfinite(figures[name]) and figures[name] > 0, name
     assert 0 < figures["mfu"] < 1.5
-    assert (figures["device"], figures["batch_size"], figures["block_size"]) == ("cpu", 8, 64)
+    assert (figures["device"], figures["batch_size"], figures["block_size"]) == ("cpu", 8, 128)
 
 
 def test_figures_are_consistent(figures):
     assert figures["train_flops"] == pytest.approx(figures["flops_per_token"] * figures["train_tokens_per_s"])
     assert figures["mfu"] == pytest.approx(figures["train_flops"] / figures["matmul_flops"])
-    assert figures["train_tokens_per_s"] == pytest.approx(8 * 64 / figures["train_step_s"])
+    assert figures["train_tokens_per_s"] == pytest.approx(8 * 128 / figures["train_step_s"])
     assert figures["kv_cache_speedup"] == pytest.approx(
         figures["gen_cached_tokens_per_s"] / figures["gen_uncached_tokens_per_s"])
     assert figures["same_tokens"]  # the cache must not change what greedy decoding picks

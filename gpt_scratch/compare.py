@@ -1,0 +1,114 @@
+"""Chapters 6 and 7: fine-tune the same base model in many ways and compare them in one table.
+
+    python -m gpt_scratch compare --base runs/default/pretrain --data runs/default/data --out runs/compare
+    python -m gpt_scratch compare --methods full head lora:8 --max-steps 200
+
+Each method is one `python -m gpt_scratch sft` run in its own process (so that its peak memory
+is its own), written to OUT/<method>/; a method whose metrics.json exists is not run again.
+The result: OUT/compare.md (trainable parameters, step time, peak memory, held-out accuracy
+for each method), OUT/compare.json and OUT/accuracy_vs_trainable.png.
+
+Methods: full, last_blocks:N, head, norms_biases, embeddings_frozen (freeze.py) and lora:R
+(LoRA of rank R on attention + MLP, lora.py). LoRA runs use the preset's "lora" learning rate:
+adapters start at zero and need larger steps than full fine-tuning.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from gpt_scratch.freeze import STRATEGIES  # noqa: E402
+from gpt_scratch.presets import PRESETS  # noqa: E402
+
+DEFAULT_METHODS = ("full", "last_blocks:1", "last_blocks:2", "head", "norms_biases", "embeddings_frozen",
+                   "lora:1", "lora:2", "lora:4", "lora:8", "lora:16")
+
+
+def method_type(text: str) -> str:
+    """argparse type: 'full', 'last_blocks:2', 'lora:8', ... (checked, returned unchanged)."""
+    name, _, number = text.partition(":")
+    if name in STRATEGIES and name != "last_blocks" and not number:
+        return text
+    if name in ("last_blocks", "lora") and number.isdigit() and (name == "last_blocks" or int(number) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown method {text!r}; use one of {', '.join(s for s in STRATEGIES if s != 'last_blocks')}, "
+                                     f"last_blocks:N or lora:R (R > 0)")
+
+
+def method_flags(method: str, preset: str) -> list[str]:
+    """The sft flags of a method: 'lora:8' -> ['--lora-rank', '8', '--lr', <the preset's LoRA lr>]."""
+    name, _, number = method.partition(":")
+    if name == "lora":
+        return ["--lora-rank", number, "--lr", str(PRESETS[preset]["lora"]["lr"])]
+    if name == "last_blocks":
+        return ["--freeze", "last_blocks", "--trainable-blocks", number]
+    return ["--freeze", name]
+
+
+def run_method(method: str, base: Path, data: Path, out: Path, preset: str, extra: list[str], quiet: bool) -> dict:
+    folder = out / method.replace(":", "_")
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        command = [sys.executable, "-m", "gpt_scratch", "sft", "--base", str(base), "--data", str(data),
+                   "--out", str(folder), "--preset", preset, "--skip-before", "--quiet", "--resume",
+                   *method_flags(method, preset), *extra]
+        if not quiet:
+            print(f"[{method}] {' '.join(command[3:])}", flush=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"method {method} failed (exit {done.returncode}): {last}")
+    metrics = json.loads(metrics_file.read_text())
+    return {"method": method, **{k: metrics[k] for k in ("trainable_parameters", "total_parameters",
+                                                         "trainable_share", "step_seconds", "peak_memory_mb",
+                                                         "accuracy_after", "unseen_accuracy_after")}}
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| method | trainable parameters | share | step time (s) | peak memory (MB) | held-out accuracy | unseen |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['trainable_parameters']:,} | {r['trainable_share']:.1%} | "
+                     f"{r['step_seconds']:.3f} | {r['peak_memory_mb']:.0f} | {r['accuracy_after']:.1%} | "
+                     f"{r['unseen_accuracy_after']:.1%} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_trainable(rows: list[dict], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        marker = "s" if r["method"].startswith("lora") else "o"
+        ax.scatter(r["trainable_parameters"], r["accuracy_after"], marker=marker)
+        ax.annotate(r["method"], (r["trainable_parameters"], r["accuracy_after"]), fontsize=8,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("held-out accuracy (judge)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("fine-tuning methods: accuracy vs trainable parameters (squares: LoRA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def compare(base: str | Path, data: str | Path, out: str | Path, methods: list[str], preset: str = "default",
+            extra: list[str] | None = None, quiet: bool = False) -> list[dict]:
+    """Run (or reuse) every method; write compare.md, compare.json and the plot; return the rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [run_method(m, Path(base), Path(data), out, preset, extra or [], quiet) for m in methods]
+    table = format_table(rows)
+    (out / "compare.md").write_text(table + "\n")
+    (out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot_accuracy_vs_trainable(rows, out / "accuracy_vs_trainable.png")
+    if not quiet:
+        print(table)
+    return rows
