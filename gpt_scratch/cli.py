@@ -26,6 +26,13 @@ TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "w
                "eval_every", "save_every", "seed", "device", "dtype")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag prints one line, `prog: error: message; see --help`, and exits 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (default: from --preset)")
     group.add_argument("--n-layer", type=int_range(1, 96), help="transformer blocks")
@@ -38,7 +45,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_train_flags(parser: argparse.ArgumentParser, stage: str) -> None:
     group = parser.add_argument_group(f"training (default: from --preset's {stage} settings)")
-    group.add_argument("--max-steps", type=non_negative_int, help="optimizer steps")
+    group.add_argument("--max-steps", type=positive_int, help="optimizer steps")
     group.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
     group.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
     group.add_argument("--lr", type=positive_float, help="peak learning rate")
@@ -134,7 +141,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     from gpt_scratch.compare import DEFAULT_METHODS, method_type
     from gpt_scratch.world import command as data_command
 
-    parser = argparse.ArgumentParser(prog="python -m gpt_scratch", description=__doc__,
+    parser = OneLineParser(prog="python -m gpt_scratch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
 
