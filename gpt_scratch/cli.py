@@ -17,7 +17,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from gpt_scratch.args import float_range, int_range, non_negative_int, positive_float, positive_int, probability
+from gpt_scratch.args import float_range, int_range, non_negative_int, positive_float, positive_int
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.train import TrainConfig
 

@@ -18,7 +18,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-import torch
 
 from gpt_scratch.grade import exercises_of
 
@@ -68,15 +67,6 @@ SCRIPTS = {
                 (["--print-every", "0"], "--print-every"), (["--seed", "1.5"], "--seed")],
     },
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine may be shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @cache

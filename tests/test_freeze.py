@@ -13,16 +13,6 @@ N_LAYER = 3
 CASES = [(s, None) for s in STRATEGIES if s != "last_blocks"] + [("last_blocks", n) for n in range(N_LAYER + 1)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine each OpenMP
-    hand-off between threads can cost ~10 ms per operation: run this file on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def fresh_model(**overrides) -> GPT:
     torch.manual_seed(0)
     return GPT(tiny_config(n_layer=N_LAYER, **overrides))

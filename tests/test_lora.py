@@ -17,16 +17,6 @@ ALL = ("attn", "mlp", "head")
 IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine each OpenMP
-    hand-off between threads can cost ~10 ms per operation: run this file on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def fresh_model(**overrides) -> GPT:
     torch.manual_seed(0)
     return GPT(tiny_config(**overrides)).eval()
