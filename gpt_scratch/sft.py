@@ -115,11 +115,14 @@ class ExampleBatches:
                  mask_prompt: bool, seed: int = 0) -> None:
         self.examples, self.batch_size, self.grad_accum = examples, batch_size, grad_accum
         self.pad_id, self.mask_prompt, self.seed = pad_id, mask_prompt, seed
+        self.orders: dict[int, list[int]] = {}  # epoch -> shuffled order, made once per epoch
 
     def order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.examples)))
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order
+        if epoch not in self.orders:
+            order = list(range(len(self.examples)))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            self.orders = {epoch: order}  # a batch spans at most two epochs; keep the newest only
+        return self.orders[epoch]
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         first = (step * self.grad_accum + micro_step) * self.batch_size
@@ -209,7 +212,9 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     if tuning.lora_rank is not None:
         save_adapter(model, out_dir / "adapter", base=str(base))
         remove_lora(model)  # merge the adapters into the weights: an ordinary GPT again
-        save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "merged_lora": True})
+        # The loss history stays with the checkpoint; the optimizer state does not (it was the adapters').
+        save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "merged_lora": True},
+                        train_state={"step": cfg.max_steps, "history": history})
 
     began = time.perf_counter()
     after, responses = evaluate(model, tokenizer, test_records, template)

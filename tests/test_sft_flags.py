@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
+from gpt_scratch.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from gpt_scratch.cli import main
 from gpt_scratch.freeze import STRATEGIES, expected_trainable
 from gpt_scratch.lora import lora_parameter_count
@@ -59,6 +59,8 @@ def test_every_lora_rank_trains_the_formula_count_and_writes_an_adapter(setup, r
     assert (out / "adapter" / "adapter.safetensors").is_file()
     model, _, meta = load_checkpoint(out)  # the merged model: a plain GPT
     assert meta["merged_lora"] and not any("lora" in name for name in model.state_dict())
+    history = load_train_state(out)[0]["history"]  # the loss curve survives the merge
+    assert len(history["train_loss"]) == metrics["steps"]
 
 
 @pytest.mark.parametrize("targets", [["attn"], ["mlp"], ["head"], ["attn", "mlp", "head"]])
