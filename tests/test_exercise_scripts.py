@@ -66,6 +66,55 @@ SCRIPTS = {
                 (["--n-layer", "5"], "--n-layer"), (["--n-head", "3"], "--n-head"), (["--n-embd", "0"], "--n-embd"),
                 (["--print-every", "0"], "--print-every"), (["--seed", "1.5"], "--seed")],
     },
+    "ch05/ex1_sft.py": {
+        "base": [],
+        "values": {"--family": ["add", "subtract", "larger", "two_step", "sort_numbers", "reverse", "capitals",
+                                "count_letters", "count_items", "facts"],
+                   "--n-examples": ["2"], "--row": ["1"], "--loss-on": ["all"], "--vocab-size": ["400"], "--seed": ["1"]},
+        "bad": [(["--family", "poems"], "--family"), (["--n-examples", "0"], "--n-examples"),
+                (["--n-examples", "9"], "--n-examples"), (["--row", "-1"], "--row"),
+                (["--n-examples", "2", "--row", "2"], "--row"), (["--loss-on", "prompt"], "--loss-on"),
+                (["--vocab-size", "299"], "--vocab-size"), (["--vocab-size", "big"], "--vocab-size"),
+                (["--seed", "-1"], "--seed")],
+    },
+    # ch05/ex2_experiments.py pretrains a base model and fine-tunes it; the tiny base flags keep a
+    # run to a few seconds. --base pretrains into a new folder and reuses it afterwards (runs/ is
+    # git-ignored); either way its output differs from the run without it.
+    "ch05/ex2_experiments.py": {
+        "base": ["--pretrain-steps", "2", "--n-train", "8", "--epochs", "1", "--n-test", "10"],
+        "values": {"--template": ["chat"], "--loss-on": ["all"], "--n-train": ["20"], "--epochs": ["3"],
+                   "--lr": ["0.01"], "--max-length": ["60"], "--n-test": ["20"], "--pretrain-steps": ["3"],
+                   "--base": [str(REPO / "runs" / "tests" / "ch05-base")], "--seed": ["1"],
+                   "--out": [str(REPO / "runs" / "tests" / "ch05-out")]},
+        "bad": [(["--template", "vicuna"], "--template"), (["--loss-on", "prompt"], "--loss-on"),
+                (["--n-train", "0"], "--n-train"), (["--n-train", "20001"], "--n-train"), (["--epochs", "0"], "--epochs"),
+                (["--epochs", "many"], "--epochs"), (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr"),
+                (["--max-length", "7"], "--max-length"), (["--max-length", "97"], "--max-length"),
+                (["--n-test", "0"], "--n-test"), (["--pretrain-steps", "0"], "--pretrain-steps"),
+                (["--base", str(REPO / "gpt_scratch")], "--base"), (["--base", str(REPO / "README.md")], "--base"),
+                (["--seed", "-1"], "--seed"), (["--out", str(REPO / "README.md")], "--out")],
+    },
+    "ch06/ex1_freezing.py": {
+        "base": [],
+        "values": {"--strategy": ["full", "head", "norms_biases", "embeddings_frozen"], "--trainable-blocks": ["0", "2"],
+                   "--n-layer": ["3"], "--n-embd": ["8"], "--steps": ["2"], "--lr": ["0.05"], "--seed": ["1"]},
+        "bad": [(["--strategy", "all"], "--strategy"), (["--trainable-blocks", "-1"], "--trainable-blocks"),
+                (["--trainable-blocks", "3"], "--trainable-blocks"),
+                (["--strategy", "head", "--trainable-blocks", "1"], "--trainable-blocks"),
+                (["--strategy", "full", "--trainable-blocks", "0"], "--trainable-blocks"),
+                (["--n-layer", "0"], "--n-layer"), (["--n-layer", "9"], "--n-layer"), (["--n-embd", "7"], "--n-embd"),
+                (["--n-embd", "1"], "--n-embd"), (["--steps", "0"], "--steps"), (["--lr", "0"], "--lr"),
+                (["--lr", "nan"], "--lr"), (["--seed", "-1"], "--seed")],
+    },
+    "ch07/ex1_lora.py": {
+        "base": [],
+        "values": {"--rank": ["4"], "--alpha": ["8"], "--targets": ["attn", "mlp", "head"], "--n-layer": ["1"],
+                   "--n-embd": ["8"], "--steps": ["2"], "--seed": ["1"]},
+        "bad": [(["--rank", "0"], "--rank"), (["--rank", "17"], "--rank"), (["--n-embd", "8", "--rank", "9"], "--rank"),
+                (["--alpha", "0"], "--alpha"), (["--alpha", "nan"], "--alpha"), (["--alpha", "inf"], "--alpha"),
+                (["--targets", "ffn"], "--targets"), (["--targets"], "--targets"), (["--n-layer", "0"], "--n-layer"),
+                (["--n-embd", "7"], "--n-embd"), (["--steps", "0"], "--steps"), (["--seed", "-1"], "--seed")],
+    },
 }
 
 
