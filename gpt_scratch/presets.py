@@ -21,7 +21,7 @@ PRESETS: dict[str, dict] = {
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
-        "vocab_size": 2048,
+        "vocab_size": 1024,
         "corpus_mb": 3.0,
         "pretrain": {"max_steps": 800, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "eval_every": 100,
                      "save_every": 200},

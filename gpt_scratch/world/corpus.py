@@ -217,7 +217,7 @@ def category_paragraph(world: World, rng: random.Random) -> str:
 
 def random_number(rng: random.Random) -> int:
     """Mostly one and two digits (what the tasks ask about), sometimes three."""
-    digits = rng.choices([1, 2, 3], weights=[4, 5, 1])[0]
+    digits = rng.choices([1, 2, 3], weights=[6, 4, 1])[0]
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
 
 
@@ -230,7 +230,8 @@ def number_sentence(world: World, rng: random.Random) -> str:
     a, b = max(a, b), min(a, b)
     kind = rng.randrange(6)
     if kind == 0:
-        return f"{a} plus {b} is {a + b}."
+        first, second = (a, b) if rng.random() < 0.5 else (b, a)
+        return f"{first} plus {second} is {a + b}."
     if kind == 1:
         return f"{a} minus {b} is {a - b}."
     if kind == 2:
@@ -240,7 +241,8 @@ def number_sentence(world: World, rng: random.Random) -> str:
     if kind == 4:
         return "Counting up: " + ", ".join(str(n) for n in range(b, b + rng.randint(3, 6))) + "."
     numbers = [a, b, c]
-    return "From smallest to largest: " + ", ".join(str(n) for n in sorted(numbers)) + "."
+    rng.shuffle(numbers)
+    return f"Sorted, {', '.join(map(str, numbers))} becomes {', '.join(str(n) for n in sorted(numbers))}."
 
 
 def number_paragraph(world: World, rng: random.Random) -> str:
@@ -248,11 +250,14 @@ def number_paragraph(world: World, rng: random.Random) -> str:
 
 
 def word_paragraph(world: World, rng: random.Random) -> str:
-    """The word horse is spelled h o r s e. The word horse has 5 letters. ..."""
+    """The word horse is spelled h o r s e. The word horse has 5 letters. Backwards, h o r s e is e s r o h. ..."""
     sentences = []
     for word in rng.sample(world.words, 2):
-        sentences += [f"The word {word} is spelled {' '.join(word)}.", f"The word {word} has {len(word)} letters.",
-                      f"{word.capitalize()} starts with {word[0]} and ends with {word[-1]}."]
+        letters = " ".join(word)
+        sentences += [f"The word {word} is spelled {letters}.", f"The word {word} has {len(word)} letters.",
+                      f"{word.capitalize()} starts with {word[0]} and ends with {word[-1]}.",
+                      f"Backwards, {letters} is {' '.join(word[::-1])}.",
+                      f"In capital letters, {letters} is {letters.upper()}."]
     letter = rng.choice("abcdefghijklmnopqrstuvwxyz")
     sentences.append(f"The capital letter of {letter} is {letter.upper()}.")
     return " ".join(sentences)

@@ -11,9 +11,10 @@
 see judge.py); `answer` is the truth in its bare form, which the judge compares against.
 
 Every family is one short function (rng, world, level, unseen) -> Draft. Levels: 1 = one-digit
-numbers / three-letter words, 2 = two-digit numbers / 4-6 letters, 3 = three digits / 7+ letters.
-Letters are written with spaces between them ("c a t"), because the tokenizer joins letters
-into word pieces and a small model cannot see inside a piece.
+numbers / three letters, 2 = a two-digit number (with a one-digit one in sums) / 4-6 letters,
+3 = more or longer numbers / 7+ letters. Letters are written with spaces between them ("c a t"),
+because the tokenizer joins letters into word pieces and a small model cannot see inside a piece.
+The letter families use the world's words and, for variety, made-up strings of letters.
 
 The splits share no (family, inputs) pair: the test and validation questions are drawn first
 and training never asks them. About 30% of the test is *unseen*: it uses a held-out number
@@ -36,22 +37,31 @@ class Draft:
     answer: str
 
 
-DIGITS = {1: (0, 9), 2: (10, 99), 3: (100, 999)}  # level -> range of the numbers
+DIGITS = {1: (0, 9), 2: (10, 99), 3: (100, 999)}  # number of digits -> range of the numbers
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 WORD_BAND = {1: 3, 2: 4, 3: 7}  # level -> word-length band (see corpus.length_band)
 
 
-def pick_numbers(rng: random.Random, world: World, levels: list[int], unseen: bool,
+def pick_numbers(rng: random.Random, world: World, digits: list[int], unseen: bool,
                  distinct: bool = False) -> list[int]:
-    """One number per entry of levels; some two of them form a held-out pair exactly when unseen."""
+    """One number per entry of digits; some two of them form a held-out pair exactly when unseen."""
     while True:
-        numbers = [rng.randint(*DIGITS[level]) for level in levels]
+        numbers = [rng.randint(*DIGITS[n]) for n in digits]
         if distinct and len(set(numbers)) < len(numbers):
             continue
         if world.has_held_pair(numbers) == unseen:
             return numbers
 
 
+LETTER_COUNTS = {1: (3, 3), 2: (4, 6), 3: (7, 9)}  # level -> length of a made-up letter string
+
+
 def pick_word(rng: random.Random, world: World, level: int, unseen: bool) -> str:
+    """A word of the world (a held-out one exactly when unseen), or half the time when not unseen,
+    a made-up string of letters: the world has only ~200 words, and a model that is to reverse
+    or spell *any* letters needs more than 200 different examples to learn how."""
+    if not unseen and rng.random() < 0.5:
+        return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*LETTER_COUNTS[level])))
     return rng.choice(world.words_by_length[WORD_BAND[level], unseen])
 
 
@@ -61,13 +71,19 @@ def spaced(word: str) -> str:
 
 # --- the families ---------------------------------------------------------------------------
 
+# add and subtract, level -> digits of the two numbers: 3 + 4, then 47 + 5 (or 5 + 47), then 47 + 35
+SUM_DIGITS = {1: [1, 1], 2: [2, 1], 3: [2, 2]}
+
+
 def add(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    a, b = pick_numbers(rng, world, [level, level], unseen)
+    a, b = pick_numbers(rng, world, SUM_DIGITS[level], unseen)
+    if rng.random() < 0.5:
+        a, b = b, a
     return Draft(("add", a, b), f"What is {a} plus {b}?", "", str(a + b))
 
 
 def subtract(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    a, b = sorted(pick_numbers(rng, world, [level, level], unseen), reverse=True)  # never below zero
+    a, b = sorted(pick_numbers(rng, world, SUM_DIGITS[level], unseen), reverse=True)  # never below zero
     return Draft(("subtract", a, b), f"What is {a} minus {b}?", "", str(a - b))
 
 
@@ -86,8 +102,8 @@ def two_step(rng: random.Random, world: World, level: int, unseen: bool) -> Draf
 
 
 def sort_numbers(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    """Level 1: three one-digit numbers; 2: four two-digit; 3: five three-digit."""
-    numbers = pick_numbers(rng, world, [level] * (level + 2), unseen, distinct=True)
+    """Level 1: three one-digit numbers; 2: three two-digit; 3: five three-digit."""
+    numbers = pick_numbers(rng, world, [level] * (5 if level == 3 else 3), unseen, distinct=True)
     return Draft(("sort_numbers", *numbers), "Sort the numbers from smallest to largest.",
                  ", ".join(map(str, numbers)), ", ".join(map(str, sorted(numbers))))
 
@@ -99,12 +115,12 @@ def reverse(rng: random.Random, world: World, level: int, unseen: bool) -> Draft
 
 def capitals(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
     word = pick_word(rng, world, level, unseen)
-    return Draft(("capitals", word), f"Spell {word} in capital letters.", "", spaced(word.upper()))
+    return Draft(("capitals", word), "Write the letters in capitals.", spaced(word), spaced(word.upper()))
 
 
 def count_letters(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
     word = pick_word(rng, world, level, unseen)
-    return Draft(("count_letters", word), f"How many letters are in the word {word}?", "", str(len(word)))
+    return Draft(("count_letters", word), "How many letters are there?", spaced(word), str(len(word)))
 
 
 def count_items(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
