@@ -121,7 +121,7 @@ class ExampleBatches:
         if epoch not in self.orders:
             order = list(range(len(self.examples)))
             random.Random(f"{self.seed}:{epoch}").shuffle(order)
-            self.orders = {epoch: order}  # a batch spans at most two epochs; keep the newest only
+            self.orders[epoch] = order
         return self.orders[epoch]
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

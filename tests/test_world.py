@@ -2,6 +2,7 @@
 preference rule and the `data` command. Answers are re-computed here independently of tasks.py."""
 
 import argparse
+import random
 import re
 from itertools import combinations
 
@@ -12,7 +13,7 @@ from gpt_scratch.world import command
 from gpt_scratch.world.corpus import WORDS, build_world, generate_corpus
 from gpt_scratch.world.judge import extract_answer, format_table, is_correct, normalise, score, style_of
 from gpt_scratch.world.preferences import make_preference_pairs, preference_rank
-from gpt_scratch.world.tasks import FAMILIES, family_counts, make_tasks
+from gpt_scratch.world.tasks import FAMILIES, family_counts, make_tasks, pick_word
 
 NUMBER_FAMILIES = {"add", "subtract", "larger", "two_step", "sort_numbers"}
 WORD_FAMILIES = {"reverse", "capitals", "count_letters", "count_items"}
@@ -181,6 +182,13 @@ def test_unseen_test_examples_are_really_unseen(world, splits):
             assert number_pairs(example) - train_pairs, example  # some pair never appeared in training
         elif family == "facts":
             assert (parse_fact(example)[:2] not in train_facts) == example["unseen"], example
+
+
+def test_made_up_letter_strings_are_never_held_out_words(world):
+    # 20,000 three-letter draws would hit one of the 8 held-out three-letter words about 5 times
+    rng = random.Random(0)
+    drawn = {pick_word(rng, world, 1, unseen=False) for _ in range(20_000)}
+    assert not drawn & set(world.held_out_words)
 
 
 def test_output_style_option(world):

@@ -56,12 +56,20 @@ def pick_numbers(rng: random.Random, world: World, digits: list[int], unseen: bo
 LETTER_COUNTS = {1: (3, 3), 2: (4, 6), 3: (7, 9)}  # level -> length of a made-up letter string
 
 
+def made_up_letters(rng: random.Random, world: World, level: int) -> str:
+    """A random string of letters, e.g. 'qzt', that is never a held-out word of the world."""
+    while True:
+        letters = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*LETTER_COUNTS[level])))
+        if letters not in world.held_out_words:
+            return letters
+
+
 def pick_word(rng: random.Random, world: World, level: int, unseen: bool) -> str:
     """A word of the world (a held-out one exactly when unseen), or half the time when not unseen,
     a made-up string of letters: the world has only ~200 words, and a model that is to reverse
     or spell *any* letters needs more than 200 different examples to learn how."""
     if not unseen and rng.random() < 0.5:
-        return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*LETTER_COUNTS[level])))
+        return made_up_letters(rng, world, level)
     return rng.choice(world.words_by_length[WORD_BAND[level], unseen])
 
 
