@@ -11,7 +11,7 @@ How it works (chapter 1 builds each step by hand):
 1. Text becomes UTF-8 bytes, so any text at all (emoji, CJK, tabs) is a list of ids 0..255.
 2. A regex first cuts the text into "words" (GPT-2's pattern: letters, numbers, punctuation and
    spaces apart, a space stuck to the front of a word), and merges never cross those borders.
-   Our trained tokenizers also keep every digit apart (DIGITS_PATTERN), so numbers stay digits.
+   Our trained tokenizers also keep every digit and lone letter apart (COURSE_PATTERN).
 3. Training repeatedly finds the most frequent pair of neighbouring tokens and makes it a new
    token. The result is a rank table: bytes -> id, where a lower id was merged earlier.
 4. Encoding a word starts from its bytes and keeps merging the neighbouring pair whose joined
@@ -35,10 +35,14 @@ import tiktoken
 
 # GPT-2's pre-split pattern: contractions, words, numbers, punctuation, whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# The course's own tokenizers cut numbers into single digits (as Llama's does): with GPT-2's
-# pattern "47" can become one token, and a small model then has to memorise every sum instead
-# of learning to add digit by digit.
-DIGITS_PATTERN = GPT2_PATTERN.replace(r" ?\p{N}+", r" ?\p{N}")
+# The course's own tokenizers change two things, so that a small model sees every digit and
+# every spelled-out letter as ONE token, wherever it stands:
+#   numbers are cut into single digits without a space (as Llama's are): "47" is 4, 7, never
+#   one token and never " 4" then "7", so a sum is learned digit by digit;
+#   the space before a lone letter is cut off: "c a t" is c, " ", a, " ", t. With GPT-2's
+#   pattern the first letter would be "c" and the others " a", " t": two tokens per letter,
+#   one of them rare, and a model asked to write them in capitals gets the first one wrong.
+COURSE_PATTERN = r" (?=\p{L}(?!\p{L}))|" + GPT2_PATTERN.replace(r" ?\p{N}+", r"\p{N}")
 EOT = "<|endoftext|>"  # ends every document and every answer
 USER, ASSISTANT = "<|user|>", "<|assistant|>"  # open a chat turn (chapter 5's chat template)
 SPECIAL_TOKENS = (EOT, USER, ASSISTANT)
@@ -167,7 +171,7 @@ class Tokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int, special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
-              pattern: str = DIGITS_PATTERN) -> "Tokenizer":
+              pattern: str = COURSE_PATTERN) -> "Tokenizer":
         """Train on text; vocab_size counts the 256 bytes, the merges and the special tokens."""
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:

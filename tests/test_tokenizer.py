@@ -209,6 +209,22 @@ def test_merges_never_cross_pre_split_borders(corpus):
 
 # --- files -----------------------------------------------------------------------------------------
 
+def test_a_digit_or_a_spelled_letter_is_one_token_wherever_it_stands(trained):
+    """The course's pattern: no " 4" or " a" tokens, so "4" and "a" look the same at any place."""
+    def pieces(text):
+        return [trained.decode([i]) for i in trained.encode(text)]
+
+    sum_pieces = pieces("is 47 plus 5?")
+    assert sum_pieces[sum_pieces.index("4") - 1:sum_pieces.index("4") + 2] == [" ", "4", "7"]
+    assert pieces("407")[:3] == ["4", "0", "7"]
+    first, middle = pieces("c a t"), pieces("In capital letters, x c y")
+    assert first == ["c", " ", "a", " ", "t"]
+    assert middle[-5:] == ["x", " ", "c", " ", "y"]
+    assert trained.encode("c")[0] == trained.encode("x c")[-1]  # the same id, first or not
+    # GPT-2's own pattern, for contrast: the letter after a space is another token
+    assert regex.findall(GPT2_PATTERN, "c a t") == ["c", " a", " t"]
+
+
 def test_save_and_load_round_trip(trained, tmp_path):
     trained.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer.tiktoken"]
