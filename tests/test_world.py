@@ -137,6 +137,19 @@ def test_corpus_teaches_every_fact_and_every_spelling(world):
         assert not world.is_held_pair(int(a), int(b)), (a, b)  # held-out sums are never shown
 
 
+
+def test_corpus_answers_its_questions_truthfully_in_both_forms(world):
+    """Where does Anna live? The answer is Elmwick.  /  Does Ben have a pet cat? No, Ben has ..."""
+    text = generate_corpus(world, 300_000, seed=0)
+    asked = re.findall(r"Where does (\w+) live\? (?:The answer is (\w+)\.|\1 \w+ [^.]*?(\w+)\.)", text)
+    assert len(asked) > 20 and any(short for _, short, _ in asked) and any(long for _, _, long in asked)
+    for name, short, long in asked:
+        assert (short or long) == world.people[name]["town"], (name, short, long)
+    yes_no = re.findall(r"Does (\w+) live in (\w+)\? The answer is (yes|no)\.", text)
+    assert len(yes_no) > 5
+    for name, town, answer in yes_no:
+        assert answer == ("yes" if world.people[name]["town"] == town else "no")
+
 # --- splits -------------------------------------------------------------------------------
 
 def test_splits_share_no_question(splits):

@@ -158,19 +158,27 @@ def facts_paragraph(world: World, rng: random.Random) -> str:
 
 
 def questions_paragraph(world: World, rng: random.Random) -> str:
-    """Where does Anna live? Anna lives in Elmwick. Does Ben have a pet cat? No, Ben has a pet dog."""
+    """Where does Anna live? Anna lives in Elmwick. Does Ben have a pet cat? The answer is no.
+
+    Half the answers repeat the name ("Anna lives in ..."), half do not ("The answer is Elmwick."):
+    those teach the model to find a fact from a question asked a few words back, which is what
+    an instruction-tuned model must do when the answer comes after the template's lines.
+    """
     sentences = []
     for _ in range(rng.randint(2, 4)):
         name, attribute = rng.choice(PEOPLE), rng.choice(ATTRIBUTES)
         value = world.people[name][attribute]
         ask_value, ask_yes_no = QUESTIONS[attribute]
+        short = rng.random() < 0.5
         if rng.random() < 0.5:
-            sentences += [ask_value.format(name=name), fact_sentence(world, rng, name, attribute)]
+            answer = f"The answer is {value}." if short else fact_sentence(world, rng, name, attribute)
+            sentences += [ask_value.format(name=name), answer]
         else:
             candidate = rng.choice(world.values[attribute])
-            answer = "Yes," if candidate == value else "No,"
-            sentences += [ask_yes_no.format(name=name, value=candidate),
-                          answer + " " + FACT_PHRASES[attribute][0].format(name=name, value=value)]
+            yes_no = "yes" if candidate == value else "no"
+            answer = (f"The answer is {yes_no}." if short else
+                      yes_no.capitalize() + ", " + FACT_PHRASES[attribute][0].format(name=name, value=value))
+            sentences += [ask_yes_no.format(name=name, value=candidate), answer]
     return " ".join(sentences)
 
 
