@@ -19,13 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
+import gpt_scratch.plots  # noqa: F401  (picks matplotlib's file-writing backend, once, before pyplot)
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from gpt_scratch.freeze import STRATEGIES  # noqa: E402
-from gpt_scratch.presets import PRESETS  # noqa: E402
+from gpt_scratch.freeze import STRATEGIES
+from gpt_scratch.presets import PRESETS
 
 DEFAULT_METHODS = ("full", "last_blocks:1", "last_blocks:2", "head", "norms_biases", "embeddings_frozen",
                    "lora:1", "lora:2", "lora:4", "lora:8", "lora:16")

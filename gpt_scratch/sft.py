@@ -199,6 +199,7 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
                    for i in range(0, min(len(val), 8 * cfg.batch_size), cfg.batch_size)]
 
     before = evaluate(model, tokenizer, test_records, template)[0] if score_before else None
+    torch.manual_seed(cfg.seed)  # LoRA's random A matrices depend on the seed only, not on what ran before
     tuning.apply(model)
     trainable, total = count_parameters(model)
     if not quiet:
