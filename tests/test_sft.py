@@ -24,7 +24,7 @@ COMPLETION = {"prompt": "Say yes.", "completion": "yes"}
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     text = "What is 3 plus 4? The answer is 7. Reverse the letters: c a t -> t a c. Say yes. " * 20
-    return Tokenizer.train(text, 300)
+    return Tokenizer.train(text, 290)
 
 
 def answer_text(tokenizer, ids, trained):
