@@ -137,7 +137,6 @@ def test_corpus_teaches_every_fact_and_every_spelling(world):
         assert not world.is_held_pair(int(a), int(b)), (a, b)  # held-out sums are never shown
 
 
-
 def test_corpus_answers_its_questions_truthfully_in_both_forms(world):
     """Where does Anna live? The answer is Elmwick.  /  Does Ben have a pet cat? No, Ben has ..."""
     text = generate_corpus(world, 300_000, seed=0)
@@ -149,6 +148,7 @@ def test_corpus_answers_its_questions_truthfully_in_both_forms(world):
     assert len(yes_no) > 5
     for name, town, answer in yes_no:
         assert answer == ("yes" if world.people[name]["town"] == town else "no")
+
 
 # --- splits -------------------------------------------------------------------------------
 
