@@ -68,7 +68,7 @@ SCRIPTS = {
     },
     "ch05/ex1_sft.py": {
         "base": [],
-        "values": {"--family": ["add", "subtract", "larger", "two_step", "sort_numbers", "reverse", "capitals",
+        "values": {"--family": ["add", "subtract", "larger", "sort_numbers", "reverse", "capitals", "reverse_capitals",
                                 "count_letters", "count_items", "facts"],
                    "--n-examples": ["2"], "--row": ["1"], "--loss-on": ["all"], "--vocab-size": ["400"], "--seed": ["1"]},
         "bad": [(["--family", "poems"], "--family"), (["--n-examples", "0"], "--n-examples"),
@@ -82,7 +82,7 @@ SCRIPTS = {
     # git-ignored); either way its output differs from the run without it.
     "ch05/ex2_experiments.py": {
         "base": ["--pretrain-steps", "2", "--n-train", "8", "--epochs", "1", "--n-test", "10"],
-        "values": {"--template": ["chat"], "--loss-on": ["all"], "--n-train": ["20"], "--epochs": ["3"],
+        "values": {"--template": ["alpaca"], "--loss-on": ["all"], "--n-train": ["20"], "--epochs": ["3"],
                    "--lr": ["0.01"], "--max-length": ["60"], "--n-test": ["20"], "--pretrain-steps": ["3"],
                    "--base": [str(REPO / "runs" / "tests" / "ch05-base")], "--seed": ["1"],
                    "--out": [str(REPO / "runs" / "tests" / "ch05-out")]},

@@ -10,19 +10,18 @@ import pytest
 
 from gpt_scratch.formats import load_instructions, load_preferences, load_text
 from gpt_scratch.world import command
-from gpt_scratch.world.corpus import WORDS, build_world, generate_corpus
+from gpt_scratch.world.corpus import KINDS, WORDS, build_world, generate_corpus
 from gpt_scratch.world.judge import extract_answer, format_table, is_correct, normalise, score, style_of
 from gpt_scratch.world.preferences import make_preference_pairs, preference_rank
 from gpt_scratch.world.tasks import FAMILIES, family_counts, make_tasks, pick_word
 
-NUMBER_FAMILIES = {"add", "subtract", "larger", "two_step", "sort_numbers"}
-WORD_FAMILIES = {"reverse", "capitals", "count_letters", "count_items"}
-FACT_QUESTIONS = [  # (question pattern, attribute, is it a yes/no question?)
-    (r"Where does (\w+) live\?", "town", False), (r"What pet does (\w+) have\?", "pet", False),
-    (r"What is (\w+)'s favourite colour\?", "colour", False), (r"What is (\w+)'s favourite food\?", "food", False),
-    (r"Does (\w+) live in (\w+)\?", "town", True), (r"Does (\w+) have a pet (\w+)\?", "pet", True),
-    (r"Is (\w+)'s favourite colour (\w+)\?", "colour", True), (r"Is (\w+)'s favourite food (\w+)\?", "food", True),
+NUMBER_FAMILIES = {"add", "subtract", "larger", "sort_numbers"}
+WORD_FAMILIES = {"reverse", "capitals", "reverse_capitals", "count_letters", "count_items"}
+FACT_QUESTIONS = [  # (question pattern, attribute)
+    (r"Where does (\w+) live\?", "town"), (r"What pet does (\w+) have\?", "pet"),
+    (r"What is (\w+)'s favourite colour\?", "colour"), (r"What is (\w+)'s favourite food\?", "food"),
 ]
+KIND_QUESTION = r"Is (\w+) an animal, a colour, a food or an object\?"
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +40,12 @@ def numbers_in(example: dict) -> list[int]:
     return [int(n) for n in re.findall(r"\d+", example["instruction"] + " " + example["input"])]
 
 
-def parse_fact(example: dict) -> tuple[str, str, str | None]:
-    for pattern, attribute, yes_no in FACT_QUESTIONS:
+def parse_fact(example: dict) -> tuple[str, str]:
+    """(person, attribute) of a question about a person: 'Where does Anna live?' -> ('Anna', 'town')."""
+    for pattern, attribute in FACT_QUESTIONS:
         match = re.fullmatch(pattern, example["instruction"])
         if match:
-            return match[1], attribute, match[2] if yes_no else None
+            return match[1], attribute
     raise AssertionError(f"not a fact question: {example['instruction']}")
 
 
@@ -61,9 +61,6 @@ def expected_answer(example: dict, world) -> str:
     if family == "larger":
         assert numbers[0] != numbers[1]
         return str(max(numbers))
-    if family == "two_step":
-        assert re.fullmatch(r"What is \d+ plus \d+ minus \d+\?", text)
-        return str(numbers[0] + numbers[1] - numbers[2])
     if family == "sort_numbers":
         return ", ".join(str(n) for n in sorted(numbers))
     if family == "reverse":
@@ -71,6 +68,9 @@ def expected_answer(example: dict, world) -> str:
     if family == "capitals":
         assert text == "Write the letters in capitals."
         return given.upper()
+    if family == "reverse_capitals":
+        assert text == "Reverse the letters and write them in capitals."
+        return " ".join(given.replace(" ", "")[::-1]).upper()
     if family == "count_letters":
         assert text == "How many letters are there?"
         return str(len(given.split()))
@@ -78,9 +78,12 @@ def expected_answer(example: dict, world) -> str:
         kind = re.fullmatch(r"How many (\w+) are in the list\?", text)[1]
         items = given.split(", ")
         return str(len(items) if kind == "words" else sum(item in WORDS[kind[:-1]] for item in items))
-    name, attribute, candidate = parse_fact(example)
-    truth = world.people[name][attribute]
-    return truth if candidate is None else ("yes" if candidate == truth else "no")
+    kind_question = re.fullmatch(KIND_QUESTION, text)
+    if kind_question:
+        word = kind_question[1]
+        return next(f"a{'n' * (kind[0] in 'aeiou')} {kind}" for kind in WORDS if word in WORDS[kind])
+    name, attribute = parse_fact(example)
+    return world.people[name][attribute]
 
 
 def test_every_answer_is_right_at_every_level(world):
@@ -94,13 +97,17 @@ def test_every_answer_is_right_at_every_level(world):
 def test_levels_set_the_size_of_numbers_and_words(world):
     splits = make_tasks(world, seed=4, n_train=1500, n_val=100, n_test=300, max_level=3)
     # family -> level -> sorted digit counts of its numbers
-    digits = {"add": {1: [1, 1], 2: [1, 2], 3: [2, 2]}, "subtract": {1: [1, 1], 2: [1, 2], 3: [2, 2]},
+    digits = {"add": {1: [1, 1], 2: [1, 1], 3: [1, 2]}, "subtract": {1: [1, 1], 2: [1, 2], 3: [1, 2]},
               "larger": {1: [1, 1], 2: [2, 2], 3: [3, 3]},
-              "sort_numbers": {1: [1, 1, 1], 2: [2, 2, 2], 3: [3, 3, 3, 3, 3]}}
+              "sort_numbers": {1: [1, 1, 1], 2: [1, 1, 1, 1, 1], 3: [2, 2, 2]}}
     for example in splits["train"]:
         family, level = example["family"], example["level"]
         if family in digits:
             assert sorted(len(str(n)) for n in numbers_in(example)) == digits[family][level], example
+        if family in ("add", "subtract") and level < 3:  # levels 1 and 2 stay inside the addition table
+            a, b = numbers_in(example)
+            low, high = sorted([a, b]) if family == "add" else (b, a - b)
+            assert max(low, high) <= 9 and (low + high >= 10) == (level == 2), example
         if family == "reverse":
             length = len(example["input"].replace(" ", ""))
             assert {1: length == 3, 2: 4 <= length <= 6, 3: length >= 7}[level]
@@ -126,28 +133,45 @@ def test_same_seed_same_world_corpus_and_tasks(world):
     assert make_tasks(world, seed=0, **small) != make_tasks(world, seed=1, **small)
 
 
-def test_corpus_teaches_every_fact_and_every_spelling(world):
+def test_corpus_teaches_every_fact_kind_and_sum(world):
     text = generate_corpus(world, 1_000_000, seed=0)
     for name, facts in world.people.items():
         assert f"{name} lives in {facts['town']}." in text
         assert f"{name} has a pet {facts['pet']}." in text
     for word in world.words:  # held-out words too: the corpus is where they can be learned
-        assert f"The word {word} is spelled {' '.join(word)}." in text
-    for a, b in re.findall(r"(\d+) (?:plus|minus) (\d+) is", text):
-        assert not world.is_held_pair(int(a), int(b)), (a, b)  # held-out sums are never shown
+        assert f"{word.capitalize()} is {KINDS[world.category_of(word)]}." in text
+    shown = {(int(a), op, int(b)) for a, op, b in re.findall(r"(\d+) (plus|minus) (\d+) is", text)}
+    table = {(a, "plus", b) for a in range(10) for b in range(10)} | {(a + b, "minus", b) for a in range(10) for b in range(10)}
+    assert table <= shown  # the whole one-digit table, held-out pairs too: it is learned here
+    for a, _, b in shown - table:
+        assert not world.is_held_pair(a, b), (a, b)  # held-out pairs of larger numbers are never shown
 
 
-def test_corpus_answers_its_questions_truthfully_in_both_forms(world):
-    """Where does Anna live? The answer is Elmwick.  /  Does Ben have a pet cat? No, Ben has ..."""
+def test_word_play_spells_reverses_and_capitalises_right(world):
+    text = generate_corpus(world, 300_000, seed=0)
+    spelled = re.findall(r"The word (\w+) is spelled ([a-z ]+)\.", text)
+    assert len(spelled) > 50 and all(" ".join(word) == letters for word, letters in spelled)
+    for pattern, change in ((r"Backwards, ([a-z ]+) is ([a-z ]+)\.", lambda w: w[::-1]),
+                            (r"In capital letters, ([a-z ]+) is ([A-Z ]+)\.", str.upper),
+                            (r"Backwards in capital letters, ([a-z ]+) is ([A-Z ]+)\.", lambda w: w[::-1].upper())):
+        found = re.findall(pattern, text)
+        assert len(found) > 50, pattern
+        assert all(" ".join(change(given.replace(" ", ""))) == result for given, result in found), pattern
+
+
+def test_corpus_answers_its_questions_truthfully(world):
+    """Where does Anna live? The answer is Elmwick. / ... Anna lives in Elmwick. / What is 7 plus 5? ..."""
     text = generate_corpus(world, 300_000, seed=0)
     asked = re.findall(r"Where does (\w+) live\? (?:The answer is (\w+)\.|\1 \w+ [^.]*?(\w+)\.)", text)
     assert len(asked) > 20 and any(short for _, short, _ in asked) and any(long for _, _, long in asked)
     for name, short, long in asked:
         assert (short or long) == world.people[name]["town"], (name, short, long)
-    yes_no = re.findall(r"Does (\w+) live in (\w+)\? The answer is (yes|no)\.", text)
-    assert len(yes_no) > 5
-    for name, town, answer in yes_no:
-        assert answer == ("yes" if world.people[name]["town"] == town else "no")
+    kinds = re.findall(KIND_QUESTION + r" The answer is (an? \w+)\.", text)
+    assert len(kinds) > 20 and all(answer == KINDS[world.category_of(word)] for word, answer in kinds)
+    sums = re.findall(r"What is (\d+) (plus|minus) (\d+)\? The answer is (\d+)\.", text)
+    assert len(sums) > 20
+    for a, op, b, answer in sums:
+        assert int(answer) == (int(a) + int(b) if op == "plus" else int(a) - int(b))
 
 
 # --- splits -------------------------------------------------------------------------------
@@ -164,7 +188,7 @@ def test_splits_share_no_question(splits):
 def test_family_counts(splits):
     counts = family_counts(splits)
     assert list(counts) == list(FAMILIES) and len(FAMILIES) >= 8
-    assert all(row["train"] == 2_000 and row["test"] >= 50 and row["test_unseen"] >= 15 for row in counts.values())
+    assert all(row["train"] == 2_000 and row["test"] >= 40 and row["test_unseen"] >= 15 for row in counts.values())
     assert sum(row["test"] for row in counts.values()) == len(splits["test"])
 
 
@@ -179,11 +203,18 @@ def number_pairs(example: dict) -> set[tuple[int, int]]:
     return {tuple(sorted(pair)) for pair in combinations(numbers_in(example), 2)}
 
 
+def table_pair(example: dict) -> tuple[int, int]:
+    """The digits {a, b} of the table fact a + b = c behind 'What is a plus b?' or 'What is c minus b?'."""
+    first, second = numbers_in(example)
+    return tuple(sorted((first, second) if example["family"] == "add" else (second, first - second)))
+
+
 def test_unseen_test_examples_are_really_unseen(world, splits):
     held_words = set(world.held_out_words)
     train_words = set().union(*(words_in(e) for e in splits["train"]))
     train_pairs = set().union(*(number_pairs(e) for e in splits["train"] if e["family"] in NUMBER_FAMILIES))
-    train_facts = {parse_fact(e)[:2] for e in splits["train"] if e["family"] == "facts"}
+    train_table = {table_pair(e) for e in splits["train"] if e["family"] in ("add", "subtract") and e["level"] < 3}
+    train_facts = {parse_fact(e) for e in splits["train"] if e["family"] == "facts" and e["level"] == 1}
     assert not held_words & train_words
     unseen = [e for e in splits["test"] if e["unseen"]]
     assert 0.25 <= len(unseen) / len(splits["test"]) <= 0.35
@@ -191,10 +222,17 @@ def test_unseen_test_examples_are_really_unseen(world, splits):
         family = example["family"]
         if family in WORD_FAMILIES:
             assert bool(words_in(example) & held_words) == example["unseen"], example
+        elif family in ("add", "subtract") and example["level"] < 3:  # a fact of the addition table
+            assert world.is_held_pair(*table_pair(example)) == example["unseen"], example
+            if example["unseen"]:
+                assert table_pair(example) not in train_table, example  # no training task used this fact
         elif family in NUMBER_FAMILIES and example["unseen"]:
             assert number_pairs(example) - train_pairs, example  # some pair never appeared in training
-        elif family == "facts":
-            assert (parse_fact(example)[:2] not in train_facts) == example["unseen"], example
+        elif family == "facts" and example["level"] == 1:  # no test fact is asked in training; unseen = held out
+            assert parse_fact(example) not in train_facts, example
+            assert (parse_fact(example) in world.held_out_facts) == example["unseen"], example
+        elif family == "facts":  # what kind of thing a word names: unseen = a held-out word
+            assert bool(words_in(example) & held_words) == example["unseen"], example
 
 
 def test_made_up_letter_strings_are_never_held_out_words(world):

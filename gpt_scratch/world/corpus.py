@@ -10,16 +10,20 @@ food. The seed decides who has what, and which words, facts and number pairs are
 the instruction tasks (tasks.py) never use them in training, and the test split asks about
 them, so it measures generalisation rather than recall.
 
-The corpus is made of paragraphs of five kinds: stories about the people, lists of facts,
-questions and answers about the world, number play ("3 plus 4 is 7.") and word play ("The word
-horse is spelled h o r s e."). It teaches exactly the words and facts the tasks ask about, so
-pretraining helps the later stages. Held-out words and facts DO appear in the corpus (that is
-where the model can learn them); held-out number pairs do not, so an unseen sum like 27 plus 35
+The corpus is made of paragraphs of a few kinds: stories about the people, lists of facts,
+questions and answers about the world, what kind of thing each word names, the one-digit
+addition and subtraction tables ("7 plus 5 is 12.", "12 minus 5 is 7."), other number play and
+word play ("The word horse is spelled h o r s e."). It teaches exactly the words and facts the
+tasks ask about, so pretraining helps the later stages. Held-out words, facts and one-digit
+pairs DO appear in the corpus: that is where the model learns them, like a child who learns the
+tables by heart, and the test then asks, in the instruction format, about things that fine-tuning
+never showed. Held-out pairs of larger numbers never appear, so a sum like 27 plus 35 (level 3)
 has to be worked out, not remembered.
 """
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 WORDS = {
@@ -48,22 +52,22 @@ ATTRIBUTES = ("town", "pet", "colour", "food")  # what every person has, one of 
 # small model to store it); tasks.py asks the questions in QUESTIONS.
 FACT_PHRASES = {
     "town": ["{name} lives in {value}.", "The home of {name} is in {value}.", "{name} is from {value}."],
-    "pet": ["{name} has a pet {value}.", "The pet of {name} is a {value}.", "{name} looks after a {value}."],
+    "pet": ["{name} has a pet {value}.", "The pet of {name} is {a_value}.", "{name} looks after {a_value}."],
     "colour": ["{name}'s favourite colour is {value}.", "{name} likes the colour {value} best.",
                "The favourite colour of {name} is {value}."],
     "food": ["{name}'s favourite food is {value}.", "{name} likes to eat {value} best.",
              "The favourite food of {name} is {value}."],
 }
-QUESTIONS = {  # (question asking for the value, yes/no question about a candidate value)
-    "town": ("Where does {name} live?", "Does {name} live in {value}?"),
-    "pet": ("What pet does {name} have?", "Does {name} have a pet {value}?"),
-    "colour": ("What is {name}'s favourite colour?", "Is {name}'s favourite colour {value}?"),
-    "food": ("What is {name}'s favourite food?", "Is {name}'s favourite food {value}?"),
+QUESTIONS = {
+    "town": "Where does {name} live?", "pet": "What pet does {name} have?",
+    "colour": "What is {name}'s favourite colour?", "food": "What is {name}'s favourite food?",
 }
+KINDS = {"animal": "an animal", "colour": "a colour", "food": "a food", "object": "an object"}
+KIND_QUESTION = "Is {word} an animal, a colour, a food or an object?"
 HELD_WORDS_PER_LENGTH = {3: 8, 4: 16, 7: 6}  # word-length band (3, 4-6, 7+) -> words held out
 HELD_FACT_FRACTION = 0.25
 HELD_PAIR_FRACTION = 0.1
-HELD_SMALL_PAIRS = 5  # of the 45 pairs of different one-digit numbers
+HELD_SMALL_PAIRS = 8  # of the 45 pairs of different one-digit numbers
 N_VALUES = {"pet": 10, "colour": 8, "food": 10}  # how many different pets, colours, foods people have
 
 
@@ -147,7 +151,8 @@ def a_or_an(word: str) -> str:
 
 
 def fact_sentence(world: World, rng: random.Random, name: str, attribute: str) -> str:
-    return rng.choice(FACT_PHRASES[attribute]).format(name=name, value=world.people[name][attribute])
+    value = world.people[name][attribute]
+    return rng.choice(FACT_PHRASES[attribute]).format(name=name, value=value, a_value=a_or_an(value))
 
 
 def facts_paragraph(world: World, rng: random.Random) -> str:
@@ -158,27 +163,18 @@ def facts_paragraph(world: World, rng: random.Random) -> str:
 
 
 def questions_paragraph(world: World, rng: random.Random) -> str:
-    """Where does Anna live? Anna lives in Elmwick. Does Ben have a pet cat? The answer is no.
+    """Where does Anna live? Anna lives in Elmwick. What pet does Ben have? The answer is cat.
 
     Half the answers repeat the name ("Anna lives in ..."), half do not ("The answer is Elmwick."):
     those teach the model to find a fact from a question asked a few words back, which is what
-    an instruction-tuned model must do when the answer comes after the template's lines.
+    an instruction-tuned model must do when its answer comes after the question.
     """
     sentences = []
     for _ in range(rng.randint(2, 4)):
         name, attribute = rng.choice(PEOPLE), rng.choice(ATTRIBUTES)
-        value = world.people[name][attribute]
-        ask_value, ask_yes_no = QUESTIONS[attribute]
         short = rng.random() < 0.5
-        if rng.random() < 0.5:
-            answer = f"The answer is {value}." if short else fact_sentence(world, rng, name, attribute)
-            sentences += [ask_value.format(name=name), answer]
-        else:
-            candidate = rng.choice(world.values[attribute])
-            yes_no = "yes" if candidate == value else "no"
-            answer = (f"The answer is {yes_no}." if short else
-                      yes_no.capitalize() + ", " + FACT_PHRASES[attribute][0].format(name=name, value=value))
-            sentences += [ask_yes_no.format(name=name, value=candidate), answer]
+        answer = f"The answer is {world.people[name][attribute]}." if short else fact_sentence(world, rng, name, attribute)
+        sentences += [QUESTIONS[attribute].format(name=name), answer]
     return " ".join(sentences)
 
 
@@ -191,7 +187,7 @@ def story_paragraph(world: World, rng: random.Random) -> str:
     listed = ", ".join(a_or_an(t) for t in things[:-1]) + " and " + a_or_an(things[-1])
     sentences = [
         f"One day {name} went to the {place} in {me['town']} with {name}'s pet {me['pet']}.",
-        f"{name} wore a {me['colour']} {rng.choice(['hat', 'coat', 'jacket', 'sock', 'shoe'])}.",
+        f"{name} wore {a_or_an(me['colour'])} {rng.choice(['hat', 'coat', 'jacket', 'sock', 'shoe'])}.",
         f"At the {place} {name} met {friend}, who lives in {pal['town']} and has a pet {pal['pet']}.",
         f"{friend} had a bag with {listed} in it. That is {len(things)} things.",
         f"They ate {me['food']}, because it is {name}'s favourite food.",
@@ -206,51 +202,75 @@ def lost_pet_paragraph(world: World, rng: random.Random) -> str:
     me = world.people[name]
     place, thing = rng.choice(PLACES), rng.choice(WORDS["object"])
     sentences = [
-        f"{name} lives in {me['town']} with a {me['pet']}.",
+        f"{name} lives in {me['town']} with {a_or_an(me['pet'])}.",
         f"One morning the {me['pet']} of {name} ran away.",
         f"{name} looked for the {me['pet']} near the {place} and found {a_or_an(thing)}.",
         f"Then {name} saw the {me['pet']} under a tree. It was eating some {me['food']}.",
         f"{me['food'].capitalize()} is the favourite food of {name}, so {name} laughed.",
-        f"They walked home past a {me['colour']} door, because {me['colour']} is the colour {name} likes best.",
+        f"They walked home past {a_or_an(me['colour'])} door, because {me['colour']} is the colour {name} likes best.",
     ]
     return " ".join(sentences)
 
 
 def category_paragraph(world: World, rng: random.Random) -> str:
-    """A fox is an animal. Red is a colour. ..."""
-    kinds = {"animal": "an animal", "colour": "a colour", "food": "a food", "object": "an object"}
-    words = rng.sample(world.words, 5)
-    return " ".join(f"{word.capitalize()} is {kinds[world.category_of(word)]}." for word in words)
+    """Fox is an animal. Red is a colour. Is jam an animal, a colour, a food or an object? The answer is a food."""
+    words = rng.sample(world.words, 6)
+    sentences = [f"{word.capitalize()} is {KINDS[world.category_of(word)]}." for word in words[:3]]
+    for word in words[3:]:  # the question form too: a small model remembers a fact in the form it read it
+        sentences += [KIND_QUESTION.format(word=word), f"The answer is {KINDS[world.category_of(word)]}."]
+    return " ".join(sentences)
+
+
+def table_fact(rng: random.Random) -> str:
+    """A fact of the one-digit addition table, or its subtraction: '7 plus 5 is 12.', '12 minus 5 is 7.'
+
+    Every pair of digits appears, held-out ones too: a sum of two digits is remembered rather
+    than worked out, so the corpus is where it is learned (the tasks never ask held-out pairs).
+    """
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    if rng.random() < 0.5:
+        return f"{a} plus {b} is {a + b}."
+    return f"{a + b} minus {b} is {a}."
+
+
+def table_question(rng: random.Random) -> str:
+    """The same facts as questions: 'What is 7 plus 5? The answer is 12.'"""
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    if rng.random() < 0.5:
+        return f"What is {a} plus {b}? The answer is {a + b}."
+    return f"What is {a + b} minus {b}? The answer is {a}."
+
+
+def table_paragraph(world: World, rng: random.Random) -> str:
+    return " ".join(rng.choice((table_fact, table_question))(rng) for _ in range(rng.randint(6, 10)))
 
 
 def random_number(rng: random.Random) -> int:
     """Mostly one and two digits (what the tasks ask about), sometimes three."""
-    digits = rng.choices([1, 2, 3], weights=[6, 4, 1])[0]
+    digits = rng.choices([1, 2, 3], weights=[5, 5, 1])[0]
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
 
 
 def number_sentence(world: World, rng: random.Random) -> str:
-    """One fact about numbers whose pairs are not held out: '3 plus 4 is 7.'"""
+    """One fact about numbers: '47 is larger than 5.', 'Sorted, 7, 3, 12 becomes 3, 7, 12.'
+
+    Two one-digit numbers may be any pair (their order is learned like the tables); a held-out
+    pair with a larger number is never shown.
+    """
     while True:
-        a, b, c = random_number(rng), random_number(rng), rng.randint(0, 9)
-        if not world.has_held_pair([a, b, c]):
+        numbers = [random_number(rng) for _ in range(rng.choice([3, 5]))]
+        if not any(world.is_held_pair(a, b) and max(a, b) >= 10 for a in numbers for b in numbers):
             break
-    a, b = max(a, b), min(a, b)
-    kind = rng.randrange(6)
+    a, b = max(numbers[:2]), min(numbers[:2])
+    kind = rng.choices(range(4), weights=[3, 3, 1, 1])[0]
     if kind == 0:
-        first, second = (a, b) if rng.random() < 0.5 else (b, a)
-        return f"{first} plus {second} is {a + b}."
-    if kind == 1:
-        return f"{a} minus {b} is {a - b}."
-    if kind == 2:
         return f"{a} is larger than {b}." if a != b else f"{a} is equal to {b}."
-    if kind == 3:
-        return f"{a} plus {c} minus {b} is {a + c - b}."  # a >= b, so never below zero
-    if kind == 4:
+    if kind == 1:
+        return f"Sorted, {', '.join(map(str, numbers))} becomes {', '.join(str(n) for n in sorted(numbers))}."
+    if kind == 2:
         return "Counting up: " + ", ".join(str(n) for n in range(b, b + rng.randint(3, 6))) + "."
-    numbers = [a, b, c]
-    rng.shuffle(numbers)
-    return f"Sorted, {', '.join(map(str, numbers))} becomes {', '.join(str(n) for n in sorted(numbers))}."
+    first, second = (a, b) if rng.random() < 0.5 else (b, a)  # a larger sum (the tasks' level 3)
+    return f"{first} plus {second} is {a + b}." if rng.random() < 0.5 else f"{a} minus {b} is {a - b}."
 
 
 def number_paragraph(world: World, rng: random.Random) -> str:
@@ -258,14 +278,15 @@ def number_paragraph(world: World, rng: random.Random) -> str:
 
 
 def word_paragraph(world: World, rng: random.Random) -> str:
-    """The word horse is spelled h o r s e. The word horse has 5 letters. Backwards, h o r s e is e s r o h. ..."""
+    """The word horse is spelled h o r s e. ... Backwards, h o r s e is e s r o h. ..."""
     sentences = []
     for word in rng.sample(world.words, 2):
         letters = " ".join(word)
         sentences += [f"The word {word} is spelled {letters}.", f"The word {word} has {len(word)} letters.",
                       f"{word.capitalize()} starts with {word[0]} and ends with {word[-1]}.",
                       f"Backwards, {letters} is {' '.join(word[::-1])}.",
-                      f"In capital letters, {letters} is {letters.upper()}."]
+                      f"In capital letters, {letters} is {letters.upper()}.",
+                      f"Backwards in capital letters, {letters} is {' '.join(word[::-1]).upper()}."]
     letter = rng.choice("abcdefghijklmnopqrstuvwxyz")
     sentences.append(f"The capital letter of {letter} is {letter.upper()}.")
     return " ".join(sentences)
@@ -276,9 +297,10 @@ def alphabet_paragraph(world: World, rng: random.Random) -> str:
     return f"The letters of the alphabet are {lower}. In capital letters they are {lower.upper()}."
 
 
-PARAGRAPHS = [  # (how to write one, how often)
-    (story_paragraph, 15), (lost_pet_paragraph, 10), (facts_paragraph, 12), (questions_paragraph, 12), (category_paragraph, 6),
-    (number_paragraph, 22), (word_paragraph, 22), (alphabet_paragraph, 1),
+PARAGRAPHS = [  # (how to write one, how often): the tables get about a third of the tokens
+    (story_paragraph, 9), (lost_pet_paragraph, 5), (facts_paragraph, 27), (questions_paragraph, 24),
+    (category_paragraph, 15), (table_paragraph, 40), (number_paragraph, 10), (word_paragraph, 7),
+    (alphabet_paragraph, 1),
 ]
 
 

@@ -27,7 +27,7 @@ import re
 
 SENTENCE = "The answer is {}."
 STYLES = ("bare", "sentence")
-CASE_SENSITIVE = {"capitals"}  # "Spell cat in capital letters." wants C A T, not c a t
+CASE_SENSITIVE = {"capitals", "reverse_capitals"}  # "Write the letters in capitals." wants C A T, not c a t
 
 
 def render(answer: str, style: str) -> str:

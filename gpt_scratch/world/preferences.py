@@ -13,7 +13,8 @@ preference_rank() writes the rule as code: the response with the higher rank is 
 
 Wrong answers are mostly *near misses*, so that a reward model has to read the answer: a
 number off by one or two (or by ten), two neighbouring list items or letters swapped, a letter
-changed, lower case where capitals were asked, yes for no, another word of the same kind.
+changed, lower case where capitals were asked, another kind of thing (a food for an animal),
+another word of the same kind.
 With label_noise = p, each pair is swapped with probability p (and marked flipped = True),
 like the disagreements of real human labellers.
 """
@@ -21,7 +22,7 @@ like the disagreements of real human labellers.
 import random
 import re
 
-from gpt_scratch.world.corpus import TOWNS, WORDS
+from gpt_scratch.world.corpus import KINDS, TOWNS, WORDS
 from gpt_scratch.world.judge import is_correct, render, style_of
 
 STYLE_PAIR_SHARE = 0.3  # share of pairs that compare two correct answers in different styles
@@ -70,6 +71,8 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
         return str(wrong_number(int(answer), rng, near))
     if answer in ("yes", "no"):
         return "no" if answer == "yes" else "yes"
+    if answer in KINDS.values():  # "an animal" -> "a food"
+        return rng.choice([kind for kind in KINDS.values() if kind != answer])
     if ", " in answer:  # a sorted list of numbers
         items = answer.split(", ")
         swapped = swap_neighbours(items, rng) if near else None

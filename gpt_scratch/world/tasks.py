@@ -10,9 +10,10 @@
 `output` is the response to train on (bare "e s r o h" or the sentence "The answer is e s r o h.",
 see judge.py); `answer` is the truth in its bare form, which the judge compares against.
 
-Every family is one short function (rng, world, level, unseen) -> Draft. Levels: 1 = one-digit
-numbers / three letters, 2 = a two-digit number (with a one-digit one in sums) / 4-6 letters,
-3 = more or longer numbers / 7+ letters. Letters are written with spaces between them ("c a t"),
+Every family is one short function (rng, world, level, unseen) -> Draft, with levels of
+difficulty (the default data uses levels 1 and 2; level 3 is a stretch beyond what the default
+model learns in minutes). Sums stay inside the one-digit addition table at levels 1 and 2
+(3 + 4, then 7 + 5), letters come three at level 1, 4-6 at level 2 and 7+ at level 3. Letters are written with spaces between them ("c a t"),
 because the tokenizer joins letters into word pieces and a small model cannot see inside a piece.
 The letter families use the world's words and, for variety, made-up strings of letters.
 
@@ -25,7 +26,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from gpt_scratch.world.corpus import QUESTIONS, World
+from gpt_scratch.world.corpus import KIND_QUESTION, KINDS, QUESTIONS, World
 from gpt_scratch.world.judge import render
 
 
@@ -79,19 +80,37 @@ def spaced(word: str) -> str:
 
 # --- the families ---------------------------------------------------------------------------
 
-# add and subtract, level -> digits of the two numbers: 3 + 4, then 47 + 5 (or 5 + 47), then 47 + 35
-SUM_DIGITS = {1: [1, 1], 2: [2, 1], 3: [2, 2]}
+def table_pair(rng: random.Random, world: World, unseen: bool, carry: bool) -> tuple[int, int]:
+    """Two digits a, b of the addition table, with a + b >= 10 exactly when carry."""
+    while True:
+        a, b = pick_numbers(rng, world, [1, 1], unseen)
+        if (a + b >= 10) == carry:
+            return a, b
 
 
 def add(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    a, b = pick_numbers(rng, world, SUM_DIGITS[level], unseen)
-    if rng.random() < 0.5:
-        a, b = b, a
+    """Level 1: 3 + 4 (a one-digit sum); 2: 7 + 5 (a two-digit sum); 3: 47 + 5 (or 5 + 47)."""
+    if level < 3:
+        a, b = table_pair(rng, world, unseen, carry=level == 2)
+    else:
+        a, b = pick_numbers(rng, world, [2, 1], unseen)
+        if rng.random() < 0.5:
+            a, b = b, a
     return Draft(("add", a, b), f"What is {a} plus {b}?", "", str(a + b))
 
 
 def subtract(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    a, b = sorted(pick_numbers(rng, world, SUM_DIGITS[level], unseen), reverse=True)  # never below zero
+    """Level 1: 7 - 3; 2: 12 - 5 (the table backwards: 5 + 7 = 12); 3: 47 - 5.
+
+    At levels 1 and 2 the question takes a + b - b from the addition table, so it is unseen
+    exactly when the digits {a, b} are a held-out pair (7 - 3 = 4 belongs to 3 + 4).
+    """
+    if level < 3:
+        while True:  # in training, the two numbers shown must not be a held-out pair either
+            a, b = table_pair(rng, world, unseen, carry=level == 2)
+            if unseen or not world.is_held_pair(a + b, b):
+                return Draft(("subtract", a + b, b), f"What is {a + b} minus {b}?", "", str(a))
+    a, b = pick_numbers(rng, world, [2, 1], unseen)
     return Draft(("subtract", a, b), f"What is {a} minus {b}?", "", str(a - b))
 
 
@@ -100,18 +119,10 @@ def larger(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
     return Draft(("larger", a, b), f"Which is larger, {a} or {b}?", "", str(max(a, b)))
 
 
-def two_step(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    """a plus b minus c. Level 1: one-digit; 2: a has two digits; 3: all two digits."""
-    levels = {1: [1, 1, 1], 2: [2, 1, 1], 3: [2, 2, 2]}[level]
-    while True:
-        a, b, c = pick_numbers(rng, world, levels, unseen)
-        if a + b >= c:
-            return Draft(("two_step", a, b, c), f"What is {a} plus {b} minus {c}?", "", str(a + b - c))
-
-
 def sort_numbers(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    """Level 1: three one-digit numbers; 2: three two-digit; 3: five three-digit."""
-    numbers = pick_numbers(rng, world, [level] * (5 if level == 3 else 3), unseen, distinct=True)
+    """Level 1: three one-digit numbers; 2: five one-digit; 3: three two-digit."""
+    digits = {1: [1, 1, 1], 2: [1, 1, 1, 1, 1], 3: [2, 2, 2]}[level]
+    numbers = pick_numbers(rng, world, digits, unseen, distinct=True)
     return Draft(("sort_numbers", *numbers), "Sort the numbers from smallest to largest.",
                  ", ".join(map(str, numbers)), ", ".join(map(str, sorted(numbers))))
 
@@ -126,18 +137,25 @@ def capitals(rng: random.Random, world: World, level: int, unseen: bool) -> Draf
     return Draft(("capitals", word), "Write the letters in capitals.", spaced(word), spaced(word.upper()))
 
 
+def reverse_capitals(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
+    """Two steps in one instruction: reverse the letters, then write them in capitals."""
+    word = pick_word(rng, world, level, unseen)
+    return Draft(("reverse_capitals", word), "Reverse the letters and write them in capitals.", spaced(word),
+                 spaced(word[::-1].upper()))
+
+
 def count_letters(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
     word = pick_word(rng, world, level, unseen)
     return Draft(("count_letters", word), "How many letters are there?", spaced(word), str(len(word)))
 
 
 def count_items(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    """Level 1: how many words (2-4); 2: how many of one kind among 4 words; 3: among 6."""
-    size = rng.randint(2, 4) if level == 1 else 2 * level
+    """Level 1: how many words (2-4); 2: how many words (5-7); 3: how many of one kind among 6."""
+    size = {1: rng.randint(2, 4), 2: rng.randint(5, 7), 3: 6}[level]
     words = rng.sample(world.seen_words, size)
     if unseen:  # one of the words is a held-out word
         words[rng.randrange(size)] = rng.choice(world.held_out_words)
-    if level == 1:
+    if level < 3:
         return Draft(("count_items", "word", *words), "How many words are in the list?", ", ".join(words),
                      str(len(words)))
     kind = world.category_of(rng.choice(words))  # a kind that occurs at least once
@@ -148,20 +166,19 @@ def count_items(rng: random.Random, world: World, level: int, unseen: bool) -> D
 
 
 def facts(rng: random.Random, world: World, level: int, unseen: bool) -> Draft:
-    """Level 1: 'Where does Anna live?'; level 2: 'Does Anna live in Elmwick?' (yes / no)."""
-    name, attribute = rng.choice(world.held_out_facts if unseen else world.seen_facts)
-    value = world.people[name][attribute]
-    ask_value, ask_yes_no = QUESTIONS[attribute]
+    """Level 1: 'Where does Anna live?' (a fact about a person); 2: 'Is goat an animal, a colour,
+    a food or an object?' (what kind of thing a word names). Both are learned from the corpus."""
     if level == 1:
-        return Draft(("facts", name, attribute), ask_value.format(name=name), "", value)
-    candidate = value if rng.random() < 0.5 else rng.choice([v for v in world.values[attribute] if v != value])
-    return Draft(("facts", name, attribute, candidate), ask_yes_no.format(name=name, value=candidate), "",
-                 "yes" if candidate == value else "no")
+        name, attribute = rng.choice(world.held_out_facts if unseen else world.seen_facts)
+        return Draft(("facts", name, attribute), QUESTIONS[attribute].format(name=name), "",
+                     world.people[name][attribute])
+    word = rng.choice(world.held_out_words if unseen else world.seen_words)
+    return Draft(("facts", word), KIND_QUESTION.format(word=word), "", KINDS[world.category_of(word)])
 
 
 FAMILIES = {  # name -> (generator, highest level)
-    "add": (add, 3), "subtract": (subtract, 3), "larger": (larger, 3), "two_step": (two_step, 3),
-    "sort_numbers": (sort_numbers, 3), "reverse": (reverse, 3), "capitals": (capitals, 3),
+    "add": (add, 3), "subtract": (subtract, 3), "larger": (larger, 3), "sort_numbers": (sort_numbers, 3),
+    "reverse": (reverse, 3), "capitals": (capitals, 3), "reverse_capitals": (reverse_capitals, 3),
     "count_letters": (count_letters, 3), "count_items": (count_items, 3), "facts": (facts, 2),
 }
 
