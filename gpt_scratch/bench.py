@@ -23,7 +23,7 @@ import torch
 from gpt_scratch.generate import generate
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.presets import PRESETS
-from gpt_scratch.train import TrainConfig, make_optimizer, pick_device, train_step
+from gpt_scratch.train import TrainConfig, make_optimizer, native_bf16, pick_device, train_step
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (memory allocation, kernel selection)
 PROMPT_TOKENS = 8
@@ -37,14 +37,10 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def uses_bf16(device: torch.device) -> bool:
-    """The rule of train.autocast_for(device, "auto"): bf16 on a CUDA GPU that has it."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
 def measure_matmul_peak(device: torch.device, repeats: int = 5) -> tuple[float, str]:
     """Best FLOP/s of an n x n matrix product (2 * n^3 FLOPs), in the dtype training computes in."""
-    n, dtype = (8192, torch.bfloat16) if uses_bf16(device) else (2048, torch.float32)
+    n = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if native_bf16(device) else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up

@@ -58,7 +58,8 @@ def add_train_flags(parser: argparse.ArgumentParser, stage: str) -> None:
     group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                        help="where to train (default: auto = cuda, else mps, else cpu)")
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                       help="auto = bf16 autocast on a GPU that supports it, else float32")
+                       help="auto = bf16 autocast where the device has bf16 in hardware (a recent GPU, "
+                            "or a CPU with AVX-512 BF16 / AMX), else float32")
     group.add_argument("--resume", action="store_true", help="continue from the stage folder's checkpoint")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -173,7 +174,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="folder with sft_train.json, sft_val.json, sft_test.json (from `data`)")
     sft.add_argument("--out", default="runs/default/sft", help="stage folder")
     sft.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
-    sft.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template")
+    sft.add_argument("--template", choices=["alpaca", "chat"], default="chat",
+                     help="prompt template (default chat: shorter, and it carries pretraining knowledge over better)")
     sft.add_argument("--loss-on", choices=["answer", "all"], default="answer",
                      help="train on answer tokens only (prompt masked with -100) or on all tokens")
     sft.add_argument("--n-train", type=positive_int, help="use only the first N training examples")
@@ -181,6 +183,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sft.add_argument("--max-length", type=int_range(8, 8192),
                      help="longest example in tokens (longer ones are cut, with a count); at most the context")
     sft.add_argument("--skip-before", action="store_true", help="do not score the base model before training")
+    sft.add_argument("--replay", type=non_negative_int,
+                     help="windows of pretraining text also trained on at every step, so that fine-tuning does "
+                          "not make the model forget it (0 = off; default: the preset's)")
+    sft.add_argument("--replay-corpus", help="the text to replay (default: the corpus the base was pretrained on)")
     add_tuning_flags(sft)
     add_train_flags(sft, "sft")
 
@@ -277,9 +283,12 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error(f"--max-length {args.max_length} is longer than the base model's context "
                      f"(block_size {config.block_size}); use at most {config.block_size}")
     tuning = tuning_from(parser, args, config.n_layer)
+    replay = args.replay if args.replay is not None else PRESETS[args.preset]["sft"].get("replay", 0)
+    if args.replay_corpus is not None and replay == 0:
+        parser.error("--replay-corpus needs replay: give --replay N with N > 0 (the preset's replay is 0)")
     sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
         args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning,
-        score_before=not args.skip_before)
+        score_before=not args.skip_before, replay=replay, replay_corpus=args.replay_corpus)
     return 0
 
 

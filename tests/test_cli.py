@@ -259,10 +259,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(corpus, tmp_pa
 
     real_step = train_module.train_step
 
-    def crash_at_step_4(model, optimizer, get_batch, step, cfg, device):
+    def crash_at_step_4(model, optimizer, get_batch, step, cfg, device, replay=None):
         if step == 4:
             raise Interrupted("killed")
-        return real_step(model, optimizer, get_batch, step, cfg, device)
+        return real_step(model, optimizer, get_batch, step, cfg, device, replay)
 
     monkeypatch.setattr(train_module, "train_step", crash_at_step_4)
     with pytest.raises(Interrupted):

@@ -5,7 +5,7 @@ from tiny import tiny_config
 from gpt_scratch.checkpoint import load_checkpoint
 from gpt_scratch.data import TokenWindows
 from gpt_scratch.model import GPT
-from gpt_scratch.train import TrainConfig, learning_rate, make_optimizer, train
+from gpt_scratch.train import TrainConfig, learning_rate, make_optimizer, train, train_step
 
 
 def windows(batch_size=4):
@@ -100,10 +100,37 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     def halves(step, micro):
         return x[4 * micro: 4 * micro + 4], y[4 * micro: 4 * micro + 4]
 
+    exact = dict(max_steps=1, warmup_steps=0, grad_clip=0, dtype="float32")  # bf16 would round the two sums apart
     big = fresh_model()
-    train(big, None, whole, [], quick_config(max_steps=1, warmup_steps=0, grad_clip=0), tmp_path / "a", quiet=True)
+    train(big, None, whole, [], quick_config(**exact), tmp_path / "a", quiet=True)
     small = fresh_model()
-    train(small, None, halves, [], quick_config(max_steps=1, warmup_steps=0, grad_clip=0, grad_accum=2),
-          tmp_path / "b", quiet=True)
+    train(small, None, halves, [], quick_config(**exact, grad_accum=2), tmp_path / "b", quiet=True)
     for p, q in zip(big.parameters(), small.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_replay_adds_its_loss_to_the_gradient_but_not_to_the_reported_loss():
+    data, other = windows(), TokenWindows(torch.arange(64).repeat(10), block_size=16, batch_size=2, seed=1)
+    cfg = quick_config(grad_clip=0)
+
+    def one_sgd_step(replay):  # plain SGD: the weights move by exactly -lr * gradient
+        model = fresh_model()
+        before = model.transformer.wte.weight.detach().clone()
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        loss, _ = train_step(model, optimizer, data.batch, 0, cfg, torch.device("cpu"), replay)
+        return loss, model.transformer.wte.weight.detach() - before
+
+    (plain_loss, plain), (other_loss, with_other), (same_loss, with_same) = map(one_sgd_step, (None, other.batch, data.batch))
+    assert plain_loss == other_loss == same_loss  # the replayed text's loss is not reported
+    assert not torch.allclose(plain, with_other)
+    torch.testing.assert_close(with_same, 2 * plain)  # replaying the step's own batch doubles its gradient
+
+
+def test_replay_changes_the_trained_weights(tmp_path):
+    data, other = windows(), TokenWindows(torch.arange(64).repeat(10), block_size=16, batch_size=2, seed=1)
+    plain, replayed = fresh_model(), fresh_model()
+    train(plain, None, data.batch, [], quick_config(max_steps=3), tmp_path / "a", quiet=True)
+    history = train(replayed, None, data.batch, [], quick_config(max_steps=3), tmp_path / "b", quiet=True,
+                    replay=other.batch)
+    assert not torch.equal(plain.transformer.wte.weight, replayed.transformer.wte.weight)
+    assert history["tokens"] == 3 * (4 + 2) * 16  # the replayed windows are counted as seen tokens
