@@ -33,7 +33,7 @@ def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool)
 
 
 def stage_train_config(preset: str, stage: str, seed: int, device: str) -> TrainConfig:
-    settings = {k: v for k, v in PRESETS[preset][stage].items() if k not in ("rank", "targets")}
+    settings = {k: v for k, v in PRESETS[preset][stage].items() if k not in ("rank", "targets", "replay")}
     return TrainConfig(**settings, seed=seed, device=device)
 
 
@@ -89,14 +89,16 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(
         corpus_path, run_dir / "pretrain", settings["model"], stage_train_config(preset, "pretrain", seed, device),
         settings["vocab_size"], resume=True, quiet=quiet), quiet)
+    replay = {"replay": settings["sft"]["replay"], "replay_corpus": corpus_path}  # rehearse the pretraining text
     results["sft"] = run_stage("sft", run_dir / "sft", lambda: sft(
         run_dir / "pretrain", data_dir, run_dir / "sft", stage_train_config(preset, "sft", seed, device),
-        resume=True, quiet=quiet), quiet)
+        resume=True, quiet=quiet, **replay), quiet)
     # Chapter 7: the same fine-tuning with the base frozen and LoRA adapters trained instead.
     lora = settings["lora"]
     results["lora"] = run_stage("lora", run_dir / "lora", lambda: sft(
         run_dir / "pretrain", data_dir, run_dir / "lora", stage_train_config(preset, "lora", seed, device),
-        resume=True, quiet=quiet, tuning=Tuning(lora_rank=lora["rank"], lora_targets=tuple(lora["targets"]))), quiet)
+        resume=True, quiet=quiet, tuning=Tuning(lora_rank=lora["rank"], lora_targets=tuple(lora["targets"])),
+        **replay), quiet)
 
     report = format_report(results, run_dir, preset)
     (run_dir / "report.md").write_text(report)

@@ -2,17 +2,20 @@
 
     python -m gpt_scratch sft --base runs/default/pretrain --data runs/default/data --out runs/default/sft
 
-    examples = encode_records(tokenizer, records, "alpaca", max_length=128)
+    examples = encode_records(tokenizer, records, "chat", max_length=128)
     x, y = collate(examples[:4], pad_id=tokenizer.eot_id, mask_prompt=True)
-    scores = evaluate(model, tokenizer, test_records, "alpaca")      # accuracy per task family
+    scores = evaluate(model, tokenizer, test_records, "chat")      # accuracy per task family
 
-The three ideas of the chapter:
+The ideas of the chapter:
 1. A template (templates.py) turns each record into prompt ids + answer ids + one end-of-text.
 2. Loss masking: the targets y are -100 (ignored by the loss) on the prompt, so the model is
    trained only to write answers; and on padding, found by *length*, never by id: the pad id is
    the end-of-text id, and masking "every end-of-text" would also hide the real one the model
    must learn to stop with.
-3. Evaluation generates an answer for every held-out task and lets the judge score it.
+3. Replay: a few windows of the pretraining text are trained on at every step as well. Without
+   them, fine-tuning on a narrow set of tasks makes a small model forget what it read: the test
+   asks facts and sums that no training task showed, so the answer must come from pretraining.
+4. Evaluation generates an answer for every held-out task and lets the judge score it.
 """
 
 import random
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint, write_json
+from gpt_scratch.data import TokenWindows, read_corpus
 from gpt_scratch.formats import load_instructions
 from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
 from gpt_scratch.generate import generate
@@ -169,12 +173,28 @@ def check_judgeable(records: list[dict], path: Path) -> None:
                          f"(the files of `python -m gpt_scratch data` have them)")
 
 
-def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, template: str = "alpaca",
+def replay_windows(tokenizer: Tokenizer, corpus: str | Path | None, block_size: int, per_step: int,
+                   seed: int) -> TokenWindows:
+    """per_step random windows of the pretraining text for every fine-tuning step."""
+    if corpus is None:
+        raise ValueError("replay needs the pretraining corpus, and the base checkpoint does not name one; "
+                         "give it with --replay-corpus, or turn replay off with --replay 0")
+    if not Path(corpus).is_file():
+        raise FileNotFoundError(f"replay corpus {corpus} not found; give the pretraining text with --replay-corpus, "
+                                f"or turn replay off with --replay 0")
+    ids = torch.tensor(tokenizer.encode(read_corpus(corpus)), dtype=torch.long)
+    return TokenWindows(ids, block_size, per_step, seed=seed + 1)
+
+
+def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, template: str = "chat",
         mask_prompt: bool = True, n_train: int | None = None, max_length: int | None = None,
         n_eval: int | None = None, resume: bool = False, quiet: bool = False,
-        tuning: Tuning | None = None, score_before: bool = True) -> dict:
+        tuning: Tuning | None = None, score_before: bool = True, replay: int = 0,
+        replay_corpus: str | Path | None = None) -> dict:
     """The whole SFT stage: load the base model, score it, fine-tune, score again; return metrics.
 
+    replay: windows of pretraining text (block_size tokens each) trained on at every step, from
+    replay_corpus (default: the corpus the base model was pretrained on); 0 turns replay off.
     With LoRA, the stage folder also gets adapter/ (the small adapter file), and the checkpoint
     holds the merged model: a plain GPT that the next stage loads like any other.
     """
@@ -197,6 +217,10 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     batches = ExampleBatches(examples, cfg.batch_size, cfg.grad_accum, tokenizer.eot_id, mask_prompt, cfg.seed)
     val_batches = [collate(val[i:i + cfg.batch_size], tokenizer.eot_id, mask_prompt)
                    for i in range(0, min(len(val), 8 * cfg.batch_size), cfg.batch_size)]
+    rehearse = None
+    if replay:
+        corpus = replay_corpus or base_meta.get("corpus")
+        rehearse = replay_windows(tokenizer, corpus, model.config.block_size, replay, cfg.seed).batch
 
     before = evaluate(model, tokenizer, test_records, template)[0] if score_before else None
     torch.manual_seed(cfg.seed)  # LoRA's random A matrices depend on the seed only, not on what ran before
@@ -206,10 +230,12 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         print(trainable_table(model))
         print(f"SFT: {len(examples):,} examples ({batches.steps_per_epoch():.0f} steps per epoch), "
               f"template {template}, {'answer tokens only' if mask_prompt else 'all tokens'} in the loss, "
-              f"tuning: {tuning.describe()}" + (f"; accuracy before: {before['accuracy']:.1%}" if before else ""))
+              f"tuning: {tuning.describe()}, replay: {replay} pretraining windows per step"
+              + (f"; accuracy before: {before['accuracy']:.1%}" if before else ""))
     meta = {"stage": "sft", "base": str(base), "template": template, "mask_prompt": mask_prompt,
-            "tuning": tuning.describe(), "corpus": base_meta.get("corpus")}
-    history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet)
+            "tuning": tuning.describe(), "replay": replay, "corpus": base_meta.get("corpus")}
+    history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet,
+                    replay=rehearse)
     if tuning.lora_rank is not None:
         save_adapter(model, out_dir / "adapter", base=str(base))
         remove_lora(model)  # merge the adapters into the weights: an ordinary GPT again
@@ -222,7 +248,7 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     eval_seconds = time.perf_counter() - began
     write_reports(out_dir, test_records, responses, before, after)
     metrics = {
-        "template": template, "mask_prompt": mask_prompt, "train_examples": len(examples),
+        "template": template, "mask_prompt": mask_prompt, "replay": replay, "train_examples": len(examples),
         "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
         "test_examples": len(test_records),
         "accuracy_before": round(before["accuracy"], 4) if before else None, "accuracy_after": round(after["accuracy"], 4),

@@ -20,10 +20,13 @@ N_LAYER = 2
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft_flags")
-    tokenizer = Tokenizer.train("Is 3 a number? yes. Is 12 a number? yes. " * 20, 270)
+    text = "Is 3 a number? yes. Is 12 a number? yes. " * 20
+    (root / "corpus.txt").write_text(text)  # the base's pretraining text: what replay rehearses
+    tokenizer = Tokenizer.train(text, 270)
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=N_LAYER, n_head=2, n_embd=16)
-    base = save_checkpoint(root / "base" / "checkpoint", GPT(config), tokenizer, {"stage": "pretrain"})
+    base = save_checkpoint(root / "base" / "checkpoint", GPT(config), tokenizer,
+                           {"stage": "pretrain", "corpus": str(root / "corpus.txt")})
     return {"root": root, "base": base.parent, "data": write_yes_data(root / "data", n_train=16, n_test=4),
             "config": config}
 
@@ -97,6 +100,8 @@ def test_lora_alpha_and_dropout_take_effect(setup):
     (["--loss-on", "prompt"], "--loss-on"),
     (["--max-length", "49"], "longer than the base model's context"),
     (["--n-train", "0"], "--n-train"),
+    (["--replay", "-1"], "--replay"),
+    (["--replay", "0", "--replay-corpus", "corpus.txt"], "--replay-corpus needs replay"),
 ])
 def test_bad_flags_exit_2_with_one_line(setup, flags, message, capsys):
     argv = ["sft", "--base", str(setup["base"]), "--data", str(setup["data"]), "--out",
@@ -111,15 +116,37 @@ def test_bad_flags_exit_2_with_one_line(setup, flags, message, capsys):
 
 def test_template_loss_on_n_train_and_max_length_take_effect(setup):
     plain, _ = run_sft(setup, "plain")
-    chat, _ = run_sft(setup, "chat", "--template", "chat")
-    assert (plain["template"], chat["template"]) == ("alpaca", "chat")
-    assert plain["final_val_loss"] != chat["final_val_loss"]
+    alpaca, _ = run_sft(setup, "alpaca", "--template", "alpaca")
+    assert (plain["template"], alpaca["template"]) == ("chat", "alpaca")  # chat is the default
+    assert plain["final_val_loss"] != alpaca["final_val_loss"]
     every, _ = run_sft(setup, "all_tokens", "--loss-on", "all")
     assert every["mask_prompt"] is False and every["final_val_loss"] != plain["final_val_loss"]
     few, _ = run_sft(setup, "few", "--n-train", "5")
     assert few["train_examples"] == 5 and plain["train_examples"] == 16
     cut, _ = run_sft(setup, "cut", "--max-length", "12")
     assert cut["final_val_loss"] != plain["final_val_loss"]
+
+
+def test_replay_and_its_corpus_take_effect(setup):
+    plain, plain_out = run_sft(setup, "replay_preset")  # the tiny preset replays 1 window per step
+    off, off_out = run_sft(setup, "replay_off", "--replay", "0")
+    more, more_out = run_sft(setup, "replay_3", "--replay", "3")
+    other_text = setup["root"] / "other.txt"
+    other_text.write_text("yes no yes no maybe. " * 40)
+    other, other_out = run_sft(setup, "replay_other", "--replay-corpus", str(other_text))
+    assert [m["replay"] for m in (plain, off, more, other)] == [1, 0, 1 * 3, 1]
+    weights = [load_checkpoint(out)[0].transformer.wte.weight for out in (plain_out, off_out, more_out, other_out)]
+    for i in range(len(weights)):
+        for j in range(i + 1, len(weights)):
+            assert not torch.equal(weights[i], weights[j]), (i, j)  # each setting trains a different model
+
+
+def test_a_missing_replay_corpus_is_one_line(setup, capsys):
+    argv = ["sft", "--base", str(setup["base"]), "--data", str(setup["data"]), "--out", str(setup["root"] / "z"),
+            "--preset", "tiny", "--quiet", "--replay-corpus", str(setup["root"] / "gone.txt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "gone.txt not found" in err and "--replay 0" in err
 
 
 def test_missing_data_or_base_is_one_line(setup, capsys):

@@ -11,7 +11,7 @@ few answers. With the defaults it takes a minute or two on a laptop CPU. The num
 next to the main pipeline's (`python -m gpt_scratch run`): compare settings with each other.
     python exercises/ch05/ex2_experiments.py --base runs/ch05/base          # pretrains once, then reuses
     python exercises/ch05/ex2_experiments.py --base runs/ch05/base --loss-on all
-    python exercises/ch05/ex2_experiments.py --base runs/ch05/base --template chat --epochs 4
+    python exercises/ch05/ex2_experiments.py --base runs/ch05/base --template alpaca --epochs 4
     python exercises/ch05/ex2_experiments.py --help
 Grade it:  python -m gpt_scratch grade --chapter 5
 """
@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a small GPT on the embedded corpus (or reuse --base), fine-tune it on the "
                     "world's instruction tasks with gpt_scratch.sft, and print accuracy per family before and "
                     "after, the loss on prompt vs answer tokens, and sample answers. Change one flag at a time.")
-    parser.add_argument("--template", choices=["alpaca", "chat"], default="alpaca",
-                        help="prompt template: alpaca (### Instruction: ... ### Response:) or chat "
-                             "(<|user|> ... <|assistant|>), which needs about half the tokens (default alpaca)")
+    parser.add_argument("--template", choices=["alpaca", "chat"], default="chat",
+                        help="prompt template: chat (<|user|> ... <|assistant|>, default) or alpaca "
+                             "(### Instruction: ... ### Response:), which needs about twice the tokens")
     parser.add_argument("--loss-on", choices=["answer", "all"], default="answer",
                         help="tokens in the loss: answer only (prompt masked with -100, default) or all tokens")
     parser.add_argument("--n-train", type=int_range(1, 20_000), default=2000,
