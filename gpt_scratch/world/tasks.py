@@ -13,9 +13,10 @@ see judge.py); `answer` is the truth in its bare form, which the judge compares 
 Every family is one short function (rng, world, level, unseen) -> Draft, with levels of
 difficulty (the default data uses levels 1 and 2; level 3 is a stretch beyond what the default
 model learns in minutes). Sums stay inside the one-digit addition table at levels 1 and 2
-(3 + 4, then 7 + 5), letters come three at level 1, 4-6 at level 2 and 7+ at level 3. Letters are written with spaces between them ("c a t"),
-because the tokenizer joins letters into word pieces and a small model cannot see inside a piece.
-The letter families use the world's words and, for variety, made-up strings of letters.
+(3 + 4, then 7 + 5); letters come three at level 1, 4-6 at level 2 and 7 or more at level 3.
+Letters are written with spaces between them ("c a t"), because the tokenizer joins letters into
+word pieces and a small model cannot see inside a piece. The letter families use the world's
+words and, for variety, made-up strings of letters.
 
 The splits share no (family, inputs) pair: the test and validation questions are drawn first
 and training never asks them. About 30% of the test is *unseen*: it uses a held-out number
