@@ -246,6 +246,17 @@ def pretrain_args(corpus, out) -> list[str]:
             "--batch-size", "4", "--dropout", "0.1", "--quiet"]
 
 
+def test_dtype_flag_lands_and_changes_the_arithmetic(capsys, corpus, tmp_path):
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        code, _, err = run_cli(capsys, *pretrain_args(corpus, tmp_path / dtype), "--dtype", dtype)
+        assert code == 0, err
+        config = read_json(tmp_path / dtype / "checkpoint" / "config.json")
+        assert config["meta"]["train_config"]["dtype"] == dtype
+        losses[dtype] = read_json(tmp_path / dtype / "checkpoint" / "train_state.json")["history"]["train_loss"]
+    assert losses["float32"][0] != losses["bfloat16"][0]  # bf16 products round differently from step 0 on
+
+
 class Interrupted(Exception):
     pass
 

@@ -134,7 +134,7 @@ def test_replay_and_its_corpus_take_effect(setup):
     other_text = setup["root"] / "other.txt"
     other_text.write_text("yes no yes no maybe. " * 40)
     other, other_out = run_sft(setup, "replay_other", "--replay-corpus", str(other_text))
-    assert [m["replay"] for m in (plain, off, more, other)] == [1, 0, 1 * 3, 1]
+    assert [m["replay"] for m in (plain, off, more, other)] == [1, 0, 3, 1]
     weights = [load_checkpoint(out)[0].transformer.wte.weight for out in (plain_out, off_out, more_out, other_out)]
     for i in range(len(weights)):
         for j in range(i + 1, len(weights)):

@@ -23,7 +23,6 @@ has to be worked out, not remembered.
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass
 
 WORDS = {
