@@ -10,6 +10,7 @@ end-of-text token. temperature=0 means greedy: always take the most likely token
 
 import torch
 
+from gpt_scratch.data import pad_batch
 from gpt_scratch.model import GPT, KVCache
 
 
@@ -47,17 +48,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad prompts on the left to one length; return ids (B, T) and attention mask (B, T)."""
-    longest = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, longest - len(prompt):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def check_prompts(prompts: list[list[int]], block_size: int, crop: bool) -> list[list[int]]:
     """Refuse (or, with crop=True, cut from the left) prompts longer than the context."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -91,7 +81,9 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
     was_training = model.training
     model.eval()
 
-    ids, mask = left_pad(prompts, pad_id=eos_id if eos_id is not None else 0, device=device)
+    # Left padding puts every row's next token in the last column.
+    ids, mask = pad_batch(prompts, pad_id=eos_id if eos_id is not None else 0, side="left")
+    ids, mask = ids.to(device), mask.to(device)
     # The last sampled token needs no position of its own, so one more than the free room fits.
     steps = min(max_new_tokens, block_size - ids.shape[1] + 1)
     cache = KVCache(model.config.n_layer) if use_cache else None

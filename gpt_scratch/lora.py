@@ -5,6 +5,8 @@
     save_adapter(model, "runs/lora/adapter", base="runs/default/sft")   # a few KB, not the model
     load_adapter(plain_base_model, "runs/lora/adapter") # the same fine-tuned model again
     remove_lora(model)                                  # merge and go back to a plain GPT
+    with adapters_off(model):                           # the frozen base model, for free:
+        reference_logits = model(ids)                   # the reference of RLHF and DPO
 
 The idea: a frozen layer computes y = W x + b. LoRA adds a trainable update of rank r,
     y = W x + b + (alpha / r) * B (A x),    A: (r, in), B: (out, r)
@@ -20,11 +22,13 @@ False. Otherwise merging B A into the head would also change the token embedding
 input side of the model.
 """
 
+import contextlib
 import json
 import math
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -65,6 +69,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the init nn.Linear uses for its weights
         self.dropout = nn.Dropout(dropout)  # on the LoRA path only: the base path stays exact
         self.merged = False
+        self.enabled = True  # False inside adapters_off(): the layer is its frozen base layer
 
     def delta(self) -> torch.Tensor:
         """The update to the weight, scale * B @ A, shaped like the weight (out, in)."""
@@ -72,8 +77,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        if self.merged:
-            return out  # the update is already inside self.weight
+        if self.merged or not self.enabled:
+            return out  # merged: the update is already inside self.weight; disabled: the base alone
         # (..., in) @ A^T -> (..., rank) @ B^T -> (..., out): never builds the (out, in) matrix
         return out + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)
 
@@ -180,6 +185,29 @@ def unmerge_lora(model: nn.Module) -> None:
     """Undo merge_lora, e.g. to train the adapter further."""
     for _, layer in lora_layers(model):
         layer.unmerge()
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Inside this block the model is its frozen base: every LoRA layer computes W x + b alone.
+
+    A policy trained with LoRA gets its reference model (the base it started from) this way,
+    with no second copy of the weights in memory. Merged adapters cannot be switched off (their
+    update is inside W): unmerge first.
+        with adapters_off(policy):
+            reference_logprobs = completion_logprobs(policy, x, y)
+    """
+    layers = [layer for _, layer in lora_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise ValueError("adapters_off needs unmerged LoRA layers (a merged update is inside the weights); "
+                         "call unmerge_lora(model) first")
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:  # switched back on even if the block raised
+        for layer in layers:
+            layer.enabled = True
 
 
 def remove_lora(model: GPT) -> list[str]:

@@ -18,29 +18,23 @@ The ideas of the chapter:
 4. Evaluation generates an answer for every held-out task and lets the judge score it.
 """
 
-import random
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint, write_json
-from gpt_scratch.data import TokenWindows, read_corpus
-from gpt_scratch.formats import load_instructions
+from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records, read_corpus  # noqa: F401
+from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb  # noqa: F401
 from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
-from gpt_scratch.generate import generate
 from gpt_scratch.lora import add_lora, remove_lora, save_adapter
 from gpt_scratch.model import GPT
 from gpt_scratch.plots import plot_bars
-from gpt_scratch.templates import encode_example, encode_prompt
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig, pick_device, train
-from gpt_scratch.world.judge import format_table, score
-
-IGNORE = -100  # targets with this value add nothing to the loss (lm_loss's ignore_index)
+from gpt_scratch.world.judge import format_table
 
 
 @dataclass
@@ -68,109 +62,6 @@ class Tuning:
         if self.lora_rank is not None:
             return f"LoRA rank {self.lora_rank} on {'+'.join(self.lora_targets)}"
         return self.freeze + (f" {self.trainable_blocks}" if self.freeze == "last_blocks" else "")
-
-
-@dataclass
-class Encoded:
-    ids: list[int]
-    trained: list[bool]  # True for answer tokens (and the end-of-text after each answer)
-
-
-def encode_records(tokenizer: Tokenizer, records: list[dict], template: str, max_length: int,
-                   quiet: bool = False) -> list[Encoded]:
-    """Encode every record; cut those longer than max_length tokens and say how many were cut."""
-    encoded, cut = [], 0
-    for record in records:
-        ids, trained = encode_example(tokenizer, record, template)
-        if len(ids) > max_length:
-            ids, trained, cut = ids[:max_length], trained[:max_length], cut + 1
-        encoded.append(Encoded(ids, trained))
-    if cut and not quiet:
-        print(f"note: {cut} of {len(records)} examples were longer than {max_length} tokens and were cut "
-              f"(their end-of-text is lost); raise --max-length or shorten the data", file=sys.stderr)
-    return encoded
-
-
-def collate(batch: list[Encoded], pad_id: int, mask_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a batch on the right to its longest example; return inputs x and targets y (B, T).
-
-    y is x shifted left by one (predict the next token). Padding targets are IGNORE, decided by
-    each row's length. With mask_prompt, prompt targets are IGNORE too: the loss then comes
-    from the answer tokens alone.
-    """
-    longest = max(len(e.ids) for e in batch) - 1  # inputs drop the last token, targets the first
-    x = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    y = torch.full((len(batch), longest), IGNORE, dtype=torch.long)
-    for row, example in enumerate(batch):
-        n = len(example.ids) - 1
-        x[row, :n] = torch.tensor(example.ids[:-1])
-        targets = torch.tensor(example.ids[1:])
-        if mask_prompt:
-            is_answer = torch.tensor(example.trained[1:])
-            targets = targets.masked_fill(~is_answer, IGNORE)
-        y[row, :n] = targets
-    return x, y
-
-
-class ExampleBatches:
-    """Shuffled batches, epoch after epoch; batch(step, micro_step) depends only on (seed, step)."""
-
-    def __init__(self, examples: list[Encoded], batch_size: int, grad_accum: int, pad_id: int,
-                 mask_prompt: bool, seed: int = 0) -> None:
-        self.examples, self.batch_size, self.grad_accum = examples, batch_size, grad_accum
-        self.pad_id, self.mask_prompt, self.seed = pad_id, mask_prompt, seed
-        self.orders: dict[int, list[int]] = {}  # epoch -> shuffled order, made once per epoch
-
-    def order(self, epoch: int) -> list[int]:
-        if epoch not in self.orders:
-            order = list(range(len(self.examples)))
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-            self.orders[epoch] = order
-        return self.orders[epoch]
-
-    def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        first = (step * self.grad_accum + micro_step) * self.batch_size
-        chosen = []
-        for position in range(first, first + self.batch_size):
-            epoch, index = divmod(position, len(self.examples))
-            chosen.append(self.examples[self.order(epoch)[index]])
-        return collate(chosen, self.pad_id, self.mask_prompt)
-
-    def steps_per_epoch(self) -> float:
-        return len(self.examples) / (self.batch_size * self.grad_accum)
-
-
-@torch.no_grad()
-def answer(model: GPT, tokenizer: Tokenizer, records: list[dict], template: str, max_new_tokens: int = 24,
-           batch_size: int = 64) -> list[str]:
-    """Greedy answers to the records' prompts (batched, each row stops at its end-of-text)."""
-    responses = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        prompts = [encode_prompt(tokenizer, record, template) for record in chunk]
-        for ids in generate(model, prompts, max_new_tokens, eos_id=tokenizer.eot_id):
-            if ids and ids[-1] == tokenizer.eot_id:
-                ids = ids[:-1]
-            responses.append(tokenizer.decode(ids))
-    return responses
-
-
-def evaluate(model: GPT, tokenizer: Tokenizer, records: list[dict], template: str,
-             max_new_tokens: int = 24) -> tuple[dict, list[str]]:
-    """(judge scores, responses) for records that carry the judge's fields (family, answer)."""
-    responses = answer(model, tokenizer, records, template, max_new_tokens)
-    return score(records, responses), responses
-
-
-def load_split(data_dir: Path, name: str, limit: int | None = None) -> list[dict]:
-    records = load_instructions(data_dir / f"sft_{name}.json")
-    return records[:limit] if limit else records
-
-
-def check_judgeable(records: list[dict], path: Path) -> None:
-    if not all("family" in r and "answer" in r for r in records):
-        raise ValueError(f"{path}: evaluation records need 'family' and 'answer' fields for the judge "
-                         f"(the files of `python -m gpt_scratch data` have them)")
 
 
 def replay_windows(tokenizer: Tokenizer, corpus: str | Path | None, block_size: int, per_step: int,
@@ -214,7 +105,8 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     check_judgeable(test_records, data_dir / "sft_test.json")
     examples = encode_records(tokenizer, train_records, template, max_length, quiet)
     val = encode_records(tokenizer, load_split(data_dir, "val"), template, max_length, quiet=True)
-    batches = ExampleBatches(examples, cfg.batch_size, cfg.grad_accum, tokenizer.eot_id, mask_prompt, cfg.seed)
+    batches = ExampleBatches(examples, cfg.batch_size, cfg.grad_accum,
+                             partial(collate, pad_id=tokenizer.eot_id, mask_prompt=mask_prompt), cfg.seed)
     val_batches = [collate(val[i:i + cfg.batch_size], tokenizer.eot_id, mask_prompt)
                    for i in range(0, min(len(val), 8 * cfg.batch_size), cfg.batch_size)]
     rehearse = None
@@ -268,12 +160,6 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         print(f"accuracy {before['accuracy']:.1%} before SFT -> {after['accuracy']:.1%} after" if before
               else f"accuracy after SFT: {after['accuracy']:.1%}")
     return metrics
-
-
-def peak_memory_mb() -> float:
-    """The process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 1024**2
 
 
 def write_reports(out_dir: Path, records: list[dict], responses: list[str], before: dict | None, after: dict) -> None:

@@ -1,13 +1,20 @@
-"""One training loop for every stage that trains on next-token loss (pretraining and SFT).
+"""One training loop for every stage that trains by gradient descent on a fixed data set:
+pretraining, SFT, the reward model, DPO.
 
     history = train(model, tokenizer, get_batch, val_batches, TrainConfig(max_steps=500), out_dir)
+    history = train(reward_model, tokenizer, get_pairs, val_pairs, cfg, out_dir, loss_fn=reward_loss)
 
-get_batch(step, micro_step) -> (x, y) gives the batch of a step (y = -100 where no loss is
-wanted); val_batches is a fixed list of (x, y). The loop does AdamW (weight decay on matrices
-only), linear warmup then cosine decay, gradient accumulation and clipping, periodic
-validation, a progress bar, and checkpoints for resuming. Every source of randomness is a
-function of (seed, step), so `resume=True` continues with exactly the losses an
-uninterrupted run would have had.
+get_batch(step, micro_step) gives the batch of a step, a tuple of tensors; val_batches is a
+fixed list of such batches. loss_fn(model, batch) -> scalar loss says what is learned: the
+default, next_token_loss, reads the batch as (x, y) with y = -100 where no loss is wanted.
+The loop does AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
+accumulation and clipping, periodic validation, a progress bar, and checkpoints for resuming.
+Every source of randomness is a function of (seed, step), so `resume=True` continues with
+exactly the losses an uninterrupted run would have had.
+
+A run that diverges stops at the first loss that is not a finite number (nan or inf), with
+one line naming the step and what to try (TrainingDiverged); the last checkpoint written
+before it stays as it was, and no checkpoint is ever written from weights that are not finite.
 
 An optional replay(step, micro_step) -> (x, y) gives a second batch each step, of other text,
 whose mean loss is added to the first one's. Fine-tuning uses it to keep rehearsing the
@@ -24,11 +31,38 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from gpt_scratch.checkpoint import find_checkpoint, load_train_state, load_weights_into, read_weights, save_checkpoint
-from gpt_scratch.model import GPT, lm_loss
+from gpt_scratch.checkpoint import find_checkpoint, load_model_into, load_train_state, save_checkpoint
+from gpt_scratch.model import lm_loss
 from gpt_scratch.plots import plot_losses
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) stopped being finite numbers: the run cannot go on."""
+
+
+def next_token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Pretraining's and SFT's loss: mean cross-entropy of the next token where y is not -100."""
+    x, y = batch
+    return lm_loss(model(x), y)
+
+
+def divergence_advice(step: int, what: str, cfg: "TrainConfig") -> str:
+    """One line: where the run went wrong and the first things to try."""
+    clip = "turn gradient clipping on (--grad-clip 1.0)" if cfg.grad_clip == 0 else "clip harder (a smaller --grad-clip)"
+    return (f"training diverged at step {step}: {what}; lower the learning rate (--lr, now {cfg.lr:g}) "
+            f"or {clip}, then train again (checkpoints saved before this step are kept as they were)")
+
+
+def check_finite_loss(loss: torch.Tensor, step: int, cfg: "TrainConfig") -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(divergence_advice(step, f"the loss is {loss.item()}", cfg))
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @dataclass
@@ -106,44 +140,50 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return tuple(t.to(device) for t in batch)
+
+
 @torch.no_grad()
-def evaluate_loss(model: GPT, batches: list[Batch], device: torch.device, dtype: str = "auto") -> float:
+def evaluate_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device, dtype: str = "auto",
+                  loss_fn: LossFn = next_token_loss) -> float:
     """Mean loss over fixed batches, in eval mode (no dropout)."""
     was_training = model.training
     model.eval()
     losses = []
-    for x, y in batches:
+    for batch in batches:
         with autocast_for(device, dtype):
-            losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
+            losses.append(loss_fn(model, to_device(batch, device)).item())
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
-def train_step(model: GPT, optimizer: torch.optim.Optimizer, get_batch: Callable[[int, int], Batch],
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callable[[int, int], Batch],
                step: int, cfg: TrainConfig, device: torch.device,
-               replay: Callable[[int, int], Batch] | None = None) -> tuple[float, int]:
+               replay: Callable[[int, int], Batch] | None = None, loss_fn: LossFn = next_token_loss) -> tuple[float, int]:
     """One optimizer step over cfg.grad_accum micro-batches; returns (loss, tokens seen).
 
-    The loss returned is get_batch's alone; with replay, the replayed text's loss is added
-    before backward but not reported, so that the loss curve stays comparable.
+    The loss returned is get_batch's alone; with replay, the replayed text's next-token loss is
+    added before backward but not reported, so that the loss curve stays comparable.
+    A loss that is not finite stops the run (TrainingDiverged) before it touches the weights.
     """
     torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks depend on the step only
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
     total_loss, tokens = 0.0, 0
     for micro_step in range(cfg.grad_accum):
-        x, y = get_batch(step, micro_step)
-        x, y = x.to(device), y.to(device)
+        batch = to_device(get_batch(step, micro_step), device)
         with autocast_for(device, cfg.dtype):
-            loss = lm_loss(model(x), y) / cfg.grad_accum
+            loss = loss_fn(model, batch) / cfg.grad_accum
             extra = 0.0
             if replay is not None:
-                replay_x, replay_y = replay(step, micro_step)
-                extra = lm_loss(model(replay_x.to(device)), replay_y.to(device)) / cfg.grad_accum
-                tokens += replay_x.numel()
+                replay_batch = to_device(replay(step, micro_step), device)
+                extra = next_token_loss(model, replay_batch) / cfg.grad_accum
+                tokens += replay_batch[0].numel()
+        check_finite_loss(loss + extra, step, cfg)
         (loss + extra).backward()
         total_loss += loss.item()
-        tokens += x.numel()
+        tokens += batch[0].numel()
     if cfg.grad_clip > 0:  # clip after backward, before the step
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
@@ -155,7 +195,7 @@ def new_history() -> dict:
     return {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": 0.0, "tokens": 0}
 
 
-def resume_from(out_dir: Path, model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+def resume_from(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     """Load weights, optimizer moments and history from out_dir/checkpoint, if there is one."""
     try:
         folder = find_checkpoint(out_dir / "checkpoint")
@@ -164,15 +204,19 @@ def resume_from(out_dir: Path, model: GPT, optimizer: torch.optim.Optimizer) -> 
     state, optim_state = load_train_state(folder)
     if "step" not in state or optim_state is None:
         return 0, new_history()
-    load_weights_into(model, read_weights(folder), folder)
+    load_model_into(model, folder)
     optimizer.load_state_dict(optim_state)
     return state["step"], state["history"]
 
 
-def train(model: GPT, tokenizer, get_batch: Callable[[int, int], Batch], val_batches: list[Batch],
+def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Batch], val_batches: list[Batch],
           cfg: TrainConfig, out_dir: str | Path, meta: dict | None = None, resume: bool = False,
-          quiet: bool = False, replay: Callable[[int, int], Batch] | None = None) -> dict:
-    """Train, writing out_dir/checkpoint/ and out_dir/loss.png; return the loss history."""
+          quiet: bool = False, replay: Callable[[int, int], Batch] | None = None,
+          loss_fn: LossFn = next_token_loss) -> dict:
+    """Train, writing out_dir/checkpoint/ and out_dir/loss.png; return the loss history.
+
+    model is a GPT, or a GPTWithHead (heads.py) whose head is saved beside it.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -182,6 +226,8 @@ def train(model: GPT, tokenizer, get_batch: Callable[[int, int], Batch], val_bat
     meta = {**(meta or {}), "train_config": asdict(cfg)}
 
     def save(step: int) -> None:
+        if not weights_are_finite(model):  # never replace a good checkpoint with a broken one
+            raise TrainingDiverged(divergence_advice(step - 1, "the weights are no longer finite numbers", cfg))
         state = {"step": step, "history": history}
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "step": step}, state, optimizer)
 
@@ -189,7 +235,7 @@ def train(model: GPT, tokenizer, get_batch: Callable[[int, int], Batch], val_bat
                desc=out_dir.name, mininterval=1.0)
     for step in bar:
         began = time.perf_counter()
-        loss, tokens = train_step(model, optimizer, get_batch, step, cfg, device, replay)
+        loss, tokens = train_step(model, optimizer, get_batch, step, cfg, device, replay, loss_fn)
         history["seconds"] += time.perf_counter() - began
         history["tokens"] += tokens
         history["step"].append(step)
@@ -197,7 +243,7 @@ def train(model: GPT, tokenizer, get_batch: Callable[[int, int], Batch], val_bat
         last = step == cfg.max_steps - 1
         if val_batches and ((step + 1) % cfg.eval_every == 0 or last):
             history["val_step"].append(step)
-            history["val_loss"].append(evaluate_loss(model, val_batches, device, cfg.dtype))
+            history["val_loss"].append(evaluate_loss(model, val_batches, device, cfg.dtype, loss_fn))
         val = history["val_loss"][-1] if history["val_loss"] else float("nan")
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=f"{history['tokens'] / history['seconds']:.0f}")
         if (step + 1) % cfg.save_every == 0 and not last:

@@ -270,10 +270,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(corpus, tmp_pa
 
     real_step = train_module.train_step
 
-    def crash_at_step_4(model, optimizer, get_batch, step, cfg, device, replay=None):
+    def crash_at_step_4(model, optimizer, get_batch, step, *args):
         if step == 4:
             raise Interrupted("killed")
-        return real_step(model, optimizer, get_batch, step, cfg, device, replay)
+        return real_step(model, optimizer, get_batch, step, *args)
 
     monkeypatch.setattr(train_module, "train_step", crash_at_step_4)
     with pytest.raises(Interrupted):

@@ -8,8 +8,8 @@ import torch.nn as nn
 from tiny import tiny_config
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt_scratch.freeze import count_parameters
-from gpt_scratch.lora import (TARGETS, LoRALinear, add_lora, load_adapter, lora_layers, lora_parameter_count,
-                              merge_lora, remove_lora, save_adapter, unmerge_lora)
+from gpt_scratch.lora import (TARGETS, LoRALinear, adapters_off, add_lora, load_adapter, lora_layers,
+                              lora_parameter_count, merge_lora, remove_lora, save_adapter, unmerge_lora)
 from gpt_scratch.model import GPT, lm_loss
 from gpt_scratch.train import TrainConfig, make_optimizer
 
@@ -253,3 +253,27 @@ def test_adapter_file_errors(tmp_path):
     (tmp_path / "good" / "adapter.json").write_text('{"rank": 2}')
     with pytest.raises(ValueError, match="not a valid adapter config"):
         load_adapter(fresh_model(), tmp_path / "good")
+
+
+def test_adapters_off_gives_the_frozen_base_exactly_and_switches_back_on():
+    model = fresh_model()
+    base_logits = model(IDS).detach()
+    add_lora(model, rank=4, alpha=8, targets=ALL)
+    randomise_B(model)  # a trained adapter: the model no longer equals its base
+    tuned = model(IDS).detach()
+    assert not torch.allclose(tuned, base_logits, atol=1e-3)
+    with adapters_off(model):
+        assert torch.equal(model(IDS), base_logits)  # the reference model, with no second copy
+    assert torch.equal(model(IDS), tuned)
+    with pytest.raises(RuntimeError, match="boom"), adapters_off(model):
+        raise RuntimeError("boom")
+    assert torch.equal(model(IDS), tuned)  # back on after an error inside the block too
+
+
+def test_adapters_off_refuses_merged_adapters():
+    model = fresh_model()
+    add_lora(model, rank=2, alpha=4)
+    merge_lora(model)
+    with pytest.raises(ValueError, match="call unmerge_lora"):
+        with adapters_off(model):
+            pass

@@ -128,11 +128,11 @@ def test_too_long_examples_are_cut_with_a_count(tokenizer, capsys):
 
 def test_batches_visit_every_example_once_per_epoch_and_repeat_exactly():
     examples = [Encoded([i, i, 9], [False, True, True]) for i in range(10)]
-    batches = ExampleBatches(examples, batch_size=2, grad_accum=1, pad_id=9, mask_prompt=True, seed=3)
+    batches = ExampleBatches(examples, batch_size=2, grad_accum=1, make_batch=lambda b: collate(b, 9, True), seed=3)
     first_epoch = sorted(int(batches.batch(step)[0][row, 0]) for step in range(5) for row in range(2))
     assert first_epoch == list(range(10))
     assert torch.equal(batches.batch(7)[0], batches.batch(7)[0])
-    other_seed = ExampleBatches(examples, 2, 1, 9, True, seed=4)
+    other_seed = ExampleBatches(examples, 2, 1, lambda b: collate(b, 9, True), seed=4)
     assert any(not torch.equal(batches.batch(s)[0], other_seed.batch(s)[0]) for s in range(5))
 
 

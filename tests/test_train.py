@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -6,8 +9,8 @@ from gpt_scratch.checkpoint import load_checkpoint
 from gpt_scratch.data import TokenWindows
 from gpt_scratch.model import GPT
 import gpt_scratch.train as train_module
-from gpt_scratch.train import (TrainConfig, autocast_for, learning_rate, make_optimizer, native_bf16, train,
-                               train_step)
+from gpt_scratch.train import (TrainConfig, TrainingDiverged, autocast_for, learning_rate, make_optimizer,
+                               native_bf16, next_token_loss, train, train_step)
 
 
 def windows(batch_size=4):
@@ -163,3 +166,70 @@ def test_native_bf16_reads_the_cpu_instruction_checks(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert native_bf16(cpu) is False
     assert native_bf16(torch.device("meta")) is False
+
+
+def test_a_diverging_run_stops_at_the_first_nan_loss_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = windows()
+
+    def nan_from_step_6(model, batch):
+        loss = next_token_loss(model, batch[:2])
+        return loss * float("nan") if step_of(batch) >= 6 else loss
+
+    step_of = lambda batch: int(batch[2])  # noqa: E731 -- the step rides along with the batch
+    get_batch = lambda step, micro: (*data.batch(step, micro), torch.tensor(step))  # noqa: E731
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 6: the loss is nan; lower the "
+                                               r"learning rate \(--lr, now 0.01\) or clip harder"):
+        train(fresh_model(), None, get_batch, [], quick_config(save_every=5), tmp_path, quiet=True,
+              loss_fn=nan_from_step_6)
+    saved, _, meta = load_checkpoint(tmp_path)
+    assert meta["step"] == 5 and all(torch.isfinite(p).all() for p in saved.parameters())
+    assert not (tmp_path / "loss.png").exists()  # the run stopped before its end
+
+
+def test_weights_that_stop_being_finite_are_never_saved(tmp_path):
+    data = windows()
+    model = fresh_model()
+
+    def poison_at_step_3(m, batch):  # the loss stays finite, but the weights get an inf
+        if int(batch[2]) == 3:
+            with torch.no_grad():
+                m.transformer.wpe.weight[-1, 0] = float("inf")  # a position the windows never reach
+        return next_token_loss(m, batch[:2])
+
+    get_batch = lambda step, micro: (*data.batch(step, micro), torch.tensor(step))  # noqa: E731
+    train(fresh_model(), None, get_batch, [], quick_config(max_steps=3, save_every=2), tmp_path / "ok", quiet=True,
+          loss_fn=poison_at_step_3)
+    with pytest.raises(TrainingDiverged, match="the weights are no longer finite numbers"):
+        train(model, None, get_batch, [], quick_config(save_every=2), tmp_path / "bad", quiet=True,
+              loss_fn=poison_at_step_3)
+    _, _, meta = load_checkpoint(tmp_path / "bad")
+    assert meta["step"] == 2
+
+
+def test_pretrain_from_the_command_line_stops_cleanly_when_it_diverges(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog ran to the cat. " * 200)
+    result = subprocess.run([sys.executable, "-m", "gpt_scratch", "pretrain", "--corpus", str(corpus), "--out",
+                             str(tmp_path / "run"), "--preset", "tiny", "--lr", "1e4", "--grad-clip", "0",
+                             "--vocab-size", "270", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step "), result.stderr
+    assert "--lr, now 10000" in lines[0] and "--grad-clip 1.0" in lines[0]
+    assert "probability tensor" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
+    if (tmp_path / "run" / "checkpoint").exists():  # one saved before the loss broke: it must be finite
+        model, _, _ = load_checkpoint(tmp_path / "run")
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_loss_function_trains_any_model_with_the_same_loop(tmp_path):
+    """The loop with another loss: a model whose output is a single number per row learns a target."""
+    from gpt_scratch.heads import GPTWithHead
+
+    data = windows()
+    mean_of_head = lambda m, batch: ((m(batch[0])[:, -1] - 1.0) ** 2).mean()  # noqa: E731 -- push the last score to 1
+    model = GPTWithHead(fresh_model(), "value")
+    history = train(model, None, data.batch, [data.batch(0)], quick_config(max_steps=30, lr=3e-2), tmp_path,
+                    quiet=True, loss_fn=mean_of_head)
+    assert history["train_loss"][0] == pytest.approx(1.0)  # the zero head says 0: (0 - 1)^2
+    assert history["train_loss"][-1] < 0.05 and history["val_loss"][-1] < 0.05
