@@ -4,6 +4,7 @@
     python -m gpt_scratch data                generate the embedded world's data files
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
+    python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
     python -m gpt_scratch generate            sample text from a checkpoint
     python -m gpt_scratch bench               training / generation speed and MFU
@@ -190,6 +191,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_tuning_flags(sft)
     add_train_flags(sft, "sft")
 
+    reward = stages.add_parser("reward", help="train a reward model on preference pairs, measured against the hidden rule")
+    reward.add_argument("--sft", default="runs/default/sft",
+                        help="the SFT stage (or checkpoint) folder whose model the reward model starts from")
+    reward.add_argument("--data", default="runs/default/data",
+                        help="folder with preferences_train.jsonl, preferences_test.jsonl, sft_test.json (from `data`)")
+    reward.add_argument("--out", default="runs/default/reward", help="stage folder")
+    reward.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
+    reward.add_argument("--margin", type=float_range(0.0, 100.0), default=0.0,
+                        help="ask for r_chosen - r_rejected > margin in the loss (default 0)")
+    reward.add_argument("--center-coef", type=float_range(0.0, 100.0), default=0.0,
+                        help="weight of the centering term mean((r_chosen + r_rejected)^2) (default 0 = off)")
+    reward.add_argument("--n-train", type=int_range(2), help="use only the first N training pairs")
+    reward.add_argument("--n-eval", type=positive_int, help="score only the first N held-out pairs")
+    reward.add_argument("--best-of", type=int_range(0, 1024),
+                        help="best-of-n up to this n on held-out prompts, 0 = off (default: the preset's)")
+    reward.add_argument("--best-of-prompts", type=positive_int,
+                        help="held-out prompts for best-of-n (default: the preset's)")
+    add_train_flags(reward, "reward")
+
     compare = stages.add_parser("compare", help="fine-tune with several freezing/LoRA methods and compare them")
     compare.add_argument("--base", default="runs/default/pretrain", help="the checkpoint every method starts from")
     compare.add_argument("--data", default="runs/default/data", help="folder with the sft_*.json files")
@@ -251,6 +271,8 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.stage == "sft":
         return sft_command(parser, args)
+    if args.stage == "reward":
+        return reward_command(parser, args)
     if args.stage == "compare":
         from gpt_scratch.compare import compare
         extra = [flag for name, value in (("--max-steps", args.max_steps), ("--n-eval", args.n_eval)) if value
@@ -289,6 +311,25 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
         args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning,
         score_before=not args.skip_before, replay=replay, replay_corpus=args.replay_corpus)
+    return 0
+
+
+def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    cfg = train_config(args, "reward")
+    if cfg.warmup_steps > cfg.max_steps:
+        parser.error(f"--warmup-steps {cfg.warmup_steps} is larger than --max-steps {cfg.max_steps}")
+    settings = PRESETS[args.preset]["reward"]
+    best_of = args.best_of if args.best_of is not None else settings["best_of"]
+    if args.best_of_prompts is not None and best_of == 0:
+        parser.error("--best-of-prompts needs best-of-n: give --best-of N with N > 0")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
+    from gpt_scratch.reward import reward_stage
+
+    reward_stage(args.sft, args.data, args.out, cfg, args.margin, args.center_coef, args.n_train, args.n_eval,
+                 best_of, args.best_of_prompts or settings["best_of_prompts"], resume=args.resume, quiet=args.quiet)
     return 0
 
 

@@ -10,6 +10,7 @@ resumes from its last checkpoint. The report (report.md) is rewritten at the end
 
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -33,8 +34,10 @@ def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool)
 
 
 def stage_train_config(preset: str, stage: str, seed: int, device: str) -> TrainConfig:
-    settings = {k: v for k, v in PRESETS[preset][stage].items() if k not in ("rank", "targets", "replay")}
-    return TrainConfig(**settings, seed=seed, device=device)
+    """The preset's training settings of a stage (its other settings, such as a LoRA rank, left out)."""
+    known = {f.name for f in fields(TrainConfig)}
+    settings = {k: v for k, v in PRESETS[preset][stage].items() if k in known}
+    return TrainConfig(**{**settings, "seed": seed, "device": device})
 
 
 def headline(results: dict[str, dict]) -> list[str]:
@@ -49,6 +52,10 @@ def headline(results: dict[str, dict]) -> list[str]:
             before = f"{m['accuracy_before']:.1%} -> " if m.get("accuracy_before") is not None else ""
             lines.append(f"- {stage} ({m['tuning']}, {m['trainable_share']:.1%} of parameters trained): held-out "
                          f"accuracy {before}{m['accuracy_after']:.1%} (unseen questions {m['unseen_accuracy_after']:.1%})")
+    if "reward" in results:
+        m = results["reward"]
+        lines.append(f"- reward model: held-out pairwise accuracy against the hidden rule {m['accuracy']:.1%} "
+                     f"(correctness pairs {m['accuracy_correctness']:.1%}, style pairs {m['accuracy_style']:.1%})")
     return lines
 
 
@@ -59,14 +66,15 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
     for stage, metrics in results.items():
         lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
         for key, value in metrics.items():
-            if isinstance(value, (dict, list)) or key == "table":
-                continue  # the per-family table comes below the metrics
+            if isinstance(value, (dict, list)) or key.endswith("table"):
+                continue  # the tables come below the metrics
             text = str(value).replace("\n", " ").replace("|", "/")
             lines.append(f"| {key} | {text[:120]} |")
         for plot in sorted((run_dir / stage).glob("*.png")):
             lines += ["", f"![{stage} {plot.stem}]({stage}/{plot.name})"]
-        if "table" in metrics:
-            lines += ["", metrics["table"]]
+        for key in ("table", "best_of_n_table"):
+            if key in metrics:
+                lines += ["", metrics[key]]
         lines.append("")
     return "\n".join(lines)
 
@@ -74,6 +82,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
                  device: str = "auto", quiet: bool = False) -> dict[str, dict]:
     from gpt_scratch.pretrain import pretrain
+    from gpt_scratch.reward import reward_stage
     from gpt_scratch.sft import Tuning, sft
     from gpt_scratch.world.command import ensure_default_data
 
@@ -99,6 +108,11 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
         run_dir / "pretrain", data_dir, run_dir / "lora", stage_train_config(preset, "lora", seed, device),
         resume=True, quiet=quiet, tuning=Tuning(lora_rank=lora["rank"], lora_targets=tuple(lora["targets"])),
         **replay), quiet)
+    # Chapter 8: a reward model from the SFT model, trained on the preference pairs.
+    reward = settings["reward"]
+    results["reward"] = run_stage("reward", run_dir / "reward", lambda: reward_stage(
+        run_dir / "sft", data_dir, run_dir / "reward", stage_train_config(preset, "reward", seed, device),
+        best_of=reward["best_of"], best_of_prompts=reward["best_of_prompts"], resume=True, quiet=quiet), quiet)
 
     report = format_report(results, run_dir, preset)
     (run_dir / "report.md").write_text(report)

@@ -35,3 +35,39 @@ def plot_bars(labels: list[str], values: list[float], path: str | Path, ylabel: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: tuple[str, str],
+                    path: str | Path, xlabel: str, title: str) -> Path:
+    """One panel per key, each with two overlaid histograms (e.g. scores of preferred vs other answers)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (name, (first, second)) in zip(axes[0], panels.items()):
+        values = first + second
+        bins = 30 if max(values) > min(values) else 1
+        ax.hist(first, bins=bins, range=(min(values), max(values) + 1e-9), alpha=0.6, label=labels[0])
+        ax.hist(second, bins=bins, range=(min(values), max(values) + 1e-9), alpha=0.6, label=labels[1])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("pairs")
+        ax.set_title(f"{title}: {name}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str) -> Path:
+    """Side-by-side line charts. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for label, xs, ys, style in panel["lines"]:
+            ax.plot(xs, ys, style, label=label, markersize=4)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel["ylabel"])
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -18,6 +18,8 @@ PRESETS: dict[str, dict] = {
                 "save_every": 10, "replay": 1},
         "lora": {"max_steps": 30, "batch_size": 8, "lr": 1e-2, "warmup_steps": 5, "eval_every": 10,
                  "save_every": 10, "rank": 4, "targets": ["attn", "mlp"]},
+        "reward": {"max_steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                   "save_every": 10, "best_of": 4, "best_of_prompts": 8},
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
@@ -32,6 +34,9 @@ PRESETS: dict[str, dict] = {
                 "save_every": 800, "replay": 2},
         "lora": {"max_steps": 3200, "batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "eval_every": 400,
                  "save_every": 800, "rank": 8, "targets": ["attn", "mlp"]},
+        # The reward model: batch_size counts pairs (each step scores 2 x batch_size answers).
+        "reward": {"max_steps": 600, "batch_size": 32, "lr": 5e-4, "warmup_steps": 30, "eval_every": 100,
+                   "save_every": 200, "best_of": 64, "best_of_prompts": 200},
     },
     "gpt2": {
         "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
@@ -43,5 +48,7 @@ PRESETS: dict[str, dict] = {
                 "save_every": 500, "replay": 2},
         "lora": {"max_steps": 2000, "batch_size": 16, "lr": 3e-4, "warmup_steps": 100, "eval_every": 250,
                  "save_every": 500, "rank": 8, "targets": ["attn", "mlp"]},
+        "reward": {"max_steps": 1000, "batch_size": 32, "lr": 1e-5, "warmup_steps": 50, "eval_every": 250,
+                   "save_every": 500, "best_of": 16, "best_of_prompts": 200},
     },
 }

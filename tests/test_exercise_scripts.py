@@ -115,6 +115,17 @@ SCRIPTS = {
                 (["--targets", "ffn"], "--targets"), (["--targets"], "--targets"), (["--n-layer", "0"], "--n-layer"),
                 (["--n-embd", "7"], "--n-embd"), (["--steps", "0"], "--steps"), (["--seed", "-1"], "--seed")],
     },
+    "ch08/ex1_reward.py": {
+        "base": ["--steps", "2"],
+        "values": {"--pairs": ["4"], "--steps": ["3"], "--lr": ["0.05"], "--margin": ["1"], "--padding": ["left"],
+                   "--min-len": ["3"], "--max-len": ["12"], "--n-embd": ["8"], "--seed": ["1"]},
+        "bad": [(["--pairs", "1"], "--pairs"), (["--pairs", "257"], "--pairs"), (["--steps", "0"], "--steps"),
+                (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr"), (["--margin", "-1"], "--margin"),
+                (["--margin", "nan"], "--margin"), (["--padding", "both"], "--padding"),
+                (["--min-len", "0"], "--min-len"), (["--min-len", "5", "--max-len", "5"], "--min-len"),
+                (["--max-len", "17"], "--max-len"), (["--max-len", "1"], "--max-len"), (["--n-embd", "7"], "--n-embd"),
+                (["--n-embd", "1"], "--n-embd"), (["--seed", "-1"], "--seed")],
+    },
 }
 
 

@@ -1,0 +1,281 @@
+"""The reward model (chapter 8): a GPT that reads a prompt and an answer and scores the answer.
+
+    python -m gpt_scratch reward --sft runs/default/sft --data runs/default/data --out runs/default/reward
+
+    model = GPTWithHead(sft_model, "reward")            # the SFT body, a zero-initialised scalar head
+    ids, mask = pair_batch([(chosen_ids, rejected_ids), ...], pad_id)  # chosen rows, then rejected rows
+    r_chosen, r_rejected = reward_scores(model, ids, mask).chunk(2)
+    loss = bradley_terry_loss(r_chosen, r_rejected)     # -log sigmoid(r_chosen - r_rejected), mean
+
+The ideas of the chapter:
+1. The score is the head's number at the *last real token* of prompt + answer (its end-of-text),
+   the one position whose hidden state has read the whole answer. In a padded batch that
+   position is found from the attention mask, never assumed to be the last column: with right
+   padding the last column is padding, and reading it scores the padding.
+2. Bradley-Terry: P(chosen beats rejected) = sigmoid(r_chosen - r_rejected); the loss is its
+   negative log. The head starts at zero, so every score is 0 and the loss is exactly ln 2.
+   An optional margin asks for r_chosen - r_rejected > margin; an optional centering term
+   (coefficient * mean of (r_chosen + r_rejected)^2) keeps the scores near 0, since only their
+   differences are learned.
+3. The model learns from the pairs' labels, which may be noisy, but is measured against the
+   hidden rule itself (world/preferences.py): pairwise accuracy on held-out pairs, per kind
+   (correctness or style) and per family.
+"""
+
+import random
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gpt_scratch.best_of_n import best_of_n_curves, plot_best_of_n
+from gpt_scratch.checkpoint import load_checkpoint, write_json
+from gpt_scratch.data import ExampleBatches, pad_batch
+from gpt_scratch.evaluate import check_judgeable, load_split, peak_memory_mb
+from gpt_scratch.formats import load_preferences
+from gpt_scratch.heads import GPTWithHead
+from gpt_scratch.logprobs import encode_completions
+from gpt_scratch.plots import plot_histograms
+from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.train import TrainConfig, autocast_for, pick_device, train
+from gpt_scratch.world.preferences import preference_rank
+
+TEMPLATE = "chat"  # the template SFT trained with: the reward model reads answers as the policy writes them
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The position of each row's last real token (mask 1), for left or right padding.
+
+    Example: [[1, 1, 1, 0], [0, 1, 1, 1]] -> [2, 3].
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(dim=1)  # the largest position that is real
+
+
+def gather_last(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """values (B, T, ...) at each row's last real token -> (B, ...)."""
+    rows = torch.arange(values.shape[0], device=values.device)
+    return values[rows, last_token_index(attention_mask)]
+
+
+def reward_scores(model: GPTWithHead, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One score per row (B,): the head read at the row's last real token."""
+    return gather_last(model(ids, attention_mask), attention_mask)
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0,
+                       center_coef: float = 0.0) -> torch.Tensor:
+    """Mean of -log sigmoid(r_chosen - r_rejected - margin) (+ center_coef * mean (r_chosen + r_rejected)^2).
+
+    Example: r_chosen = r_rejected = 0 -> ln 2 = 0.693; r_chosen - r_rejected = 2 -> 0.127.
+    logsigmoid is used instead of log(sigmoid(...)), which gives -inf once sigmoid rounds to 0.
+    """
+    loss = -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    return loss
+
+
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """Share of pairs whose chosen answer scores strictly higher (a tie counts as wrong)."""
+    return (r_chosen > r_rejected).float().mean().item()
+
+
+def pair_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of token sequences -> ids and mask (2B, T): the B chosen rows first, then the B rejected."""
+    chosen, rejected = [c for c, _ in pairs], [r for _, r in pairs]
+    return pad_batch(chosen + rejected, pad_id, side="right")
+
+
+def pair_loss(model: GPTWithHead, batch: tuple[torch.Tensor, torch.Tensor], margin: float = 0.0,
+              center_coef: float = 0.0) -> torch.Tensor:
+    """The training loop's loss_fn: Bradley-Terry on a batch made by pair_batch."""
+    ids, mask = batch
+    r_chosen, r_rejected = reward_scores(model, ids, mask).chunk(2)
+    return bradley_terry_loss(r_chosen, r_rejected, margin, center_coef)
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: list[dict], block_size: int) -> list[tuple[list[int], list[int]]]:
+    """(chosen ids, rejected ids) of each {prompt, chosen, rejected} record, in the chat template."""
+    prompts = [p["prompt"] for p in pairs]
+    chosen = encode_completions(tokenizer, prompts, [p["chosen"] for p in pairs], TEMPLATE)
+    rejected = encode_completions(tokenizer, prompts, [p["rejected"] for p in pairs], TEMPLATE)
+    encoded = [(c.ids, r.ids) for c, r in zip(chosen, rejected)]
+    too_long = sum(max(len(c), len(r)) > block_size for c, r in encoded)
+    if too_long:
+        raise ValueError(f"{too_long} of {len(pairs)} preference pairs are longer than the model's context "
+                         f"({block_size} tokens); shorten them or drop them from the file")
+    return encoded
+
+
+@torch.no_grad()
+def score_texts(model: GPTWithHead, tokenizer: Tokenizer, prompts: list[str], responses: list[str],
+                batch_size: int = 256, dtype: str = "auto") -> torch.Tensor:
+    """The reward model's score of each (prompt, response), in eval mode: a float tensor (N,).
+
+    A sampled response too long for the context is scored on its first block_size tokens.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    block_size = model.config.block_size
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        examples = encode_completions(tokenizer, prompts[start:start + batch_size],
+                                      responses[start:start + batch_size], TEMPLATE)
+        ids, mask = pad_batch([e.ids[:block_size] for e in examples], tokenizer.eot_id, side="right")
+        with autocast_for(device, dtype):
+            scores.append(reward_scores(model, ids.to(device), mask.to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(scores)
+
+
+def accuracy_against_rule(pairs: list[dict], records_by_id: dict[str, dict], r_chosen: torch.Tensor,
+                          r_rejected: torch.Tensor) -> dict:
+    """Pairwise accuracy judged by the hidden rule (not by the pairs' labels), overall, per kind and family.
+
+    A pair is right when the answer the rule prefers scores higher. margin = mean of
+    (score of the preferred answer - score of the other). Pairs the rule calls a tie are left out.
+    """
+    groups: dict[str, list[tuple[bool, float]]] = {}
+    for pair, rc, rr in zip(pairs, r_chosen.tolist(), r_rejected.tolist()):
+        record = records_by_id[pair["id"]]
+        rank_c, rank_r = preference_rank(record, pair["chosen"]), preference_rank(record, pair["rejected"])
+        if rank_c == rank_r:
+            continue
+        gap = rc - rr if rank_c > rank_r else rr - rc
+        for key in ("(all)", "kind:" + pair["kind"], "family:" + pair["family"]):
+            groups.setdefault(key, []).append((gap > 0, gap))
+
+    def summary(rows: list[tuple[bool, float]]) -> dict:
+        return {"n": len(rows), "accuracy": sum(r for r, _ in rows) / len(rows), "margin": sum(g for _, g in rows) / len(rows)}
+
+    result = summary(groups.pop("(all)"))
+    result["kinds"] = {k.removeprefix("kind:"): summary(v) for k, v in sorted(groups.items()) if k.startswith("kind:")}
+    result["families"] = {k.removeprefix("family:"): summary(v) for k, v in sorted(groups.items())
+                          if k.startswith("family:")}
+    return result
+
+
+def format_rule_table(result: dict) -> str:
+    """Markdown: accuracy against the hidden rule per kind and per family, then overall."""
+    lines = ["| pairs | n | accuracy | margin |", "|---|---:|---:|---:|"]
+    for prefix, rows in (("kind", result["kinds"]), ("family", result["families"])):
+        for name, row in rows.items():
+            lines.append(f"| {prefix} {name} | {row['n']} | {row['accuracy']:.1%} | {row['margin']:.2f} |")
+    lines.append(f"| **all** | {result['n']} | **{result['accuracy']:.1%}** | {result['margin']:.2f} |")
+    return "\n".join(lines)
+
+
+def load_pairs(data_dir: Path, name: str, limit: int | None = None) -> list[dict]:
+    pairs = load_preferences(data_dir / f"preferences_{name}.jsonl")
+    return pairs[:limit] if limit else pairs
+
+
+def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig,
+                 margin: float = 0.0, center_coef: float = 0.0, n_train: int | None = None,
+                 n_eval: int | None = None, best_of: int = 0, best_of_prompts: int = 200,
+                 resume: bool = False, quiet: bool = False) -> dict:
+    """The whole stage: SFT body + zero head, Bradley-Terry training on the pairs, then measured
+    against the hidden rule (and, with best_of > 0, best-of-n sampling); returns the metrics."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    gpt, tokenizer, sft_meta = load_checkpoint(sft_dir, device=device)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{sft_dir} has no tokenizer files; give the folder of a stage's checkpoint")
+    test_records = load_split(data_dir, "test")
+    check_judgeable(test_records, data_dir / "sft_test.json")
+    records_by_id = {r["id"]: r for r in test_records}
+    pairs = load_pairs(data_dir, "train", n_train)
+    test_pairs = [p for p in load_pairs(data_dir, "test") if p.get("id") in records_by_id][:n_eval]
+    if len(pairs) < 2 or not test_pairs:
+        raise ValueError(f"{data_dir} needs at least 2 training pairs and test pairs that match sft_test.json's ids "
+                         f"(the files of `python -m gpt_scratch data` do)")
+
+    # The last 2% of the training pairs (at least one) are held back for the validation loss.
+    n_val = max(1, len(pairs) // 50)
+    encoded = encode_pairs(tokenizer, pairs, gpt.config.block_size)
+    train_pairs, val_pairs = encoded[:-n_val], encoded[-n_val:]
+    make_batch = partial(pair_batch, pad_id=tokenizer.eot_id)
+    batches = ExampleBatches(train_pairs, cfg.batch_size, cfg.grad_accum, make_batch, cfg.seed)
+    val_batches = [make_batch(val_pairs[i:i + cfg.batch_size]) for i in range(0, len(val_pairs), cfg.batch_size)]
+
+    model = GPTWithHead(gpt, "reward")
+    loss_fn = partial(pair_loss, margin=margin, center_coef=center_coef)
+    if not quiet:
+        flipped = sum(p.get("flipped", False) for p in pairs)
+        print(f"reward model: {len(train_pairs):,} training pairs ({flipped:,} with flipped labels), "
+              f"{batches.steps_per_epoch():.0f} steps per epoch, margin {margin}, centering {center_coef}")
+    meta = {"stage": "reward", "base": str(sft_dir), "template": TEMPLATE, "margin": margin,
+            "center_coef": center_coef, "corpus": sft_meta.get("corpus")}
+    history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume,
+                    quiet=quiet, loss_fn=loss_fn)
+
+    began = time.perf_counter()
+    prompts = [p["prompt"] for p in test_pairs]
+    r_chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in test_pairs], dtype=cfg.dtype)
+    r_rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in test_pairs], dtype=cfg.dtype)
+    rule = accuracy_against_rule(test_pairs, records_by_id, r_chosen, r_rejected)
+    plot_score_histograms(test_pairs, records_by_id, r_chosen, r_rejected, out_dir / "scores.png")
+    metrics = {
+        "train_pairs": len(train_pairs), "flipped_train_labels": sum(p.get("flipped", False) for p in pairs),
+        "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
+        "test_pairs": rule["n"], "accuracy": round(rule["accuracy"], 4),
+        **{f"accuracy_{kind}": round(row["accuracy"], 4) for kind, row in rule["kinds"].items()},
+        "label_accuracy": round(pairwise_accuracy(r_chosen, r_rejected), 4),
+        "margin": round(rule["margin"], 3),
+        "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
+        "train_seconds": round(history["seconds"], 1), "eval_seconds": round(time.perf_counter() - began, 1),
+        "step_seconds": round(history["seconds"] / max(1, len(history["step"])), 4),
+        "peak_memory_mb": round(peak_memory_mb(), 1), "table": format_rule_table(rule),
+    }
+    if best_of:
+        began = time.perf_counter()
+        sft_model = load_checkpoint(sft_dir, device=device)[0]
+        chosen_records = random.Random(cfg.seed).sample(test_records, min(best_of_prompts, len(test_records)))
+        def scorer(prompts: list[str], responses: list[str]) -> list[float]:
+            return score_texts(model, tokenizer, prompts, responses, dtype=cfg.dtype).tolist()
+
+        curves = best_of_n_curves(sft_model, tokenizer, chosen_records, scorer, best_of, seed=cfg.seed)
+        write_json(out_dir / "best_of_n.json", curves)
+        plot_best_of_n(curves, out_dir / "best_of_n.png")
+        metrics["best_of_n_seconds"] = round(time.perf_counter() - began, 1)
+        metrics["best_of_n_table"] = format_best_of_n(curves)
+    write_json(out_dir / "rule_accuracy.json", rule)
+    write_json(out_dir / "metrics.json", metrics)  # written last: it marks the stage done
+    if not quiet:
+        print(metrics["table"])
+        print(f"held-out accuracy against the hidden rule: {rule['accuracy']:.1%} "
+              + ", ".join(f"{kind} {row['accuracy']:.1%}" for kind, row in rule["kinds"].items()))
+        if best_of:
+            print(metrics["best_of_n_table"])
+    return metrics
+
+
+def format_best_of_n(curves: dict) -> str:
+    """Markdown: per n, what the reward model's pick and the judge's pick score."""
+    lines = ["| n | KL (nats) | accuracy (RM pick) | preferred style (RM pick) | win-rate vs SFT (RM pick) "
+             "| RM score (RM pick) | accuracy (judge pick) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    proxy, oracle = curves["reward_model"], curves["judge"]
+    for i, n in enumerate(curves["n"]):
+        lines.append(f"| {n} | {proxy['kl'][i]:.2f} | {proxy['accuracy'][i]:.1%} | {proxy['sentence_rate'][i]:.1%} "
+                     f"| {proxy['win_rate'][i]:.1%} | {proxy['reward'][i]:.2f} | {oracle['accuracy'][i]:.1%} |")
+    return "\n".join(lines)
+
+
+def plot_score_histograms(pairs: list[dict], records_by_id: dict[str, dict], r_chosen: torch.Tensor,
+                          r_rejected: torch.Tensor, path: Path) -> None:
+    """Scores of the answers the hidden rule prefers vs the others, one panel per pair kind."""
+    panels: dict[str, tuple[list[float], list[float]]] = {}
+    for pair, rc, rr in zip(pairs, r_chosen.tolist(), r_rejected.tolist()):
+        record = records_by_id[pair["id"]]
+        chosen_first = preference_rank(record, pair["chosen"]) >= preference_rank(record, pair["rejected"])
+        better, worse = (rc, rr) if chosen_first else (rr, rc)
+        panel = panels.setdefault(pair["kind"], ([], []))
+        panel[0].append(better)
+        panel[1].append(worse)
+    plot_histograms(panels, ("preferred by the rule", "the other answer"), path,
+                    xlabel="reward-model score", title="held-out pairs")

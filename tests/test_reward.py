@@ -1,0 +1,237 @@
+"""Chapter 8: the reward model -- last-token scores, Bradley-Terry, checkpoints with a head, the stage."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gpt_scratch.checkpoint import load_checkpoint, load_with_head, save_checkpoint
+import gpt_scratch.train as train_module
+from gpt_scratch.cli import main
+from gpt_scratch.data import pad_batch
+from gpt_scratch.heads import GPTWithHead
+from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.reward import (accuracy_against_rule, bradley_terry_loss, encode_pairs, gather_last,
+                                last_token_index, pair_batch, pair_loss, pairwise_accuracy, reward_scores,
+                                reward_stage)
+from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.train import TrainConfig
+
+TEXT = "Is 3 a number? yes. Is a cat a number? no. The answer is yes. The answer is no. " * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.train(TEXT, 280)
+
+
+def tiny_gpt(tokenizer, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16))
+
+
+def trained_head(model: GPTWithHead) -> GPTWithHead:
+    """A head that is no longer zero, so that scores differ from row to row."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.head.weight.normal_()
+        model.head.bias.fill_(0.5)
+    return model
+
+
+def some_pairs(n=6):
+    return [{"prompt": f"Is {i} a number?", "chosen": "yes" if i % 2 else "The answer is yes.",
+             "rejected": "no" if i % 3 else "The answer is no.", "id": f"t-{i}", "family": "facts",
+             "kind": "correctness"} for i in range(n)]
+
+
+def test_last_token_index_for_left_and_right_padding():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1]])
+    assert last_token_index(mask).tolist() == [2, 3, 0, 3]
+    values = torch.arange(16.0).view(4, 4)
+    assert gather_last(values, mask).tolist() == [2.0, 7.0, 8.0, 15.0]
+
+
+def test_bradley_terry_on_hand_computed_values():
+    zero = torch.zeros(3)
+    assert bradley_terry_loss(zero, zero).item() == pytest.approx(math.log(2))
+    # r_c - r_r = 2: -log sigmoid(2) = log(1 + e^-2) = 0.126928
+    assert bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(0.126928, abs=1e-6)
+    # a margin of 1 asks for more: -log sigmoid(2 - 1) = 0.313262
+    assert bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0]), margin=1.0).item() == pytest.approx(0.313262, abs=1e-6)
+    # centering adds coef * mean (r_c + r_r)^2 = 0.5 * 4 = 2 to the same 0.126928
+    assert bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0]), center_coef=0.5).item() == pytest.approx(2.126928, abs=1e-6)
+    # gradient: d/d r_c of -log sigmoid(d) = -(1 - sigmoid(d)) = -0.5 at d = 0 (for one pair)
+    r_c, r_r = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    bradley_terry_loss(r_c, r_r).backward()
+    assert r_c.grad.item() == pytest.approx(-0.5) and r_r.grad.item() == pytest.approx(0.5)
+    # far apart it stays finite (log(sigmoid) would give -inf)
+    assert math.isfinite(bradley_terry_loss(torch.tensor([0.0]), torch.tensor([200.0])).item())
+
+
+def test_pairwise_accuracy_is_strict():
+    assert pairwise_accuracy(torch.zeros(4), torch.zeros(4)) == 0.0  # ties count as wrong: 0, not 0.5
+    assert pairwise_accuracy(torch.tensor([1.0, 2.0, 0.0, 3.0]), torch.tensor([0.0, 2.0, 1.0, 1.0])) == 0.5
+
+
+def test_loss_is_exactly_ln2_at_step_0_with_the_zero_head(tokenizer):
+    model = GPTWithHead(tiny_gpt(tokenizer))
+    batch = pair_batch(encode_pairs(tokenizer, some_pairs(), 48), tokenizer.eot_id)
+    assert pair_loss(model, batch).item() == pytest.approx(math.log(2), abs=1e-7)
+    r_chosen, r_rejected = reward_scores(model, *batch).chunk(2)
+    assert torch.all(r_chosen == 0) and pairwise_accuracy(r_chosen, r_rejected) == 0.0
+
+
+def test_left_and_right_padding_give_the_same_scores_as_no_padding(tokenizer):
+    model = trained_head(GPTWithHead(tiny_gpt(tokenizer))).eval()
+    encoded = [ids for pair in encode_pairs(tokenizer, some_pairs(), 48) for ids in pair]
+    with torch.no_grad():
+        alone = torch.cat([reward_scores(model, *pad_batch([ids], tokenizer.eot_id)) for ids in encoded])
+        right = reward_scores(model, *pad_batch(encoded, tokenizer.eot_id, side="right"))
+        left = reward_scores(model, *pad_batch(encoded, tokenizer.eot_id, side="left"))
+        # The draft that reads the last column scores the padding of every right-padded row that is not the longest.
+        ids, mask = pad_batch(encoded, tokenizer.eot_id, side="right")
+        last_column = model(ids, mask)[:, -1]
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-5)
+    shorter = mask.sum(dim=1) < mask.shape[1]
+    assert shorter.any() and not torch.allclose(last_column[shorter], alone[shorter], atol=1e-3)
+
+
+def test_checkpoint_carries_the_head_and_refuses_a_mismatch(tmp_path, tokenizer):
+    model = trained_head(GPTWithHead(tiny_gpt(tokenizer)))
+    save_checkpoint(tmp_path / "rm", model, tokenizer, {"stage": "reward"})
+    loaded, _, _ = load_with_head(tmp_path / "rm")
+    assert torch.equal(loaded.head.weight, model.head.weight) and torch.equal(loaded.head.bias, model.head.bias)
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(loaded(ids), model(ids))
+    # The body alone still loads as a plain GPT.
+    plain, _, _ = load_checkpoint(tmp_path / "rm")
+    assert torch.equal(plain(ids), model.gpt(ids))
+    # A plain GPT checkpoint has no head; a value head is not a reward head; a head of another width.
+    save_checkpoint(tmp_path / "gpt", tiny_gpt(tokenizer), tokenizer)
+    with pytest.raises(ValueError, match="holds no scalar head"):
+        load_with_head(tmp_path / "gpt")
+    with pytest.raises(ValueError, match="holds a reward head, but a value head is needed"):
+        load_with_head(tmp_path / "rm", kind="value")
+    wide = GPTWithHead(tiny_gpt(tokenizer))
+    wide.head = torch.nn.Linear(32, 1)
+    save_checkpoint(tmp_path / "wide", wide, tokenizer)
+    with pytest.raises(ValueError, match=r"head.safetensors does not match the model.*shapes \['weight \(1, 32\) vs \(1, 16\)'"):
+        load_with_head(tmp_path / "wide")
+
+
+def test_accuracy_is_judged_by_the_hidden_rule_not_by_the_labels():
+    records = {"a": {"family": "add", "answer": "7"}, "b": {"family": "add", "answer": "7"}}
+    # Pair b's label is flipped: the rule prefers its "rejected" answer.
+    pairs = [{"id": "a", "chosen": "7", "rejected": "8", "kind": "correctness", "family": "add"},
+             {"id": "b", "chosen": "8", "rejected": "The answer is 7.", "kind": "correctness", "family": "add"}]
+    result = accuracy_against_rule(pairs, records, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]))
+    assert result["accuracy"] == 1.0 and result["margin"] == pytest.approx(1.5)  # both prefer what the rule prefers
+    assert pairwise_accuracy(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])) == 0.5  # against the labels
+
+
+def write_pair_data(folder, n_train=64, n_test=16):
+    """Held-out records and pairs in the data stage's format, with a rule a tiny model learns: right beats wrong."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tests = [{"id": f"test-{i}", "family": "facts", "level": 1, "instruction": f"Is {i} a number?", "input": "",
+              "output": "yes", "answer": "yes", "unseen": False} for i in range(n_test)]
+    (folder / "sft_test.json").write_text(json.dumps(tests))
+
+    def pairs(n, split):
+        return [{"prompt": f"Is {i} a number?", "chosen": "yes", "rejected": "no", "family": "facts",
+                 "kind": "correctness", "flipped": False, "id": f"{split}-{i}"} for i in range(n)]
+    (folder / "preferences_train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs(n_train, "train")))
+    (folder / "preferences_test.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs(n_test, "test")))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sft_folder(tmp_path_factory, tokenizer):
+    return save_checkpoint(tmp_path_factory.mktemp("sft") / "checkpoint", tiny_gpt(tokenizer), tokenizer, {"stage": "sft"})
+
+
+def test_reward_stage_learns_the_rule_and_writes_its_folder(tmp_path, sft_folder):
+    data = write_pair_data(tmp_path / "data")
+    cfg = TrainConfig(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10)
+    metrics = reward_stage(sft_folder, data, tmp_path / "rm", cfg, best_of=4, best_of_prompts=4, quiet=True)
+    assert metrics["accuracy"] == 1.0 and metrics["accuracy_correctness"] == 1.0 and metrics["margin"] > 0
+    assert metrics["train_pairs"] == 63 and metrics["test_pairs"] == 16  # 1 of 64 held back for validation
+    for name in ("metrics.json", "scores.png", "loss.png", "best_of_n.png", "best_of_n.json", "rule_accuracy.json"):
+        assert (tmp_path / "rm" / name).is_file(), name
+    curves = json.loads((tmp_path / "rm" / "best_of_n.json").read_text())
+    assert curves["n"] == [1, 2, 4] and curves["reward_model"]["kl"][0] == 0.0
+    model, _, meta = load_with_head(tmp_path / "rm")
+    assert meta["stage"] == "reward" and model.head.weight.abs().sum() > 0
+
+
+def test_reward_training_resumes_with_exactly_the_uninterrupted_losses(tmp_path, sft_folder, monkeypatch):
+    data = write_pair_data(tmp_path / "data")
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=6, save_every=4)
+    reward_stage(sft_folder, data, tmp_path / "full", cfg, quiet=True)
+    real_step = train_module.train_step
+
+    def crash_at_step_7(model, optimizer, get_batch, step, *args):
+        if step == 7:  # killed mid-run: the last checkpoint is from step 4
+            raise KeyboardInterrupt
+        return real_step(model, optimizer, get_batch, step, *args)
+
+    monkeypatch.setattr(train_module, "train_step", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        reward_stage(sft_folder, data, tmp_path / "cut", cfg, quiet=True)
+    monkeypatch.undo()
+    reward_stage(sft_folder, data, tmp_path / "cut", cfg, resume=True, quiet=True)
+    histories = [json.loads((tmp_path / run / "checkpoint" / "train_state.json").read_text())["history"]
+                 for run in ("full", "cut")]
+    assert histories[0]["train_loss"] == histories[1]["train_loss"] and len(histories[0]["train_loss"]) == 12
+    full, cut = load_with_head(tmp_path / "full")[0], load_with_head(tmp_path / "cut")[0]
+    assert torch.equal(full.head.weight, cut.head.weight)
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--margin", "-1"], "--margin"), (["--center-coef", "x"], "--center-coef"), (["--n-train", "1"], "--n-train"),
+    (["--best-of", "2000"], "--best-of"), (["--best-of", "0", "--best-of-prompts", "5"], "--best-of-prompts"),
+    (["--max-steps", "5", "--warmup-steps", "9"], "--warmup-steps"), (["--preset", "huge"], "--preset"),
+    (["--lr", "0"], "--lr"), (["--dtype", "fp8"], "--dtype")])
+def test_bad_reward_flags_exit_2_with_one_line_before_reading_anything(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reward", "--sft", "/nonexistent", "--data", "/nonexistent", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_a_missing_sft_folder_is_one_line(capsys, tmp_path):
+    code, err = run_cli(capsys, "reward", "--sft", str(tmp_path / "nope"), "--data", str(tmp_path), "--quiet")
+    assert code == 2 and len(err.splitlines()) == 1 and "no checkpoint in" in err
+
+
+def test_every_reward_flag_takes_effect(capsys, tmp_path, sft_folder):
+    data = write_pair_data(tmp_path / "data", n_train=40, n_test=12)
+    base = ["reward", "--sft", str(sft_folder), "--data", str(data), "--preset", "tiny", "--quiet"]
+
+    def run(name, *flags):
+        out = tmp_path / name
+        assert main([*base, "--out", str(out), *flags]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        _, _, meta = load_checkpoint(out)
+        return metrics, meta
+
+    plain, plain_meta = run("plain")
+    assert plain["steps"] == 20 and plain["train_pairs"] == 39 and "best_of_n_table" in plain  # the tiny preset
+    assert run("steps", "--max-steps", "6")[0]["steps"] == 6
+    assert run("n_train", "--n-train", "20")[0]["train_pairs"] == 19
+    assert run("n_eval", "--n-eval", "5")[0]["test_pairs"] == 5
+    assert run("margin", "--margin", "0.5")[1]["margin"] == 0.5
+    assert run("center", "--center-coef", "0.1")[1]["center_coef"] == 0.1
+    assert "best_of_n_table" not in run("no_bon", "--best-of", "0")[0]
+    curves = json.loads((run("bon", "--best-of", "2", "--best-of-prompts", "3")[0] and
+                         (tmp_path / "bon" / "best_of_n.json").read_text()))
+    assert curves["n"] == [1, 2] and curves["prompts"] == 3
+    assert run("lr", "--lr", "0.05")[1]["train_config"]["lr"] == 0.05
+    assert run("batch", "--batch-size", "4")[1]["train_config"]["batch_size"] == 4
