@@ -65,7 +65,8 @@ def save_checkpoint(folder: str | Path, model: GPT | GPTWithHead, tokenizer: Tok
     gpt = model
     if isinstance(model, GPTWithHead):
         gpt = model.gpt
-        config["head"] = {"kind": model.kind, "shape": list(model.head.weight.shape)}
+        config["head"] = {"kind": model.kind, "shape": list(model.head.weight.shape),
+                          "with_logprob": model.head.logprob_weight is not None}
         save_file({n: t.detach().cpu().contiguous() for n, t in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     save_file(weights_to_save(gpt), str(tmp / "model.safetensors"))
@@ -168,8 +169,10 @@ def load_with_head(path: str | Path, kind: str = "reward",
                    device: str | torch.device = "cpu") -> tuple[GPTWithHead, Tokenizer | None, dict]:
     """Load (GPT with its scalar head, tokenizer or None, meta) from a checkpoint or stage folder."""
     gpt, tokenizer, meta = load_checkpoint(path, device="cpu")
-    model = GPTWithHead(gpt, kind)
-    load_head_into(model, find_checkpoint(path))
+    folder = find_checkpoint(path)
+    saved = json.loads((folder / "config.json").read_text()).get("head", {})
+    model = GPTWithHead(gpt, kind, with_logprob=saved.get("with_logprob", False))
+    load_head_into(model, folder)
     return model.to(device), tokenizer, meta
 
 

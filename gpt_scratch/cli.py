@@ -198,6 +198,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         help="folder with preferences_train.jsonl, preferences_test.jsonl, sft_test.json (from `data`)")
     reward.add_argument("--out", default="runs/default/reward", help="stage folder")
     reward.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
+    reward.add_argument("--score", choices=["head+logprob", "head"], default="head+logprob",
+                        help="head: the scalar head at the last real token (the classic reward model); head+logprob "
+                             "(default): plus a learned multiple of log p(answer | prompt) under the body")
+    reward.add_argument("--body", choices=["frozen", "trained"], default="frozen",
+                        help="frozen (default): only the head learns, the SFT body stays as it is; trained: the whole "
+                             "model learns (give a smaller --lr, e.g. 5e-4)")
     reward.add_argument("--margin", type=float_range(0.0, 100.0), default=0.0,
                         help="ask for r_chosen - r_rejected > margin in the loss (default 0)")
     reward.add_argument("--center-coef", type=float_range(0.0, 100.0), default=0.0,
@@ -329,7 +335,8 @@ def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     from gpt_scratch.reward import reward_stage
 
     reward_stage(args.sft, args.data, args.out, cfg, args.margin, args.center_coef, args.n_train, args.n_eval,
-                 best_of, args.best_of_prompts or settings["best_of_prompts"], resume=args.resume, quiet=args.quiet)
+                 best_of, args.best_of_prompts or settings["best_of_prompts"], args.score, args.body,
+                 resume=args.resume, quiet=args.quiet)
     return 0
 
 

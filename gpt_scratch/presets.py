@@ -34,8 +34,9 @@ PRESETS: dict[str, dict] = {
                 "save_every": 800, "replay": 2},
         "lora": {"max_steps": 3200, "batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "eval_every": 400,
                  "save_every": 800, "rank": 8, "targets": ["attn", "mlp"]},
-        # The reward model: batch_size counts pairs (each step scores 2 x batch_size answers).
-        "reward": {"max_steps": 600, "batch_size": 32, "lr": 5e-4, "warmup_steps": 30, "eval_every": 100,
+        # The reward model: batch_size counts pairs (each step scores 2 x batch_size answers); one epoch.
+        # lr 5e-3 suits the default frozen body (only the head learns); a trained body needs ~5e-4.
+        "reward": {"max_steps": 600, "batch_size": 32, "lr": 5e-3, "warmup_steps": 30, "eval_every": 100,
                    "save_every": 200, "best_of": 64, "best_of_prompts": 200},
     },
     "gpt2": {

@@ -12,9 +12,11 @@ from gpt_scratch.cli import main
 from gpt_scratch.data import pad_batch
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.data import collate
+from gpt_scratch.logprobs import completion_logprobs
 from gpt_scratch.reward import (accuracy_against_rule, bradley_terry_loss, encode_pairs, gather_last,
-                                last_token_index, pair_batch, pair_loss, pairwise_accuracy, reward_scores,
-                                reward_stage)
+                                last_token_index, pad_examples, pair_batch, pair_loss, pairwise_accuracy,
+                                reward_scores, reward_stage)
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig
 
@@ -37,6 +39,8 @@ def trained_head(model: GPTWithHead) -> GPTWithHead:
     with torch.no_grad():
         model.head.weight.normal_()
         model.head.bias.fill_(0.5)
+        if model.head.logprob_weight is not None:
+            model.head.logprob_weight.fill_(0.7)
     return model
 
 
@@ -75,28 +79,48 @@ def test_pairwise_accuracy_is_strict():
     assert pairwise_accuracy(torch.tensor([1.0, 2.0, 0.0, 3.0]), torch.tensor([0.0, 2.0, 1.0, 1.0])) == 0.5
 
 
-def test_loss_is_exactly_ln2_at_step_0_with_the_zero_head(tokenizer):
-    model = GPTWithHead(tiny_gpt(tokenizer))
+@pytest.mark.parametrize("with_logprob", [False, True])
+def test_loss_is_exactly_ln2_at_step_0_with_the_zero_head(tokenizer, with_logprob):
+    model = GPTWithHead(tiny_gpt(tokenizer), with_logprob=with_logprob)
     batch = pair_batch(encode_pairs(tokenizer, some_pairs(), 48), tokenizer.eot_id)
     assert pair_loss(model, batch).item() == pytest.approx(math.log(2), abs=1e-7)
     r_chosen, r_rejected = reward_scores(model, *batch).chunk(2)
     assert torch.all(r_chosen == 0) and pairwise_accuracy(r_chosen, r_rejected) == 0.0
 
 
-def test_left_and_right_padding_give_the_same_scores_as_no_padding(tokenizer):
-    model = trained_head(GPTWithHead(tiny_gpt(tokenizer))).eval()
-    encoded = [ids for pair in encode_pairs(tokenizer, some_pairs(), 48) for ids in pair]
+@pytest.mark.parametrize("with_logprob", [False, True])
+def test_left_and_right_padding_give_the_same_scores_as_no_padding(tokenizer, with_logprob):
+    model = trained_head(GPTWithHead(tiny_gpt(tokenizer), with_logprob=with_logprob)).eval()
+    encoded = [e for pair in encode_pairs(tokenizer, some_pairs(), 48) for e in pair]
     with torch.no_grad():
-        alone = torch.cat([reward_scores(model, *pad_batch([ids], tokenizer.eot_id)) for ids in encoded])
-        right = reward_scores(model, *pad_batch(encoded, tokenizer.eot_id, side="right"))
-        left = reward_scores(model, *pad_batch(encoded, tokenizer.eot_id, side="left"))
+        alone = torch.cat([reward_scores(model, *pad_examples([e], tokenizer.eot_id)) for e in encoded])
+        right = reward_scores(model, *pad_examples(encoded, tokenizer.eot_id, side="right"))
+        left = reward_scores(model, *pad_examples(encoded, tokenizer.eot_id, side="left"))
         # The draft that reads the last column scores the padding of every right-padded row that is not the longest.
-        ids, mask = pad_batch(encoded, tokenizer.eot_id, side="right")
+        ids, mask, _ = pad_examples(encoded, tokenizer.eot_id, side="right")
+        head_alone = torch.cat([gather_last(model(*pad_examples([e], tokenizer.eot_id)[:2]), torch.ones(1, len(e.ids)))
+                                for e in encoded])
         last_column = model(ids, mask)[:, -1]
     torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-5)
     shorter = mask.sum(dim=1) < mask.shape[1]
-    assert shorter.any() and not torch.allclose(last_column[shorter], alone[shorter], atol=1e-3)
+    assert shorter.any() and not torch.allclose(last_column[shorter], head_alone[shorter], atol=1e-3)
+
+
+def test_the_logprob_term_is_the_completion_logprob_of_the_groundwork(tokenizer):
+    """score = head + logprob_weight * log p(answer | prompt), with log p exactly logprobs.completion_logprobs'."""
+    gpt = tiny_gpt(tokenizer).eval()
+    with_term = trained_head(GPTWithHead(gpt, with_logprob=True)).eval()
+    head_only = GPTWithHead(gpt)
+    head_only.head.load_state_dict({k: v for k, v in with_term.head.state_dict().items() if k != "logprob_weight"})
+    encoded = [e for pair in encode_pairs(tokenizer, some_pairs(), 48) for e in pair]
+    with torch.no_grad():
+        both = reward_scores(with_term, *pad_examples(encoded, tokenizer.eot_id))
+        head = reward_scores(head_only, *pad_examples(encoded, tokenizer.eot_id)[:2])
+        _, logp = completion_logprobs(gpt, *collate(encoded, tokenizer.eot_id))
+    torch.testing.assert_close(both, head + 0.7 * logp, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="give the answer mask"):
+        reward_scores(with_term, *pad_examples(encoded, tokenizer.eot_id)[:2])
 
 
 def test_checkpoint_carries_the_head_and_refuses_a_mismatch(tmp_path, tokenizer):
@@ -115,8 +139,8 @@ def test_checkpoint_carries_the_head_and_refuses_a_mismatch(tmp_path, tokenizer)
         load_with_head(tmp_path / "gpt")
     with pytest.raises(ValueError, match="holds a reward head, but a value head is needed"):
         load_with_head(tmp_path / "rm", kind="value")
-    wide = GPTWithHead(tiny_gpt(tokenizer))
-    wide.head = torch.nn.Linear(32, 1)
+    wide = GPTWithHead(GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=32)))
+    wide.gpt = tiny_gpt(tokenizer)  # a 16-wide body with a 32-wide head
     save_checkpoint(tmp_path / "wide", wide, tokenizer)
     with pytest.raises(ValueError, match=r"head.safetensors does not match the model.*shapes \['weight \(1, 32\) vs \(1, 16\)'"):
         load_with_head(tmp_path / "wide")
@@ -155,6 +179,7 @@ def sft_folder(tmp_path_factory, tokenizer):
 def test_reward_stage_learns_the_rule_and_writes_its_folder(tmp_path, sft_folder):
     data = write_pair_data(tmp_path / "data")
     cfg = TrainConfig(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10)
+    sft_model = load_checkpoint(sft_folder)[0]
     metrics = reward_stage(sft_folder, data, tmp_path / "rm", cfg, best_of=4, best_of_prompts=4, quiet=True)
     assert metrics["accuracy"] == 1.0 and metrics["accuracy_correctness"] == 1.0 and metrics["margin"] > 0
     assert metrics["train_pairs"] == 63 and metrics["test_pairs"] == 16  # 1 of 64 held back for validation
@@ -163,7 +188,21 @@ def test_reward_stage_learns_the_rule_and_writes_its_folder(tmp_path, sft_folder
     curves = json.loads((tmp_path / "rm" / "best_of_n.json").read_text())
     assert curves["n"] == [1, 2, 4] and curves["reward_model"]["kl"][0] == 0.0
     model, _, meta = load_with_head(tmp_path / "rm")
-    assert meta["stage"] == "reward" and model.head.weight.abs().sum() > 0
+    assert meta["stage"] == "reward" and meta["score"] == "head+logprob" and meta["body"] == "frozen"
+    assert model.head.weight.abs().sum() > 0 and model.head.logprob_weight.item() != 0
+    for (name, p), q in zip(model.gpt.named_parameters(), sft_model.parameters()):
+        assert torch.equal(p, q), f"the frozen body's {name} changed"
+
+
+def test_the_classic_reward_model_trains_its_body(tmp_path, sft_folder):
+    data = write_pair_data(tmp_path / "data")
+    cfg = TrainConfig(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10)
+    metrics = reward_stage(sft_folder, data, tmp_path / "rm", cfg, score="head", body="trained", quiet=True)
+    assert metrics["accuracy"] == 1.0 and metrics["logprob_weight"] is None
+    model, _, _ = load_with_head(tmp_path / "rm")
+    sft_model = load_checkpoint(sft_folder)[0]
+    assert model.head.logprob_weight is None
+    assert not torch.equal(model.gpt.transformer.h[0].attn.c_attn.weight, sft_model.transformer.h[0].attn.c_attn.weight)
 
 
 def test_reward_training_resumes_with_exactly_the_uninterrupted_losses(tmp_path, sft_folder, monkeypatch):
@@ -198,7 +237,8 @@ def run_cli(capsys, *argv):
     (["--margin", "-1"], "--margin"), (["--center-coef", "x"], "--center-coef"), (["--n-train", "1"], "--n-train"),
     (["--best-of", "2000"], "--best-of"), (["--best-of", "0", "--best-of-prompts", "5"], "--best-of-prompts"),
     (["--max-steps", "5", "--warmup-steps", "9"], "--warmup-steps"), (["--preset", "huge"], "--preset"),
-    (["--lr", "0"], "--lr"), (["--dtype", "fp8"], "--dtype")])
+    (["--lr", "0"], "--lr"), (["--dtype", "fp8"], "--dtype"), (["--score", "mean"], "--score"),
+    (["--body", "lora"], "--body")])
 def test_bad_reward_flags_exit_2_with_one_line_before_reading_anything(capsys, argv, flag):
     with pytest.raises(SystemExit) as exit_info:
         main(["reward", "--sft", "/nonexistent", "--data", "/nonexistent", *argv])
@@ -235,3 +275,6 @@ def test_every_reward_flag_takes_effect(capsys, tmp_path, sft_folder):
     assert curves["n"] == [1, 2] and curves["prompts"] == 3
     assert run("lr", "--lr", "0.05")[1]["train_config"]["lr"] == 0.05
     assert run("batch", "--batch-size", "4")[1]["train_config"]["batch_size"] == 4
+    assert plain_meta["score"] == "head+logprob" and plain_meta["body"] == "frozen"
+    assert run("score", "--score", "head")[1]["score"] == "head"
+    assert run("body", "--body", "trained")[1]["body"] == "trained"
