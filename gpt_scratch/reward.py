@@ -184,7 +184,8 @@ def accuracy_against_rule(pairs: list[dict], records_by_id: dict[str, dict], r_c
             groups.setdefault(key, []).append((gap > 0, gap))
 
     def summary(rows: list[tuple[bool, float]]) -> dict:
-        return {"n": len(rows), "accuracy": sum(r for r, _ in rows) / len(rows), "margin": sum(g for _, g in rows) / len(rows)}
+        n = len(rows)
+        return {"n": n, "accuracy": sum(r for r, _ in rows) / n, "margin": sum(g for _, g in rows) / n}
 
     result = summary(groups.pop("(all)"))
     result["kinds"] = {k.removeprefix("kind:"): summary(v) for k, v in sorted(groups.items()) if k.startswith("kind:")}

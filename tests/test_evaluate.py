@@ -17,6 +17,7 @@ def test_the_rule_ranks_correctness_first_then_style():
     assert compare_answers(ADD, "8", "The answer is 7.") == -1
     assert compare_answers(ADD, "7", "7.") == 0  # both right, both bare
     assert compare_answers(ADD, "9", "8") == 0  # both wrong, same style
+    assert compare_answers(ADD, "The answer is 9.", "8") == 0  # both wrong: style does not count (rule 2)
 
 
 def test_win_rate_counts_wins_losses_and_ties_on_a_hand_made_example():

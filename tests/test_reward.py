@@ -9,7 +9,6 @@ import torch
 from gpt_scratch.checkpoint import load_checkpoint, load_with_head, save_checkpoint
 import gpt_scratch.train as train_module
 from gpt_scratch.cli import main
-from gpt_scratch.data import pad_batch
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.data import collate

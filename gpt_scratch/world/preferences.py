@@ -30,8 +30,13 @@ NEAR_MISS_SHARE = 0.8  # share of wrong answers that are near misses (the rest: 
 
 
 def preference_rank(example: dict, response: str) -> tuple[int, int]:
-    """(correct?, preferred style?): compare two responses' ranks to see which the rule prefers."""
-    return int(is_correct(example, response)), int(style_of(response) == "sentence")
+    """(correct?, correct and in the preferred style?): the response with the higher rank is preferred.
+
+    Style counts only among correct answers (rule 2): two wrong answers tie, whatever their style.
+    Example for the answer 7: 'The answer is 7.' (1, 1) > '7' (1, 0) > 'The answer is 8.' (0, 0) = '8' (0, 0).
+    """
+    correct = is_correct(example, response)
+    return int(correct), int(correct and style_of(response) == "sentence")
 
 
 def prompt_of(example: dict) -> str:
