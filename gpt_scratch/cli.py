@@ -123,11 +123,8 @@ def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in settings.items() if k in known})
 
 
-def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> None:
-    """Cross-flag checks: exit 2 with one line if the combination cannot work."""
-    model = model_settings(args)
-    if model["n_embd"] % model["n_head"] != 0:
-        parser.error(f"--n-embd {model['n_embd']} must be divisible by --n-head {model['n_head']}")
+def check_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> TrainConfig:
+    """Cross-flag checks of the training flags (exit 2 with one line); returns the training config."""
     cfg = train_config(args, stage)
     if cfg.warmup_steps > cfg.max_steps:
         parser.error(f"--warmup-steps {cfg.warmup_steps} is larger than --max-steps {cfg.max_steps}")
@@ -135,6 +132,15 @@ def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namesp
         import torch
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
+    return cfg
+
+
+def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> None:
+    """Cross-flag checks: exit 2 with one line if the combination cannot work."""
+    model = model_settings(args)
+    if model["n_embd"] % model["n_head"] != 0:
+        parser.error(f"--n-embd {model['n_embd']} must be divisible by --n-head {model['n_head']}")
+    check_train(parser, args, stage)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -321,17 +327,11 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
 
 def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    cfg = train_config(args, "reward")
-    if cfg.warmup_steps > cfg.max_steps:
-        parser.error(f"--warmup-steps {cfg.warmup_steps} is larger than --max-steps {cfg.max_steps}")
+    cfg = check_train(parser, args, "reward")
     settings = PRESETS[args.preset]["reward"]
     best_of = args.best_of if args.best_of is not None else settings["best_of"]
     if args.best_of_prompts is not None and best_of == 0:
         parser.error("--best-of-prompts needs best-of-n: give --best-of N with N > 0")
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
     from gpt_scratch.reward import reward_stage
 
     reward_stage(args.sft, args.data, args.out, cfg, args.margin, args.center_coef, args.n_train, args.n_eval,
