@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gpt_scratch.files import write_atomic
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.tokenizer import Tokenizer
@@ -35,11 +36,9 @@ from gpt_scratch.tokenizer import Tokenizer
 HEAD_FILE = "head.safetensors"
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file, so the file is either old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write JSON (indented by 2) atomically: the file is either the old one or the new one, never half."""
+    return write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def weights_to_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -61,6 +60,7 @@ def save_checkpoint(folder: str | Path, model: GPT | GPTWithHead, tokenizer: Tok
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # The files go into the temporary folder with plain writes: the folder swap below is the atomic step.
     config = {"model": model.config.to_dict(), "meta": meta or {}}
     gpt = model
     if isinstance(model, GPTWithHead):

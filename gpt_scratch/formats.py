@@ -18,10 +18,10 @@ is ever dropped.
 """
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from gpt_scratch.files import write_atomic
 
 ROLES = ("system", "user", "assistant")
 SHAPES = {  # shape -> the fields that must be strings
@@ -163,23 +163,8 @@ def load_preferences(path: str | Path) -> list[dict]:
     return [record for _, record in records]
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary file next to path, then rename it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(temp, 0o644)  # mkstemp makes the file private; data files are for everyone to read
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return path
-
-
 def write_text(path: str | Path, text: str) -> Path:
+    """A text file, written atomically (gpt_scratch/files.py)."""
     return write_atomic(path, text)
 
 

@@ -16,7 +16,6 @@ c_proj and c_fc weights are transposed on the way in and again on the way out.
 """
 
 import json
-import os
 import shutil
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt_scratch.files import atomic_path, write_atomic
 from gpt_scratch.model import GPT, GPTConfig
 
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 355M, 774M, 1.5B parameters
@@ -123,13 +123,10 @@ def save_hf_gpt2(model: GPT, folder: str | Path, eos_id: int | None = None) -> P
             continue  # safetensors refuses two names for one tensor; transformers re-ties it
         tensor = tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
         tensors[name] = tensor.detach().float().cpu().contiguous()
-    # Write to a temporary name, then rename: a crash never leaves half a file behind.
-    tmp = folder / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers refuses files without "format"
-    os.replace(tmp, folder / "model.safetensors")
-    tmp = folder / "config.json.tmp"
-    tmp.write_text(json.dumps(hf_config(model.config, eos_id), indent=2) + "\n")
-    os.replace(tmp, folder / "config.json")
+    # Atomic writes (files.py): a crash never leaves half a file behind.
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers refuses files without "format"
+    write_atomic(folder / "config.json", json.dumps(hf_config(model.config, eos_id), indent=2) + "\n")
     return folder
 
 
@@ -147,16 +144,14 @@ def download_gpt2(size: str = "gpt2", cache_dir: str | Path = "~/.cache/gpt_scra
         if target.is_file():
             continue
         url = f"https://huggingface.co/{size}/resolve/main/{filename}"
-        tmp = folder / (filename + ".part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        try:  # atomically (files.py): a broken download leaves no half file that would pass as complete
+            with (atomic_path(target) as tmp, urllib.request.urlopen(url, timeout=60) as response,
+                  open(tmp, "wb") as out):
                 megabytes = int(response.headers.get("Content-Length", 0)) / 1e6
                 print(f"downloading {url} ({megabytes:.0f} MB)")
                 shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError) as err:
-            tmp.unlink(missing_ok=True)
             reason = getattr(err, "reason", err)
             raise RuntimeError(f"could not download {url} ({reason}); check the internet connection, "
                                f"or put config.json and model.safetensors into {folder} by hand") from None
-        os.replace(tmp, target)
     return folder

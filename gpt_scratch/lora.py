@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt_scratch.checkpoint import write_json
+from gpt_scratch.files import atomic_path
 from gpt_scratch.freeze import head_is_tied
 from gpt_scratch.model import GPT, GPTConfig
 
@@ -282,15 +283,36 @@ def adapter_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
 
 
-def save_adapter(model: GPT, folder: str | Path, base: str | None = None) -> Path:
-    """Write folder/adapter.safetensors and folder/adapter.json; each file is written atomically."""
+def relative_base(base: str | Path, folder: Path) -> str:
+    """The base checkpoint's path as seen from the adapter folder: no machine path in adapter.json,
+    and the two folders can be moved or copied together. (Another drive on Windows: kept absolute.)"""
+    try:
+        return Path(os.path.relpath(base, folder)).as_posix()
+    except ValueError:
+        return str(base)
+
+
+def resolve_base(base: str | None, folder: Path) -> str | None:
+    """adapter.json's "base" back to a path from here: it is stored relative to the adapter folder.
+    An absolute path (older files) stays as it is."""
+    if base is None:
+        return None
+    resolved = Path(os.path.normpath(folder / base))
+    if not resolved.exists() and Path(base).exists():
+        return base  # an older adapter.json, written relative to the working folder
+    return str(resolved)
+
+
+def save_adapter(model: GPT, folder: str | Path, base: str | Path | None = None) -> Path:
+    """Write folder/adapter.safetensors and folder/adapter.json; each file is written atomically.
+
+    base (the checkpoint the adapter was trained on) is stored relative to folder.
+    """
     folder = Path(folder)
-    settings = {**lora_settings(model), "base": None if base is None else str(base)}
-    folder.mkdir(parents=True, exist_ok=True)
-    # Temporary name, then rename: a run killed mid-save leaves the old file, never half a new one.
-    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
-    save_file(adapter_tensors(model), str(tmp))
-    os.replace(tmp, folder / ADAPTER_WEIGHTS)
+    settings = {**lora_settings(model), "base": None if base is None else relative_base(base, folder)}
+    # Atomic writes (files.py): a run killed mid-save leaves the old file, never half a new one.
+    with atomic_path(folder / ADAPTER_WEIGHTS) as tmp:
+        save_file(adapter_tensors(model), str(tmp))
     write_json(folder / ADAPTER_CONFIG, settings)  # last: the json says the adapter is complete
     return folder
 
@@ -306,7 +328,7 @@ def read_adapter_settings(folder: Path) -> dict:
         raise ValueError(f"{path} is not a valid adapter config ({err!r}); save the adapter again") from None
     check_lora_settings(settings["rank"], settings["alpha"], settings["targets"], settings["dropout"],
                         settings["train_head"])
-    return {**settings, "base": data.get("base")}
+    return {**settings, "base": resolve_base(data.get("base"), folder)}
 
 
 def read_adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:

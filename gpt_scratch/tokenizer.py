@@ -33,6 +33,8 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from gpt_scratch.files import write_atomic
+
 # GPT-2's pre-split pattern: contractions, words, numbers, punctuation, whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # The course's own tokenizers change two things, so that a small model sees every digit and
@@ -255,12 +257,6 @@ class Tokenizer:
             return cls(ranks, info["special_tokens"], info["pattern"], info.get("name", "gpt-scratch"))
         except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"{info_path} is not a valid tokenizer file ({err}); save the tokenizer again") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_ranks(path: str | Path) -> dict[bytes, int]:

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from gpt_scratch.files import atomic_path
 from gpt_scratch.formats import (load_instructions, load_preferences, load_text, write_atomic, write_json,
                                  write_jsonl)
 
@@ -141,3 +142,25 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_atomic(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_writer_failing_halfway_keeps_the_old_file(tmp_path, error):
+    path = write(tmp_path, "keep.bin", "old")
+
+    def half_then_fail(temp):
+        temp.write_bytes(b"half of the new")
+        raise error
+    with pytest.raises(type(error)), atomic_path(path) as temp:
+        half_then_fail(temp)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_atomic_path_replaces_the_file_and_makes_missing_folders(tmp_path):
+    path = tmp_path / "new" / "folder" / "data.bin"
+    with atomic_path(path) as temp:
+        assert temp.parent == path.parent and temp.suffix == ".tmp" and temp != path
+        temp.write_bytes(b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01" and [p.name for p in path.parent.iterdir()] == ["data.bin"]
+    assert path.stat().st_mode & 0o777 == 0o644 or os.name == "nt"  # not mkstemp's private 0600
+    assert write_atomic(path, "a\nb\n").read_bytes() == b"a\nb\n"  # "\n" on every system

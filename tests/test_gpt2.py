@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa: E402
 
+from gpt_scratch import gpt2  # noqa: E402
 from gpt_scratch.gpt2 import GPT2_SIZES, download_gpt2, load_hf_gpt2, save_hf_gpt2  # noqa: E402
 from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
 
@@ -124,6 +125,22 @@ def test_saved_model_loads_in_transformers_with_same_logits(tmp_path, ids, tie_w
         assert torch.equal(ours, theirs), name
 
 
+def test_a_save_stopped_halfway_keeps_the_old_files(tmp_path, monkeypatch):
+    config = GPTConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    torch.manual_seed(4)
+    save_hf_gpt2(randomize(GPT(config)), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash_halfway(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as file:
+            file.write(b"half a safetensors file")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gpt2, "save_file", crash_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_hf_gpt2(randomize(GPT(config)), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files, no temporary one
+
+
 def test_missing_folder_or_config_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_hf_gpt2(tmp_path / "nowhere")
@@ -181,3 +198,25 @@ def test_download_offline_gives_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not download https://huggingface.co/gpt2/resolve/main/config.json"):
         download_gpt2("gpt2", cache_dir=tmp_path)
     assert list((tmp_path / "gpt2").iterdir()) == []  # no half-written file left behind
+
+
+def test_a_download_broken_halfway_leaves_no_file(tmp_path, monkeypatch):
+    class BrokenResponse:
+        headers = {"Content-Length": "100"}
+        sent = False
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, size=-1):
+            if self.sent:
+                raise ConnectionResetError("connection reset")
+            self.sent = True
+            return b"x" * 10
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: BrokenResponse())
+    with pytest.raises(RuntimeError, match="connection reset"):
+        download_gpt2("gpt2", cache_dir=tmp_path)
+    assert list((tmp_path / "gpt2").iterdir()) == []  # no half file that a second call would take as complete

@@ -1,5 +1,7 @@
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch.nn as nn
 
 from tiny import tiny_config
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
+from gpt_scratch import lora
 from gpt_scratch.freeze import count_parameters
 from gpt_scratch.lora import (TARGETS, LoRALinear, adapters_off, add_lora, load_adapter, lora_layers,
                               lora_parameter_count, merge_lora, remove_lora, save_adapter, unmerge_lora)
@@ -131,13 +134,13 @@ def test_adapter_round_trip_is_exact_and_small(tmp_path):
 
     settings = json.loads((tmp_path / "adapter" / "adapter.json").read_text())
     assert settings == {"rank": 1, "alpha": 2, "dropout": 0.0, "targets": ["attn", "mlp"],
-                        "train_head": False, "base": str(tmp_path / "base")}
+                        "train_head": False, "base": "../base"}  # relative to the adapter: no machine path
     adapter_bytes = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
     model_bytes = (tmp_path / "base" / "model.safetensors").stat().st_size
     assert adapter_bytes < model_bytes / 4
     assert not list((tmp_path / "adapter").glob("*.tmp"))
 
-    restored, _, _ = load_checkpoint(settings["base"])
+    restored, _, _ = load_checkpoint(tmp_path / "adapter" / settings["base"])
     assert load_adapter(restored.eval(), tmp_path / "adapter")["base"] == str(tmp_path / "base")
     assert torch.equal(restored(IDS), model(IDS))
     assert count_parameters(restored) == count_parameters(model)
@@ -253,6 +256,53 @@ def test_adapter_file_errors(tmp_path):
     (tmp_path / "good" / "adapter.json").write_text('{"rank": 2}')
     with pytest.raises(ValueError, match="not a valid adapter config"):
         load_adapter(fresh_model(), tmp_path / "good")
+
+
+def test_adapter_base_is_stored_relative_and_survives_moving_both_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("runs/a/sft/checkpoint", fresh_model())
+    model = fresh_model()
+    add_lora(model, rank=1, alpha=2)
+    save_adapter(model, "runs/a/lora/adapter", base="runs/a/sft")  # relative to the working folder, as sft gets it
+    text = (tmp_path / "runs/a/lora/adapter/adapter.json").read_text()
+    assert json.loads(text)["base"] == "../../sft" and str(tmp_path) not in text
+    assert load_adapter(fresh_model(), "runs/a/lora/adapter")["base"] == str(Path("runs/a/sft"))
+
+    save_adapter(model, "runs/a/lora/adapter", base=tmp_path / "runs/a/sft")  # an absolute path: the same file
+    assert (tmp_path / "runs/a/lora/adapter/adapter.json").read_text() == text
+    shutil.copytree("runs/a", "moved/b")  # copied elsewhere together: the adapter still finds its base
+    base = load_adapter(fresh_model(), tmp_path / "moved/b/lora/adapter")["base"]
+    assert base == str(tmp_path / "moved/b/sft") and load_checkpoint(base)
+
+
+def test_adapter_written_before_relative_bases_still_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("runs/sft/checkpoint", fresh_model())
+    model = fresh_model()
+    add_lora(model, rank=1, alpha=2)
+    for old_base in (str(tmp_path / "runs/sft"), "runs/sft"):  # absolute, or relative to the working folder
+        save_adapter(model, "runs/lora/adapter")
+        path = tmp_path / "runs/lora/adapter/adapter.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base": old_base}))
+        assert load_adapter(fresh_model(), "runs/lora/adapter")["base"] == old_base
+
+
+def test_a_failed_adapter_save_keeps_the_old_adapter(tmp_path, monkeypatch):
+    model = fresh_model()
+    add_lora(model, rank=1, alpha=2)
+    randomise_B(model)
+    save_adapter(model, tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()}
+
+    def crash_halfway(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise KeyboardInterrupt  # the run is stopped mid-save
+    monkeypatch.setattr(lora, "save_file", crash_halfway)
+    with torch.no_grad():
+        lora_layers(model)[0][1].lora_B.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(model, tmp_path / "adapter")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == before  # old files, no temp file
 
 
 def test_adapters_off_gives_the_frozen_base_exactly_and_switches_back_on():

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -238,6 +239,19 @@ def test_save_and_load_round_trip(trained, tmp_path):
     first = (tmp_path / "tokenizer.tiktoken").read_text().splitlines()[0]
     assert first == f"{base64.b64encode(bytes([0])).decode()} 0"  # tiktoken's own format
     assert read_ranks(tmp_path / "tokenizer.tiktoken") == trained.ranks
+
+
+def test_a_failed_save_keeps_the_old_files_and_leaves_no_temporary_file(trained, tmp_path, monkeypatch):
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        (tmp_path / name).write_text(f"old {name}")
+
+    def disk_full(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        trained.save(tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "tokenizer.tiktoken": "old tokenizer.tiktoken", "tokenizer.json": "old tokenizer.json"}
 
 
 def test_a_damaged_rank_line_is_named(trained, tmp_path):
