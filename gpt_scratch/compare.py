@@ -19,10 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gpt_scratch.plots  # noqa: F401  (picks matplotlib's file-writing backend, once, before pyplot)
-import matplotlib.pyplot as plt
-
 from gpt_scratch.freeze import STRATEGIES
+from gpt_scratch.plots import plot_labelled_points
 from gpt_scratch.presets import PRESETS
 
 DEFAULT_METHODS = ("full", "last_blocks:1", "last_blocks:2", "head", "norms_biases", "embeddings_frozen",
@@ -80,21 +78,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot_accuracy_vs_trainable(rows: list[dict], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        marker = "s" if r["method"].startswith("lora") else "o"
-        ax.scatter(r["trainable_parameters"], r["accuracy_after"], marker=marker)
-        ax.annotate(r["method"], (r["trainable_parameters"], r["accuracy_after"]), fontsize=8,
-                    textcoords="offset points", xytext=(4, 4))
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("held-out accuracy (judge)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("fine-tuning methods: accuracy vs trainable parameters (squares: LoRA)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    points = [(r["method"], r["trainable_parameters"], r["accuracy_after"], "s" if r["method"].startswith("lora") else "o")
+              for r in rows]
+    return plot_labelled_points(points, path, "trainable parameters (log scale)", "held-out accuracy (judge)",
+                                "accuracy vs trainable parameters (squares: LoRA)", log_x=True)
 
 
 def compare(base: str | Path, data: str | Path, out: str | Path, methods: list[str], preset: str = "default",

@@ -1,12 +1,16 @@
 """Text generation: greedy, temperature, top-k and top-p sampling, with a KV cache.
 
     new_ids = generate(model, [prompt_ids], max_new_tokens=50, temperature=0.8, top_k=40, seed=0)
+    for token in stream(model, prompt_ids, max_new_tokens=50):   # one token at a time, as it comes
+        ...
     texts = generate_text(model, tokenizer, ["Once upon a time"], max_new_tokens=50)
 
 Prompts of different lengths are batched by padding them on the left (so that every row's
 next token is in the last column) and passing an attention mask. Each row stops at its own
 end-of-text token. temperature=0 means greedy: always take the most likely token.
 """
+
+from typing import Iterator
 
 import torch
 
@@ -59,7 +63,63 @@ def check_prompts(prompts: list[list[int]], block_size: int, crop: bool) -> list
     return [p[-block_size:] for p in prompts]
 
 
+def check_settings(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if max_new_tokens < 0 or temperature < 0:
+        raise ValueError("max_new_tokens and temperature must not be negative")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 @torch.no_grad()
+def sample_steps(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                 seed: int | None = None, use_cache: bool = True, crop: bool = False) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B,), one step at a time (the loop behind generate and stream).
+
+    A row that has produced eos_id keeps yielding eos_id. The loop ends when every row has
+    ended, after max_new_tokens, or when the sequence fills the model's context.
+    """
+    check_settings(max_new_tokens, temperature, top_k, top_p)
+    block_size = model.config.block_size
+    prompts = check_prompts(prompts, block_size, crop)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+
+    # Left padding puts every row's next token in the last column. Prompts of one length need
+    # no mask at all, and without one the attention takes its plain causal path (faster).
+    ids, mask = pad_batch(prompts, pad_id=eos_id if eos_id is not None else 0, side="left")
+    ids, mask = ids.to(device), (mask.to(device) if (mask == 0).any() else None)
+    # The last sampled token needs no position of its own, so one more than the free room fits.
+    steps = min(max_new_tokens, block_size - ids.shape[1] + 1)
+    cache = KVCache(model.config.n_layer, max_length=block_size) if use_cache else None
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    next_input = ids
+    try:
+        for step in range(steps):
+            if use_cache:  # the cache holds the past: only the new tokens go in
+                logits = model(next_input, attention_mask=mask, kv_cache=cache)[:, -1]
+            else:
+                logits = model(ids, attention_mask=mask)[:, -1]
+            token = sample_next(logits, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                token = token.masked_fill(finished, eos_id)
+                finished |= token == eos_id
+            yield token
+            if step == steps - 1 or (eos_id is not None and bool(finished.all())):  # one host sync per step
+                break
+            next_input = token[:, None]
+            if not use_cache:
+                ids = torch.cat([ids, next_input], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(next_input)], dim=1)
+    finally:
+        model.train(was_training)
+
+
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              seed: int | None = None, use_cache: bool = True, crop: bool = False) -> list[list[int]]:
@@ -68,47 +128,28 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
     Generation stops when every row has produced eos_id, after max_new_tokens, or when the
     sequence fills the model's context (block_size), whichever comes first.
     """
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError("max_new_tokens and temperature must not be negative")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    block_size = model.config.block_size
-    prompts = check_prompts(prompts, block_size, crop)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    was_training = model.training
-    model.eval()
+    steps = list(sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, seed,
+                              use_cache, crop))
+    if not steps:
+        return [[] for _ in prompts]
+    rows = torch.stack(steps, dim=1).tolist()  # (B, steps): one copy to Python at the end, not one per token
+    if eos_id is None:
+        return rows
+    return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
 
-    # Left padding puts every row's next token in the last column.
-    ids, mask = pad_batch(prompts, pad_id=eos_id if eos_id is not None else 0, side="left")
-    ids, mask = ids.to(device), mask.to(device)
-    # The last sampled token needs no position of its own, so one more than the free room fits.
-    steps = min(max_new_tokens, block_size - ids.shape[1] + 1)
-    cache = KVCache(model.config.n_layer) if use_cache else None
-    new_tokens = [[] for _ in prompts]
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    next_input = ids
-    for step in range(steps):
-        if use_cache:
-            logits = model(next_input, attention_mask=mask, kv_cache=cache)[:, -1]
-        else:
-            logits = model(ids, attention_mask=mask)[:, -1]
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        for row in range(len(prompts)):
-            if not finished[row]:
-                new_tokens[row].append(int(token[row]))
-        if eos_id is not None:
-            finished |= token == eos_id
-        if finished.all() or step == steps - 1:
-            break
-        next_input = token[:, None]
-        ids = torch.cat([ids, next_input], dim=1)
-        mask = torch.cat([mask, torch.ones_like(next_input)], dim=1)
 
-    model.train(was_training)
-    return new_tokens
+def stream(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+           seed: int | None = None) -> Iterator[int]:
+    """Continue one prompt, yielding each new token id as soon as it is sampled (for a chat).
+
+        for token in stream(model, ids, 50, eos_id=tokenizer.eot_id):
+            print(tokenizer.decode([token]), end="", flush=True)
+    """
+    for token in sample_steps(model, [prompt], max_new_tokens, temperature, top_k, top_p, eos_id, seed):
+        yield int(token[0])
+        if token[0] == eos_id:
+            return
 
 
 def generate_text(model: GPT, tokenizer, prompts: list[str], max_new_tokens: int, **kwargs) -> list[str]:

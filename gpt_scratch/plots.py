@@ -1,47 +1,57 @@
-"""Plots the course writes into run folders (PNG files, no screen needed)."""
+"""Plots the course writes into run folders (PNG files, no screen needed).
 
+Every function draws on its own matplotlib Figure object and saves it to a file. Nothing here
+touches pyplot or matplotlib's global backend, so importing the package never changes how a
+notebook or script shows its own plots (and it works on machines without a display).
+"""
+
+import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # draw to files; works on machines without a display
-import matplotlib.pyplot as plt  # noqa: E402
+
+def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
+    """A Figure that belongs to no window, and its row of axes."""
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)
 
 
 def plot_losses(history: dict, path: str | Path, title: str = "loss") -> Path:
     """Training loss per step (thin) and validation loss (dots) on one chart."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax,) = new_figure(6, 3.5)
     ax.plot(history["step"], history["train_loss"], linewidth=0.8, alpha=0.7, label="train")
     if history.get("val_loss"):
         ax.plot(history["val_step"], history["val_loss"], "o-", markersize=3, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def plot_bars(labels: list[str], values: list[float], path: str | Path, ylabel: str, title: str) -> Path:
     """A simple bar chart, e.g. accuracy per task family."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels)), 3.5))
+    fig, (ax,) = new_figure(max(4, 0.8 * len(labels)), 3.5)
     ax.bar(labels, values)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: tuple[str, str],
                     path: str | Path, xlabel: str, title: str) -> Path:
     """One panel per key, each with two overlaid histograms (e.g. scores of preferred vs other answers)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (name, (first, second)) in zip(axes[0], panels.items()):
+    fig, axes = new_figure(4.5 * len(panels), 3.5, ncols=len(panels))
+    for ax, (name, (first, second)) in zip(axes, panels.items()):
         values = first + second
         bins = 30 if max(values) > min(values) else 1
         ax.hist(first, bins=bins, range=(min(values), max(values) + 1e-9), alpha=0.6, label=labels[0])
@@ -50,16 +60,13 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
         ax.set_ylabel("pairs")
         ax.set_title(f"{title}: {name}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str) -> Path:
     """Side-by-side line charts. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    fig, axes = new_figure(5.5 * len(panels), 3.8, ncols=len(panels))
+    for ax, panel in zip(axes, panels):
         for label, xs, ys, style in panel["lines"]:
             ax.plot(xs, ys, style, label=label, markersize=4)
         ax.set_xlabel(xlabel)
@@ -67,7 +74,28 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str) -
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
+
+
+def plot_labelled_points(points: list[tuple[str, float, float, str]], path: str | Path, xlabel: str, ylabel: str,
+                         title: str, log_x: bool = False) -> Path:
+    """A scatter plot with a text label at each point: [(label, x, y, marker), ...].
+
+    A label that would land on one already placed (points close together) moves below its
+    point, then further down, so that no two labels overlap.
+    """
+    fig, (ax,) = new_figure(7, 4)
+    placed: list[tuple[float, float]] = []
+    for label, x, y, marker in points:
+        ax.scatter(x, y, marker=marker)
+        where = (math.log10(x) if log_x else x, y)
+        clashes = sum(abs(where[0] - px) < 0.35 and abs(where[1] - py) < 0.05 for px, py in placed)
+        placed.append(where)
+        ax.annotate(label, (x, y), fontsize=8, textcoords="offset points", xytext=(5, 4 - 11 * clashes))
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    return save(fig, path)

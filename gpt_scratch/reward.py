@@ -52,6 +52,7 @@ from gpt_scratch.logprobs import encode_completions, token_logprobs
 from gpt_scratch.plots import plot_histograms
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig, autocast_for, pick_device, train
+from gpt_scratch.world.judge import style_of
 from gpt_scratch.world.preferences import preference_rank
 
 TEMPLATE = "chat"  # the template SFT trained with: the reward model reads answers as the policy writes them
@@ -263,6 +264,9 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     r_chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in test_pairs], dtype=cfg.dtype)
     r_rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in test_pairs], dtype=cfg.dtype)
     rule = accuracy_against_rule(test_pairs, records_by_id, r_chosen, r_rejected)
+    # The baseline to beat: a "reward model" that only likes the sentence style (ties count as wrong).
+    likes_style = [torch.tensor([float(style_of(p[key]) == "sentence") for p in test_pairs]) for key in ("chosen", "rejected")]
+    baseline = accuracy_against_rule(test_pairs, records_by_id, *likes_style)
     plot_score_histograms(test_pairs, records_by_id, r_chosen, r_rejected, out_dir / "scores.png")
     metrics = {
         "score": score, "body": body, "train_pairs": len(train_pairs), "flipped_train_labels": sum(p.get("flipped", False) for p in pairs),
@@ -270,6 +274,7 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         "test_pairs": rule["n"], "accuracy": round(rule["accuracy"], 4),
         **{f"accuracy_{kind}": round(row["accuracy"], 4) for kind, row in rule["kinds"].items()},
         "label_accuracy": round(pairwise_accuracy(r_chosen, r_rejected), 4),
+        "style_only_baseline": round(baseline["accuracy"], 4),
         "margin": round(rule["margin"], 3),
         "logprob_weight": round(model.head.logprob_weight.item(), 4) if model.head.logprob_weight is not None else None,
         "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
@@ -294,7 +299,8 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     if not quiet:
         print(metrics["table"])
         print(f"held-out accuracy against the hidden rule: {rule['accuracy']:.1%} "
-              + ", ".join(f"{kind} {row['accuracy']:.1%}" for kind, row in rule["kinds"].items()))
+              + ", ".join(f"{kind} {row['accuracy']:.1%}" for kind, row in rule["kinds"].items())
+              + f" (liking the sentence style alone: {baseline['accuracy']:.1%})")
         if best_of:
             print(metrics["best_of_n_table"])
     return metrics

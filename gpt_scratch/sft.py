@@ -34,7 +34,7 @@ from gpt_scratch.model import GPT
 from gpt_scratch.plots import plot_bars
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig, pick_device, train
-from gpt_scratch.world.judge import format_table
+from gpt_scratch.world.judge import format_table, majority_baseline
 
 
 @dataclass
@@ -138,12 +138,14 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     began = time.perf_counter()
     after, responses = evaluate(model, tokenizer, test_records, template)
     eval_seconds = time.perf_counter() - began
+    baseline = majority_baseline(train_records, test_records)  # the accuracy of ignoring the question
     write_reports(out_dir, test_records, responses, before, after)
     metrics = {
         "template": template, "mask_prompt": mask_prompt, "replay": replay, "train_examples": len(examples),
         "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
         "test_examples": len(test_records),
         "accuracy_before": round(before["accuracy"], 4) if before else None, "accuracy_after": round(after["accuracy"], 4),
+        "majority_baseline": round(baseline["accuracy"], 4),
         "unseen_accuracy_after": round(after["unseen_accuracy"], 4),
         "sentence_rate_after": round(after["sentence_rate"], 4),
         "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
@@ -152,13 +154,14 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         "trainable_share": round(trainable / total, 4),
         "step_seconds": round(history["seconds"] / max(1, len(history["step"])), 4),
         "peak_memory_mb": round(peak_memory_mb(), 1),
-        "table": format_table(after),
+        "table": format_table(after, baseline),
     }
     write_json(out_dir / "metrics.json", metrics)
     if not quiet:
-        print(format_table(after))
-        print(f"accuracy {before['accuracy']:.1%} before SFT -> {after['accuracy']:.1%} after" if before
-              else f"accuracy after SFT: {after['accuracy']:.1%}")
+        print(format_table(after, baseline))
+        print((f"accuracy {before['accuracy']:.1%} before SFT -> {after['accuracy']:.1%} after" if before
+               else f"accuracy after SFT: {after['accuracy']:.1%}")
+              + f" (always answering the most common training answer: {baseline['accuracy']:.1%})")
     return metrics
 
 

@@ -12,10 +12,11 @@
 """
 
 from gpt_scratch.world.corpus import World, build_world, generate_corpus
-from gpt_scratch.world.judge import extract_answer, format_table, is_correct, normalise, score, style_of
+from gpt_scratch.world.judge import (extract_answer, format_table, is_correct, majority_baseline, normalise, score,
+                                    style_of)
 from gpt_scratch.world.preferences import make_preference_pairs, preference_rank
 from gpt_scratch.world.tasks import FAMILIES, family_counts, format_family_counts, make_tasks
 
-__all__ = ["World", "build_world", "generate_corpus", "extract_answer", "format_table", "is_correct", "normalise",
+__all__ = ["World", "build_world", "generate_corpus", "extract_answer", "format_table", "is_correct", "majority_baseline", "normalise",
            "score", "style_of", "make_preference_pairs", "preference_rank", "FAMILIES", "family_counts",
            "format_family_counts", "make_tasks"]

@@ -96,12 +96,41 @@ def score(examples: list[dict], responses: list[str]) -> dict:
             "families": {family: summary(rows[family]) for family in sorted(rows)}}
 
 
-def format_table(scores: dict) -> str:
-    """A markdown table: family | n | accuracy | preferred style, then the unseen and overall rows."""
-    lines = ["| family | n | accuracy | preferred style |", "|---|---:|---:|---:|"]
+def majority_answers(train_examples: list[dict]) -> dict[str, str]:
+    """The most common answer of each family in the training examples (ties: the first seen)."""
+    counts: dict[str, dict[str, int]] = {}
+    for example in train_examples:
+        family = counts.setdefault(example["family"], {})
+        family[example["answer"]] = family.get(example["answer"], 0) + 1
+    return {family: max(answers, key=answers.get) for family, answers in counts.items()}
+
+
+def majority_baseline(train_examples: list[dict], test_examples: list[dict]) -> dict:
+    """Scores of a model that ignores the question and always gives its family's most common
+    training answer: the accuracy to beat before any accuracy means something.
+    Example: 9 of 32 people live in the most common town, so "where does X live?" -> 28%."""
+    answers = majority_answers(train_examples)
+    return score(test_examples, [answers.get(example["family"], "") for example in test_examples])
+
+
+def format_table(scores: dict, baseline: dict | None = None) -> str:
+    """A markdown table: family | n | accuracy | preferred style, then the unseen and overall rows.
+
+    With baseline (e.g. majority_baseline's scores), a last column gives its accuracy per row.
+    """
+    extra = baseline is not None
+    lines = ["| family | n | accuracy | preferred style |" + (" majority answer |" if extra else ""),
+             "|---|---:|---:|---:|" + ("---:|" if extra else "")]
+
+    def tail(value: float | None) -> str:
+        return "" if not extra else (f" {value:.1%} |" if value is not None else " |")
+
     for family, row in scores["families"].items():
-        lines.append(f"| {family} | {row['n']} | {row['accuracy']:.1%} | {row['sentence_rate']:.1%} |")
+        base = baseline["families"].get(family, {}).get("accuracy") if extra else None
+        lines.append(f"| {family} | {row['n']} | {row['accuracy']:.1%} | {row['sentence_rate']:.1%} |" + tail(base))
     if scores["unseen_n"]:
-        lines.append(f"| (unseen only) | {scores['unseen_n']} | {scores['unseen_accuracy']:.1%} | |")
-    lines.append(f"| **all** | {scores['n']} | **{scores['accuracy']:.1%}** | {scores['sentence_rate']:.1%} |")
+        lines.append(f"| (unseen only) | {scores['unseen_n']} | {scores['unseen_accuracy']:.1%} | |"
+                     + tail(baseline["unseen_accuracy"] if extra else None))
+    lines.append(f"| **all** | {scores['n']} | **{scores['accuracy']:.1%}** | {scores['sentence_rate']:.1%} |"
+                 + tail(baseline["accuracy"] if extra else None))
     return "\n".join(lines)

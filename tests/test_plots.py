@@ -1,0 +1,45 @@
+"""Plots (plots.py): files are drawn without touching matplotlib's global state."""
+
+import subprocess
+import sys
+
+from gpt_scratch.plots import plot_bars, plot_curves, plot_histograms, plot_labelled_points, plot_losses
+
+MODULES = ["gpt_scratch.plots", "gpt_scratch.train", "gpt_scratch.sft", "gpt_scratch.compare", "gpt_scratch.reward",
+           "gpt_scratch.best_of_n", "gpt_scratch.pipeline", "gpt_scratch.cli"]
+
+
+def test_importing_the_package_leaves_the_matplotlib_backend_alone():
+    """A notebook's inline backend (here: svg, chosen before the imports) must survive importing the course."""
+    code = ("import matplotlib; matplotlib.use('svg'); before = matplotlib.get_backend(); "
+            f"import {', '.join(MODULES)}; "
+            "import matplotlib.pyplot as plt; "
+            "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend()); print(before)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "svg"
+
+
+def test_every_plot_writes_a_png_without_pyplot(tmp_path):
+    history = {"step": [0, 1, 2], "train_loss": [3.0, 2.0, 1.5], "val_step": [2], "val_loss": [1.7]}
+    files = [
+        plot_losses(history, tmp_path / "loss.png"),
+        plot_bars(["a", "b"], [0.5, 0.9], tmp_path / "bars.png", ylabel="accuracy", title="t"),
+        plot_histograms({"style": ([1.0, 2.0, 3.0], [0.0, 1.0])}, ("preferred", "other"), tmp_path / "hist.png",
+                        xlabel="score", title="t"),
+        plot_curves([{"ylabel": "y", "lines": [("a", [0, 1], [0, 1], "o-")]}], tmp_path / "curves.png", xlabel="x",
+                    title="t"),
+        plot_labelled_points([("full", 1e6, 0.94, "o"), ("near", 8e5, 0.93, "o")], tmp_path / "points.png",
+                             xlabel="x", ylabel="y", title="t", log_x=True),
+    ]
+    for path in files:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000, path
+
+
+def test_drawing_a_run_folder_plot_never_loads_pyplot(tmp_path):
+    code = ("import sys; from gpt_scratch.plots import plot_losses; "
+            f"plot_losses({{'step': [0, 1], 'train_loss': [2.0, 1.0]}}, {str(tmp_path / 'loss.png')!r}); "
+            "print('matplotlib.pyplot' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False" and (tmp_path / "loss.png").is_file()
