@@ -28,17 +28,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt_scratch.files import write_atomic
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.tokenizer import Tokenizer
 
 HEAD_FILE = "head.safetensors"
-
-
-def write_json(path: str | Path, data: dict) -> Path:
-    """Write JSON (indented by 2) atomically: the file is either the old one or the new one, never half."""
-    return write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def weights_to_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -169,11 +169,12 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: list | dict) -> Path:
-    """A list is written one record per line (valid JSON, easy to read and diff); anything else indented."""
+    """JSON, atomically: a list one record per line (valid JSON, easy to read and diff), anything else
+    indented by 2 (metrics, configs, manifests)."""
     if isinstance(data, list) and data:
         text = "[\n" + ",\n".join(json.dumps(record, ensure_ascii=False) for record in data) + "\n]\n"
     else:
-        text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+        text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
     return write_atomic(path, text)
 
 

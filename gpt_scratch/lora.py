@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt_scratch.checkpoint import write_json
+from gpt_scratch.formats import write_json
 from gpt_scratch.files import atomic_path
 from gpt_scratch.freeze import head_is_tied
 from gpt_scratch.model import GPT, GPTConfig

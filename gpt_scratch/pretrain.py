@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gpt_scratch.checkpoint import write_json
+from gpt_scratch.formats import write_json
 from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
 from gpt_scratch.generate import generate_text
 from gpt_scratch.model import GPT, GPTConfig

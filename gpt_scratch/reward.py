@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from gpt_scratch.best_of_n import best_of_n_curves, plot_best_of_n
-from gpt_scratch.checkpoint import load_checkpoint, write_json
+from gpt_scratch.checkpoint import load_checkpoint
 from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, pad_batch
 from gpt_scratch.evaluate import check_judgeable, load_split, peak_memory_mb
-from gpt_scratch.formats import load_preferences
+from gpt_scratch.formats import load_preferences, write_json
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import encode_completions, token_logprobs
 from gpt_scratch.plots import plot_histograms

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint, write_json
+from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records, read_corpus  # noqa: F401
 from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb  # noqa: F401
+from gpt_scratch.formats import write_json
 from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
 from gpt_scratch.lora import add_lora, remove_lora, save_adapter
 from gpt_scratch.model import GPT
