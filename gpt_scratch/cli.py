@@ -6,17 +6,19 @@
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
     python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
-    python -m gpt_scratch generate            sample text from a checkpoint
+    python -m gpt_scratch generate            sample text from a checkpoint (or answer one question)
+    python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
     python -m gpt_scratch bench               training / generation speed and MFU
     python -m gpt_scratch grade               grade the exercises (or --solutions)
 
-Every flag is checked by argparse (choices=, typed ranges) and against the other flags; a bad
-value exits with code 2 and one line saying what is allowed.
+Every flag is checked by argparse (choices=, typed ranges) and against the other flags, before
+any file is read; a bad value exits with code 2 and one line saying what is allowed.
 """
 
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from gpt_scratch.args import float_range, int_range, non_negative_int, positive_float, positive_int
 from gpt_scratch.presets import PRESETS
@@ -83,10 +85,8 @@ def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
                        help="dropout on the LoRA path (default 0)")
 
 
-def tuning_from(parser: argparse.ArgumentParser, args: argparse.Namespace, n_layer: int):
-    """The Tuning the flags ask for; contradictory combinations exit 2 with one line."""
-    from gpt_scratch.sft import Tuning
-
+def check_tuning(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The tuning flags against each other (no file needed); a contradiction exits 2 with one line."""
     lora_only = [flag for flag, value in (("--lora-alpha", args.lora_alpha), ("--lora-targets", args.lora_targets),
                                           ("--lora-dropout", args.lora_dropout)) if value is not None]
     if args.lora_rank is None and lora_only:
@@ -98,6 +98,12 @@ def tuning_from(parser: argparse.ArgumentParser, args: argparse.Namespace, n_lay
         parser.error("--freeze last_blocks needs --trainable-blocks N")
     if args.trainable_blocks is not None and args.freeze != "last_blocks":
         parser.error(f"--trainable-blocks only works with --freeze last_blocks, not --freeze {args.freeze}")
+
+
+def tuning_from(parser: argparse.ArgumentParser, args: argparse.Namespace, n_layer: int):
+    """The Tuning the (already checked) flags ask for, against a base model of n_layer blocks."""
+    from gpt_scratch.sft import Tuning
+
     if args.trainable_blocks is not None and args.trainable_blocks > n_layer:
         parser.error(f"--trainable-blocks {args.trainable_blocks} is more than the base model's {n_layer} blocks; "
                      f"use 0..{n_layer}")
@@ -123,16 +129,36 @@ def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in settings.items() if k in known})
 
 
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """--device cuda or mps where there is no such GPU: exit 2 with one line."""
+    if device not in ("cuda", "mps"):
+        return
+    import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        parser.error("--device mps: no Apple GPU is visible here; use --device auto or cpu")
+
+
 def check_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> TrainConfig:
     """Cross-flag checks of the training flags (exit 2 with one line); returns the training config."""
     cfg = train_config(args, stage)
     if cfg.warmup_steps > cfg.max_steps:
         parser.error(f"--warmup-steps {cfg.warmup_steps} is larger than --max-steps {cfg.max_steps}")
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
+    check_device(parser, args.device)
     return cfg
+
+
+def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sampling flags that would be silently ignored: exit 2 with one line."""
+    if args.temperature == 0:
+        ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)) if value is not None]
+        if ignored:
+            parser.error(f"{ignored[0]} has no effect with --temperature 0 (greedy: always the most likely "
+                         f"token); give --temperature > 0 to sample")
+        if getattr(args, "num_samples", 1) > 1:
+            parser.error(f"--num-samples {args.num_samples} with --temperature 0 (greedy) gives {args.num_samples} "
+                         f"identical samples; give --temperature > 0 to sample")
 
 
 def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> None:
@@ -234,9 +260,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     compare.add_argument("--n-eval", type=positive_int, help="score only the first N test examples")
     compare.add_argument("--quiet", action="store_true")
 
-    gen = stages.add_parser("generate", help="continue a prompt with a trained model")
+    gen = stages.add_parser("generate", help="continue a prompt with a trained model (or answer one question)")
     gen.add_argument("--checkpoint", default="runs/default/pretrain", help="checkpoint or stage folder")
-    gen.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    gen.add_argument("--prompt", default="Once upon a time", help="text to continue (with --template: the question)")
+    gen.add_argument("--template", choices=["none", "chat", "alpaca"], default="none",
+                     help="none (default): continue the prompt as plain text; chat or alpaca: put the prompt into "
+                          "the template SFT trained on as a question (a typed \\n is a line break) and print "
+                          "only the answer, which ends at end-of-text")
     gen.add_argument("--max-new-tokens", type=int_range(1, 100_000), default=100)
     gen.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.8, help="0 = greedy")
     gen.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
@@ -244,6 +274,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     gen.add_argument("--num-samples", type=int_range(1, 64), default=1)
     gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--crop", action="store_true", help="keep the end of a prompt longer than the context")
+
+    chat = stages.add_parser(
+        "chat", help="talk to a fine-tuned model in the terminal, turn by turn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A multi-turn chat: the conversation, in the chat template SFT trained on, is the prompt\n"
+                    "(its oldest turns are dropped when it outgrows the context). A question is one line; a typed\n"
+                    "\\n is a line break (\"Reverse the letters.\\n\\nc a t\"). Empty lines are skipped, /reset\n"
+                    "forgets the conversation, /quit or Ctrl-D leaves.")
+    chat.add_argument("--checkpoint", default="runs/default/sft",
+                      help="checkpoint or stage folder of any stage (default runs/default/sft)")
+    chat.add_argument("--max-new-tokens", type=int_range(1, 8192), default=32,
+                      help="longest answer in tokens; the conversation keeps the rest of the context (default 32)")
+    chat.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.0,
+                      help="0 = greedy, as the course's evaluation (default 0)")
+    chat.add_argument("--top-k", type=positive_int,
+                      help="sample among the k most likely tokens (needs --temperature > 0)")
+    chat.add_argument("--top-p", type=float_range(0.0, 1.0, include_low=False),
+                      help="nucleus sampling mass (needs --temperature > 0)")
+    chat.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed of the session (default 0)")
 
     bench = stages.add_parser("bench", help="training tokens/s, MFU and generation speed with/without KV cache")
     bench.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -286,21 +335,27 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.stage == "reward":
         return reward_command(parser, args)
     if args.stage == "compare":
-        from gpt_scratch.compare import compare
-        extra = [flag for name, value in (("--max-steps", args.max_steps), ("--n-eval", args.n_eval)) if value
-                 for flag in (name, str(value))]
-        compare(args.base, args.data, args.out, args.methods, args.preset, extra, args.quiet)
-        return 0
+        return compare_command(parser, args)
     if args.stage == "grade":
         from gpt_scratch import grade as grade_command
         return grade_command.run(args)
     if args.stage == "generate":
-        return generate_command(args)
+        return generate_command(parser, args)
+    if args.stage == "chat":
+        check_sampling(parser, args)
+        from gpt_scratch.chat import chat_with_checkpoint
+        return chat_with_checkpoint(args.checkpoint, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.stage == "bench":
+        check_device(parser, args.device)
         from gpt_scratch.bench import run_benchmarks
         run_benchmarks(args.preset, args.device, args.steps, args.new_tokens, args.batch_size)
         return 0
     if args.stage == "run":
+        check_device(parser, args.device)
+        if args.corpus is not None and not Path(args.corpus).is_file():  # found now, not after the data stage
+            raise FileNotFoundError(f"corpus file {args.corpus} not found; give a UTF-8 text file or leave out "
+                                    f"--corpus to use the generated one")
         from gpt_scratch.pipeline import run_pipeline
         run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet)
         return 0
@@ -308,7 +363,12 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # First the flags against each other, then (reading the base's config) against the base model.
     check_model_and_train(parser, args, "sft")
+    check_tuning(parser, args)
+    replay = args.replay if args.replay is not None else PRESETS[args.preset]["sft"].get("replay", 0)
+    if args.replay_corpus is not None and replay == 0:
+        parser.error("--replay-corpus needs replay: give --replay N with N > 0 (the preset's replay is 0)")
     from gpt_scratch.checkpoint import find_checkpoint, read_config
     from gpt_scratch.sft import sft
 
@@ -317,9 +377,6 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error(f"--max-length {args.max_length} is longer than the base model's context "
                      f"(block_size {config.block_size}); use at most {config.block_size}")
     tuning = tuning_from(parser, args, config.n_layer)
-    replay = args.replay if args.replay is not None else PRESETS[args.preset]["sft"].get("replay", 0)
-    if args.replay_corpus is not None and replay == 0:
-        parser.error("--replay-corpus needs replay: give --replay N with N > 0 (the preset's replay is 0)")
     sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
         args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning,
         score_before=not args.skip_before, replay=replay, replay_corpus=args.replay_corpus)
@@ -340,18 +397,49 @@ def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
-def generate_command(args: argparse.Namespace) -> int:
+def compare_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    settings = PRESETS[args.preset]["sft"]  # every method is an sft run with the preset's settings
+    repeated = sorted({m for m in args.methods if args.methods.count(m) > 1})
+    if repeated:
+        parser.error(f"--methods names {repeated[0]} twice; give each method once")
+    if args.max_steps is not None and args.max_steps < settings["warmup_steps"]:
+        parser.error(f"--max-steps {args.max_steps} is smaller than the {args.preset} preset's "
+                     f"{settings['warmup_steps']} warmup steps, so every method would fail; use at least "
+                     f"{settings['warmup_steps']}")
+    from gpt_scratch.checkpoint import find_checkpoint, read_config
+    from gpt_scratch.compare import compare
+
+    n_layer = read_config(find_checkpoint(args.base))[0].n_layer
+    too_many = [m for m in args.methods if m.startswith("last_blocks:") and int(m.partition(":")[2]) > n_layer]
+    if too_many:
+        parser.error(f"--methods {too_many[0]}: the base model has {n_layer} blocks; use last_blocks:0..{n_layer}")
+    extra = [flag for name, value in (("--max-steps", args.max_steps), ("--n-eval", args.n_eval)) if value
+             for flag in (name, str(value))]
+    compare(args.base, args.data, args.out, args.methods, args.preset, extra, args.quiet)
+    return 0
+
+
+def generate_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    check_sampling(parser, args)
     from gpt_scratch.checkpoint import load_checkpoint
-    from gpt_scratch.generate import generate_text
+    from gpt_scratch.generate import generate, generate_text
     from gpt_scratch.train import pick_device
 
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device=pick_device("auto"))
     if tokenizer is None:
         raise FileNotFoundError(f"{args.checkpoint} has no tokenizer files; use a checkpoint saved by a stage")
-    texts = generate_text(model, tokenizer, [args.prompt] * args.num_samples, args.max_new_tokens,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                          crop=args.crop)
-    for text in texts:
-        print(args.prompt + text)
+    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                "crop": args.crop}
+    if args.template == "none":  # plain continuation: print the prompt and what follows it
+        for text in generate_text(model, tokenizer, [args.prompt] * args.num_samples, args.max_new_tokens, **settings):
+            print(args.prompt + text)
+            print("-" * 40)
+        return 0
+    from gpt_scratch.chat import encode_question, read_question
+
+    prompt = encode_question(tokenizer, read_question(args.prompt), args.template)
+    answers = generate(model, [prompt] * args.num_samples, args.max_new_tokens, eos_id=tokenizer.eot_id, **settings)
+    for ids in answers:  # the answer only, without its end-of-text token
+        print(tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eot_id else ids))
         print("-" * 40)
     return 0

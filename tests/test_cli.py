@@ -22,7 +22,7 @@ from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.world.corpus import build_world, generate_corpus
 from tiny import REPO
 
-STAGES = ("run", "data", "pretrain", "generate", "bench")
+STAGES = ("run", "data", "pretrain", "sft", "reward", "compare", "generate", "chat", "bench", "grade")
 # Every model and training flag, each set to a value that differs from the tiny preset's.
 MODEL_FLAGS = {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 32, "dropout": 0.1, "attention": "sdpa"}
 TRAIN_FLAGS = {"max_steps": 6, "batch_size": 4, "lr": 0.01, "warmup_steps": 2, "weight_decay": 0.05,
@@ -192,6 +192,50 @@ def test_a_folder_without_a_checkpoint(capsys, tmp_path):
 def test_bad_generate_flags(capsys, pretrained, args, pattern):
     code, _, err = run_cli(capsys, "generate", "--checkpoint", pretrained, *args)
     assert_one_line_error(code, err, pattern)
+
+
+# Flags are checked against each other before any file is read: a conflict is reported, not the
+# missing file ("MISSING" stands for a path that does not exist, "OUT" for a fresh output folder).
+@pytest.mark.parametrize("args, pattern", [
+    (["pretrain", "--corpus", "MISSING", "--out", "OUT", "--n-embd", "30", "--n-head", "4"],
+     r"--n-embd 30 must be divisible by --n-head 4"),
+    (["pretrain", "--corpus", "MISSING", "--out", "OUT", "--warmup-steps", "10", "--max-steps", "5"],
+     r"--warmup-steps 10 is larger than --max-steps 5"),
+    (["sft", "--base", "MISSING", "--out", "OUT", "--lora-rank", "4", "--freeze", "head"],
+     r"--lora-rank cannot be combined with --freeze"),
+    (["sft", "--base", "MISSING", "--out", "OUT", "--preset", "tiny", "--max-steps", "2"],
+     r"--warmup-steps 5 is larger than --max-steps 2"),
+    (["reward", "--sft", "MISSING", "--out", "OUT", "--best-of", "0", "--best-of-prompts", "5"],
+     r"--best-of-prompts needs best-of-n"),
+    (["reward", "--sft", "MISSING", "--out", "OUT", "--warmup-steps", "10", "--max-steps", "5"],
+     r"--warmup-steps 10 is larger than --max-steps 5"),
+    (["compare", "--base", "MISSING", "--out", "OUT", "--methods", "full", "head", "full"],
+     r"--methods names full twice"),
+    (["compare", "--base", "MISSING", "--out", "OUT", "--preset", "tiny", "--max-steps", "2"],
+     r"--max-steps 2 is smaller than the tiny preset's 5 warmup steps"),
+    (["generate", "--checkpoint", "MISSING", "--temperature", "0", "--top-k", "5"],
+     r"--top-k has no effect with --temperature 0"),
+    (["generate", "--checkpoint", "MISSING", "--temperature", "0", "--num-samples", "3"],
+     r"--num-samples 3 with --temperature 0 \(greedy\) gives 3 identical samples"),
+    (["chat", "--checkpoint", "MISSING", "--top-p", "0.5"], r"--top-p has no effect with --temperature 0"),
+], ids=lambda value: value[0] if isinstance(value, list) else None)
+def test_flag_conflicts_come_before_missing_files(capsys, tmp_path, args, pattern):
+    paths = {"MISSING": str(tmp_path / "missing"), "OUT": str(tmp_path / "out")}
+    code, out, err = run_cli(capsys, *[paths.get(arg, arg) for arg in args])
+    assert_one_line_error(code, err, pattern)
+    assert "missing" not in err and out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_inputs_are_one_line_before_any_work(capsys, tmp_path, pretrained):
+    code, _, err = run_cli(capsys, "compare", "--base", tmp_path / "missing", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, r"no checkpoint in .*missing")
+    code, _, err = run_cli(capsys, "compare", "--base", pretrained, "--out", tmp_path / "out",
+                           "--methods", "full", "last_blocks:2")  # the base has 1 block
+    assert_one_line_error(code, err, r"--methods last_blocks:2: the base model has 1 blocks; use last_blocks:0..1")
+    code, _, err = run_cli(capsys, "run", "--corpus", tmp_path / "missing.txt", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, r"corpus file .*missing\.txt not found")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_prompt_longer_than_the_context_needs_crop(capsys, pretrained):

@@ -114,6 +114,27 @@ def test_bad_flags_exit_2_with_one_line(setup, flags, message, capsys):
     assert not (setup["root"] / "never").exists()
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--lora-rank", "4", "--freeze", "head"], "--lora-rank cannot be combined with --freeze"),
+    (["--lora-rank", "4", "--trainable-blocks", "1"], "cannot be combined with --freeze/--trainable-blocks"),
+    (["--lora-dropout", "0.1"], "--lora-dropout needs --lora-rank"),
+    (["--freeze", "last_blocks"], "--freeze last_blocks needs --trainable-blocks"),
+    (["--freeze", "head", "--trainable-blocks", "1"], "--trainable-blocks only works with --freeze last_blocks"),
+    (["--replay", "0", "--replay-corpus", "corpus.txt"], "--replay-corpus needs replay"),
+    (["--warmup-steps", "9", "--max-steps", "3"], "--warmup-steps 9 is larger than --max-steps 3"),
+])
+def test_flag_conflicts_are_found_before_the_base_is_read(setup, flags, message, capsys):
+    """A missing --base is not reported while the flags contradict each other: those come first."""
+    argv = ["sft", "--base", str(setup["root"] / "no_such_base"), "--data", str(setup["root"] / "no_such_data"),
+            "--out", str(setup["root"] / "never"), "--quiet", *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert message in err[0] and "no checkpoint" not in err[0]
+    assert not (setup["root"] / "never").exists()
+
+
 def test_template_loss_on_n_train_and_max_length_take_effect(setup):
     plain, _ = run_sft(setup, "plain")
     alpaca, _ = run_sft(setup, "alpaca", "--template", "alpaca")

@@ -1,0 +1,177 @@
+"""Talk to a model you trained: a chat in the terminal, with the conversation as the prompt.
+
+    python -m gpt_scratch chat --checkpoint runs/default/sft
+    python -m gpt_scratch chat --checkpoint runs/default/sft --temperature 0.8 --top-k 40 --seed 1
+
+    you> What is 3 plus 4?
+    model> The answer is 7.
+    you> Reverse the letters.\\n\\nc a t
+    model> t a c
+
+A question is one line. Type \\n (a backslash, then n) where it needs a line break: the course's
+tasks put their input after a blank line, as in "Reverse the letters.\\n\\nc a t" above.
+Empty lines are skipped; /reset forgets the conversation; /quit, Ctrl-D (end of input) or Ctrl-C
+leave. Any checkpoint of the course works (SFT, and the later stages' plain GPT checkpoints).
+
+How it works:
+1. The conversation is kept as chat messages, [{"role": "user", ...}, {"role": "assistant", ...},
+   ...], and encoded with the chat template that SFT trained on (templates.py), ending where the
+   next answer begins:
+       <|user|>What is 3 plus 4?<|assistant|>The answer is 7.<|endoftext|><|user|>And...<|assistant|>
+   Typing "<|user|>" yourself gives plain text, never the special token: only the template makes one.
+2. The model sees at most block_size tokens, and the answer needs room too (--max-new-tokens).
+   When the conversation no longer fits in block_size - max_new_tokens, its oldest turns are
+   dropped, with a notice. A question too long even alone is refused, and the chat goes on.
+3. The answer is printed token by token as it is sampled (generate.stream), until <|endoftext|>.
+   A token can end in the middle of a character (an emoji is 4 bytes), so each time we decode
+   the whole answer so far and print only the new text, holding back a half character.
+"""
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from gpt_scratch.generate import stream
+from gpt_scratch.model import GPT
+from gpt_scratch.templates import encode_prompt
+from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
+
+COMMANDS = "/reset forgets the conversation, /quit or Ctrl-D leaves; type \\n for a line break"
+
+
+def read_question(line: str) -> str:
+    """A typed line -> the question: a typed \\n becomes a line break, outer spaces go."""
+    return line.replace("\\n", "\n").strip()
+
+
+def question_record(text: str) -> dict:
+    """One question as an instruction record; an input after a blank line becomes the record's input.
+
+    The chat template writes instruction + "\\n\\n" + input as one user turn (the text itself);
+    the alpaca template puts the input under its own "### Input:" header, as in training.
+    """
+    instruction, _, input_text = text.partition("\n\n")
+    return {"instruction": instruction, "input": input_text, "output": ""}
+
+
+def encode_question(tokenizer: Tokenizer, text: str, template: str) -> list[int]:
+    """The prompt ids of one question in a template (alpaca or chat): what the answer continues."""
+    return encode_prompt(tokenizer, question_record(text), template)
+
+
+def encode_conversation(tokenizer: Tokenizer, history: list[dict], question: str) -> list[int]:
+    """The chat-template ids of the conversation so far plus the new question, up to <|assistant|>."""
+    messages = history + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+    return encode_prompt(tokenizer, {"messages": messages}, "chat")
+
+
+def fit_conversation(tokenizer: Tokenizer, history: list[dict], question: str,
+                     budget: int) -> tuple[list[dict], list[int]] | None:
+    """(the history that fits, the prompt ids): the oldest turns (question + answer) dropped until
+    the prompt has at most `budget` tokens. None if the question alone is longer than that."""
+    while True:
+        ids = encode_conversation(tokenizer, history, question)
+        if len(ids) <= budget:
+            return history, ids
+        if not history:
+            return None
+        history = history[2:]  # one turn: the user's message and the model's answer
+
+
+def stream_answer(model: GPT, tokenizer: Tokenizer, prompt: list[int], out: TextIO, max_new_tokens: int,
+                  temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> str:
+    """Print the answer to `out` as it comes; return it (without the end-of-text token)."""
+    ids: list[int] = []
+    shown = ""
+    for token in stream(model, prompt, max_new_tokens, temperature, top_k, top_p, tokenizer.eot_id, seed):
+        if token == tokenizer.eot_id:
+            break
+        ids.append(token)
+        ready = tokenizer.decode(ids).rstrip("\ufffd")  # a half character waits for its other bytes
+        out.write(ready[len(shown):])
+        out.flush()
+        shown = ready
+    answer = tokenizer.decode(ids)
+    out.write(answer[len(shown):] + "\n")  # whatever was held back (bytes that never became a character)
+    out.flush()
+    return answer
+
+
+def prompt_budget(model: GPT, tokenizer: Tokenizer, max_new_tokens: int) -> int:
+    """How many prompt tokens leave room for a whole answer; ValueError if a chat cannot work."""
+    tokenizer.special_id(USER), tokenizer.special_id(ASSISTANT)  # GPT-2's tokenizer has no chat tokens
+    block_size = model.config.block_size
+    if block_size - max_new_tokens < 3:  # <|user|>, one token of question, <|assistant|>
+        raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a question in the model's "
+                         f"context of {block_size} tokens; use at most {block_size - 3}")
+    return block_size - max_new_tokens
+
+
+def chat(model: GPT, tokenizer: Tokenizer, max_new_tokens: int = 32, temperature: float = 0.0,
+         top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+         out: TextIO | None = None) -> int:
+    """The chat loop: read a line from stdin, answer it, repeat; 0 at /quit or end of input."""
+    out = out or sys.stdout
+    budget = prompt_budget(model, tokenizer, max_new_tokens)
+    block_size = model.config.block_size
+    echo = not sys.stdin.isatty()  # piped input is not shown by the terminal: show it in the transcript
+    history: list[dict] = []
+    turn = 0
+    try:
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                print(file=out)
+                return 0
+            if echo:
+                print(line, file=out)
+            question = read_question(line)
+            if not question:
+                continue
+            if question == "/quit":
+                return 0
+            if question == "/reset":
+                history = []
+                print("(conversation cleared)", file=out)
+                continue
+            if question.startswith("/") and " " not in question:
+                print(f"(unknown command {question}: {COMMANDS})", file=out)
+                continue
+            fitted = fit_conversation(tokenizer, history, question, budget)
+            if fitted is None:
+                n = len(encode_conversation(tokenizer, [], question))
+                print(f"(that question is {n} tokens, but the context of {block_size} holds {budget} besides "
+                      f"the answer's {max_new_tokens}: ask something shorter, or lower --max-new-tokens)", file=out)
+                continue
+            kept, prompt = fitted
+            if len(kept) < len(history):
+                dropped = (len(history) - len(kept)) // 2
+                oldest = "the oldest turn" if dropped == 1 else f"the {dropped} oldest turns"
+                print(f"(dropped {oldest}: the conversation no longer fits the context of {block_size} tokens)",
+                      file=out)
+            out.write("model> ")
+            answer = stream_answer(model, tokenizer, prompt, out, max_new_tokens, temperature, top_k, top_p,
+                                   seed + turn if temperature > 0 else None)
+            history = kept + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            turn += 1
+    except KeyboardInterrupt:  # Ctrl-C: leave quietly, without a traceback
+        print(file=out)
+        return 0
+
+
+def chat_with_checkpoint(path: str | Path, **settings) -> int:
+    """Load a checkpoint (stage or checkpoint folder) and chat with it; settings go to chat()."""
+    from gpt_scratch.checkpoint import load_checkpoint
+    from gpt_scratch.train import pick_device
+
+    model, tokenizer, meta = load_checkpoint(path, device=pick_device("auto"))
+    if tokenizer is None:
+        raise FileNotFoundError(f"{path} has no tokenizer files; use a checkpoint saved by a stage")
+    prompt_budget(model, tokenizer, settings.get("max_new_tokens", 32))  # refused before the greeting
+    stage = meta.get("stage", "unknown")
+    print(f"chat with {path} ({stage} model, {model.num_parameters():,} parameters, context "
+          f"{model.config.block_size} tokens). {COMMANDS}.")
+    if stage == "pretrain":
+        print("(a pretrained model has not learned the chat template yet: fine-tune it with `sft` first)")
+    return chat(model, tokenizer, **settings)
