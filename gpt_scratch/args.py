@@ -1,12 +1,34 @@
-"""Typed validators for argparse, shared by the command line and the chapter scripts.
+"""Typed validators for argparse and the one error-line format, shared by the command line,
+the grader and the chapter scripts.
 
+    parser = OneLineParser(prog="ex1_bpe.py", description=...)
     parser.add_argument("--lr", type=positive_float)
     parser.add_argument("--dropout", type=float_range(0.0, 1.0, include_high=False))
 
-A bad value makes argparse print one line naming the flag and what is allowed, and exit 2.
+Every error line reads `prog: error: message`, alone on stderr. A bad flag value (or a bad
+combination of flags) adds `; see --help` and exits 2; OneLineParser prints it without argparse's
+usage block. Other failures (a missing folder, an unfinished exercise) use print_error.
 """
 
 import argparse
+import sys
+
+
+def error_line(prog: str, message: str) -> str:
+    """The one format of an error line: `prog: error: message`."""
+    return f"{prog}: error: {message}"
+
+
+def print_error(prog: str, message: str) -> None:
+    """Print error_line(prog, message) to stderr."""
+    print(error_line(prog, message), file=sys.stderr)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag prints one line, `prog: error: message; see --help`, and exits 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, error_line(self.prog, f"{message}; see --help") + "\n")
 
 
 def int_range(low: int, high: int | None = None):

@@ -16,24 +16,17 @@ any file is read; a bad value exits with code 2 and one line saying what is allo
 """
 
 import argparse
-import sys
 from dataclasses import fields
 from pathlib import Path
 
-from gpt_scratch.args import float_range, int_range, non_negative_int, positive_float, positive_int
+from gpt_scratch.args import (OneLineParser, float_range, int_range, non_negative_int, positive_float, positive_int,
+                              print_error)
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.train import TrainConfig
 
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
 TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip",
                "eval_every", "save_every", "seed", "device", "dtype")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A bad flag prints one line, `prog: error: message; see --help`, and exits 2 (no usage block)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -309,13 +302,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: list[str] | None = None) -> int:
     parser, stage_parsers = build_parser()
     args = parser.parse_args(argv)
+    stage_parser = stage_parsers[args.stage]
     try:
-        return run_stage(stage_parsers[args.stage], args)
+        return run_stage(stage_parser, args)
     except (FileNotFoundError, ValueError) as err:  # bad input named by the user: one line, exit 2
-        print(f"error: {err}", file=sys.stderr)
+        print_error(stage_parser.prog, str(err))
         return 2
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except RuntimeError as err:  # e.g. a diverging run: one line, exit 1
+        print_error(stage_parser.prog, str(err))
         return 1
 
 

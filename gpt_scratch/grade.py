@@ -13,13 +13,15 @@ reads each test's outcome from pytest's JUnit XML report and prints one row per 
 pass, fail (with the first line of the reason) or unfinished (the function still raises
 NotImplementedError). Tracebacks stay hidden unless you ask for them with --verbose.
 An exercise that runs longer than --timeout seconds fails on its own; the others still count.
-The exit status is 0 whenever grading worked, whatever the score.
+The exit status is 0 whenever grading worked, whatever the score; otherwise one line,
+`prog: error: message`, says why (2: a bad flag or folder, 1: pytest could not run).
 """
 
 import argparse
 import ast
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,7 +29,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt_scratch.args import int_range
+from gpt_scratch.args import OneLineParser, int_range, print_error
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests" / "exercises"
@@ -91,9 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=int_range(1, 3600), default=60,
                         help="seconds one exercise's test may run before it fails (default 60)")
     parser.add_argument("--verbose", action="store_true", help="also print pytest's full output, tracebacks included")
+    parser.set_defaults(grade_prog=parser.prog)  # run() names the command in its error lines
 
 
-def first_line(text: str, limit: int = 150) -> str:
+def first_line(text: str, limit: int = 200) -> str:
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -109,6 +112,8 @@ def outcome(testcase: ET.Element) -> tuple[str, str]:
         return "unfinished", message.split("NotImplementedError: ", 1)[-1]
     if problem.tag == "skipped":
         return "fail", f"skipped: {message}"
+    if problem.tag == "failure":  # a failed check (assert, pytest.fail): its own message says what went wrong
+        message = message.removeprefix("AssertionError: ").removeprefix("Failed: ")
     return "fail", message
 
 
@@ -174,6 +179,29 @@ def grade(folder: Path, chapters: list[int], timeout: int = 60, verbose: bool = 
     return results
 
 
+def as_typed(path: Path) -> str:
+    """path as a student would type it: relative to the working folder when inside it, else absolute."""
+    path = path.resolve()
+    try:
+        return shlex.quote(str(path.relative_to(Path.cwd().resolve())))
+    except ValueError:
+        return shlex.quote(str(path))
+
+
+def script_of(folder: Path, chapter: int, number: int) -> Path:
+    """The graded folder's script of exercise chapter.number: the one whose text names it
+    ("Exercise 3.2"), else the chapter's first script, else the chapter folder."""
+    scripts = sorted((folder / f"ch{chapter:02d}").glob("*.py"))
+    named = re.compile(rf"\bExercise {chapter}\.{number}\b")
+    for script in scripts:
+        try:
+            if named.search(script.read_text(encoding="utf-8", errors="replace")):
+                return script
+        except OSError:
+            continue
+    return scripts[0] if scripts else folder / f"ch{chapter:02d}"
+
+
 def format_report(folder: Path, results: list[Result]) -> str:
     """The score table, a total per chapter and overall, and one line per exercise not passed."""
     width = max(len("task"), *(len(r.task) for r in results))
@@ -193,36 +221,39 @@ def format_report(folder: Path, results: list[Result]) -> str:
     if not_passed:
         lines += ["", "Not passed yet:"]
         lines += [f"  {r.label:<5} {r.status}: {r.reason}" for r in not_passed]
-        lines.append("Run a chapter's script to try your functions (python exercises/ch01/ex1_bpe.py), "
+        first = not_passed[0]
+        lines.append(f"Run a chapter's script to try your functions (python "
+                     f"{as_typed(script_of(folder, first.chapter, first.number))}), "
                      "and grade with --verbose to see the full test output.")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Grade as the flags say and print the table; 0 when grading worked, whatever the score."""
+    """Grade as the flags say and print the table; 0 when grading worked, whatever the score,
+    else one error line (`prog: error: message`) and 2 (a folder without the chapter) or 1."""
+    prog = getattr(args, "grade_prog", "python -m gpt_scratch grade")
     if args.dir is not None:
         folder = args.dir
     else:
         folder = REPO / ("solutions" if args.solutions else "exercises")
     chapters = chapters_with_exercises() if args.chapter == "all" else [int(args.chapter)]
-    results = grade(folder, chapters, args.timeout, args.verbose)
+    try:
+        results = grade(folder, chapters, args.timeout, args.verbose)
+    except FileNotFoundError as err:  # the folder given does not hold the chapter: a bad flag
+        print_error(prog, f"{err}; see --help")
+        return 2
+    except RuntimeError as err:
+        print_error(prog, str(err))
+        return 1
     print(format_report(folder, results))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpt_scratch.grade", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m gpt_scratch.grade", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

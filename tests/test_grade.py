@@ -1,13 +1,17 @@
 """The grader: full marks for solutions/, a clean zero for the untouched exercises/, and a
-student's broken or half-done copy graded exercise by exercise, never a traceback."""
+student's broken or half-done copy graded exercise by exercise, never a traceback. A failed
+check's reason names the call that failed; the closing hint names the graded folder's script;
+every error is one line, `prog: error: message`."""
 
+import ast
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from gpt_scratch.grade import REPO, chapters_with_exercises, exercises_of, format_report, grade
+from gpt_scratch import grade as grade_module
+from gpt_scratch.grade import REPO, Result, chapters_with_exercises, exercises_of, format_report, grade
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,27 @@ def test_untouched_exercises_are_all_unfinished_with_their_number(exercise_resul
     assert f"0/{len(exercise_results)}" in report and "Not passed yet:" in report
 
 
+def hint(report: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith("Run a chapter's script"))
+
+
+def test_the_hint_names_the_script_of_the_graded_folder(tmp_path, monkeypatch):
+    """Not always exercises/ch01/ex1_bpe.py: the first exercise not passed, in the folder graded,
+    relative to the working folder when inside it (as a student types it), else absolute."""
+    monkeypatch.chdir(REPO)
+    results = [Result(1, 1, "get_pair_counts", "pass"), Result(5, 6, "prompt_and_answer_loss", "fail", "wrong")]
+    assert "(python exercises/ch05/ex2_experiments.py)" in hint(format_report(REPO / "exercises", results))
+    assert "(python solutions/ch05/ex2_experiments.py)" in hint(format_report(REPO / "solutions", results))
+    results[1] = Result(5, 2, "encode_example", "unfinished", "to do")
+    assert "(python solutions/ch05/ex1_sft.py)" in hint(format_report(REPO / "solutions", results))
+    student = tmp_path / "hw alice"  # outside the working folder, with a space: absolute and quoted
+    shutil.copytree(REPO / "exercises" / "ch05", student / "ch05")
+    assert f"(python '{student.resolve() / 'ch05' / 'ex1_sft.py'}')" in hint(format_report(student, results))
+    monkeypatch.chdir(tmp_path)
+    assert "(python 'hw alice/ch05/ex1_sft.py')" in hint(format_report(student, results))
+    assert "exercises/" not in hint(format_report(student, results))
+
+
 def test_a_students_copy_is_graded_exercise_by_exercise(tmp_path):
     """Chapter 3 copy: 3.2 solved, 3.3 wrong, the rest untouched; then a syntax error."""
     student = tmp_path / "alice"
@@ -57,13 +82,51 @@ def test_a_students_copy_is_graded_exercise_by_exercise(tmp_path):
     script.write_text(text)
     results = {r.label: r for r in grade(student, [3])}
     assert results["3.2"].status == "pass"
-    assert results["3.3"].status == "fail" and results["3.3"].reason
+    assert results["3.3"].status == "fail"
+    # The reason (the failed check's first line) names the call, what it returned and what was expected.
+    assert results["3.3"].reason == ("top_k_filter(tensor([[1.0, 3.0, 2.0]]), 2) returned tensor([[1.0, 3.0, 2.0]]), "
+                                     "expected tensor([[-inf, 3.0, 2.0]])")
     assert results["3.1"].status == "unfinished" and results["3.4"].status == "unfinished"
+    report = format_report(student, list(results.values()))
+    assert f"  3.3   fail: {results['3.3'].reason}" in report.splitlines()
+    assert f"(python {student.resolve() / 'ch03' / 'ex1_gpt.py'})" in hint(report)
 
     script.write_text("def broken(:\n")
     results = grade(student, [3])
     assert {r.status for r in results} == {"fail"}
     assert all("SyntaxError" in r.reason or "could not import" in r.reason for r in results)
+
+
+def test_a_failed_check_names_its_input(tmp_path):
+    """Chapter 1 with a merge that overlaps and counts that are off: each reason shows the input."""
+    student = tmp_path / "bob"
+    shutil.copytree(REPO / "solutions" / "ch01", student / "ch01")
+    script = student / "ch01" / "ex1_bpe.py"
+    text = script.read_text()
+    text = text.replace("            merged.append(new_id)\n            i += 2", "            merged.append(new_id)\n            i += 1")
+    text = text.replace("counts[pair] = counts.get(pair, 0) + 1", "counts[pair] = 1")
+    script.write_text(text)
+    results = {r.label: r for r in grade(student, [1])}
+    assert results["1.1"].reason == ("get_pair_counts([1, 2, 3, 1, 2]) returned {(1, 2): 1, (2, 3): 1, (3, 1): 1}, "
+                                     "expected {(1, 2): 2, (2, 3): 1, (3, 1): 1}")
+    assert results["1.2"].reason == "merge([1, 2, 3, 1, 2], (1, 2), 9) returned [9, 2, 3, 9, 2], expected [9, 3, 9]"
+    assert results["1.3"].status == results["1.4"].status == "pass", "graded with the reference helpers"
+
+
+def test_exercise_checks_name_their_input():
+    """The grader shows a failed check's first line, so every check in tests/exercises says what
+    it called: checks.py's helpers (expect, check, close, ...) or an assert with a message; never
+    a bare assert, torch.testing.assert_close or pytest.raises, whose first line shows only values."""
+    for chapter in chapters_with_exercises():
+        path = grade_module.test_file(chapter)  # (imported by name, pytest would collect it as a test)
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Assert):
+                assert node.msg is not None, f"{where}: give the assert a message that names the call"
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                assert name not in ("torch.testing.assert_close", "pytest.raises"), \
+                    f"{where}: use checks.close / checks.expect_raises, which name the call"
 
 
 def test_command_line(tmp_path):
@@ -75,7 +138,43 @@ def test_command_line(tmp_path):
     assert f"{n}/{n}" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--chapter", "99"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--chapter" in bad.stderr
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [bad.stderr.strip()], "one line"
+    assert bad.stderr.startswith("python -m gpt_scratch grade: error: argument --chapter: invalid choice: '99'")
     missing = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--dir", str(tmp_path / "nobody")],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    # A folder without the chapter: the same one-line format, from the grader itself.
+    empty = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--dir", str(tmp_path), "--chapter", "2"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and empty.stdout == ""
+    assert empty.stderr.splitlines() == [f"python -m gpt_scratch grade: error: {tmp_path} has no ch02/ folder; pass "
+                                         "the folder that holds ch01/, ch02/, ... or choose another --chapter; "
+                                         "see --help"]
+
+
+def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
+    """python -m gpt_scratch.grade: every error is one line, `prog: error: message` (no usage
+    block), a bad flag or folder exits 2 and ends with `; see --help`, a failed pytest run exits 1."""
+    prog = "python -m gpt_scratch.grade"
+    for argv, words in [(["--chapter", "99"], "argument --chapter: invalid choice"),
+                        (["--timeout", "0"], "argument --timeout: must be from 1 to 3600, got 0"),
+                        (["--solutions", "--dir", str(tmp_path)], "argument --dir: not allowed with argument --solutions"),
+                        (["--dir", str(tmp_path / "nobody")], "is not a folder"),
+                        (["--dir", str(tmp_path), "--chapter", "3"], f"{tmp_path} has no ch03/ folder")]:
+        try:
+            code = grade_module.main(argv)
+        except SystemExit as stop:
+            code = stop.code
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "", argv
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"{prog}: error: ") and words in err and err.endswith("; see --help\n"), err
+
+    def pytest_fails(*args, **kwargs):
+        raise RuntimeError("pytest could not run the exercise tests (exit 4): no tests ran")
+
+    monkeypatch.setattr(grade_module, "run_tests", pytest_fails)
+    assert grade_module.main(["--chapter", "1", "--solutions"]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"{prog}: error: pytest could not run the exercise tests (exit 4): no tests ran\n"

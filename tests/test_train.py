@@ -214,7 +214,7 @@ def test_pretrain_from_the_command_line_stops_cleanly_when_it_diverges(tmp_path)
                              "--vocab-size", "270", "--quiet"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step "), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("python -m gpt_scratch pretrain: error: training diverged at step "), result.stderr
     assert "--lr, now 10000" in lines[0] and "--grad-clip 1.0" in lines[0]
     assert "probability tensor" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
     if (tmp_path / "run" / "checkpoint").exists():  # one saved before the loss broke: it must be finite

@@ -16,11 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import int_range  # noqa: E402
+from gpt_scratch.args import OneLineParser, int_range, print_error  # noqa: E402
 
 SAMPLES = {
     "story": (
@@ -87,8 +88,8 @@ def vocab_bytes(merges: dict[Pair, int]) -> dict[int, bytes]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a tiny BPE tokenizer with your functions on a "
-                                                 "built-in sample text and encode a sentence with it.")
+    parser = OneLineParser(prog=PROG, description="Train a tiny BPE tokenizer with your functions on a "
+                                                  "built-in sample text and encode a sentence with it.")
     parser.add_argument("--text", choices=sorted(SAMPLES), default="story", help="sample text to train on (default story)")
     parser.add_argument("--vocab-size", type=int_range(257, 512), default=300,
                         help="256 bytes + the number of merges to learn, 257 to 512 (default 300)")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         show_bpe(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import int_range, non_negative_int, positive_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, int_range, non_negative_int, positive_int, print_error  # noqa: E402
 from gpt_scratch.model import GPT, Block, GPTConfig  # noqa: E402
 
 
@@ -70,8 +71,8 @@ def greedy_generate(model: GPT, prompt: list[int], max_new_tokens: int) -> list[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Build a small random GPT and run your block, parameter "
-                                                 "formula, greedy generation and top-k filter on it.")
+    parser = OneLineParser(prog=PROG, description="Build a small random GPT and run your block, parameter "
+                                                  "formula, greedy generation and top-k filter on it.")
     parser.add_argument("--n-layer", type=int_range(1, 8), default=2, help="transformer blocks (default 2)")
     parser.add_argument("--n-head", type=int_range(1, 8), default=2,
                         help="attention heads; must divide --n-embd (default 2)")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         show_gpt(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

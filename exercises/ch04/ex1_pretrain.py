@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import float_range, int_range, non_negative_int, positive_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, positive_int, print_error  # noqa: E402
 from gpt_scratch.generate import generate  # noqa: E402
 from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
 
@@ -78,8 +79,8 @@ def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Pretrain a tiny GPT on a built-in text, byte by byte, "
-                                                 "with your batches, schedule, loss and evaluation.")
+    parser = OneLineParser(prog=PROG, description="Pretrain a tiny GPT on a built-in text, byte by byte, "
+                                                  "with your batches, schedule, loss and evaluation.")
     parser.add_argument("--text", choices=sorted(TEXTS), default="rhymes", help="text to learn (default rhymes)")
     parser.add_argument("--steps", type=int_range(1, 1000), default=60, help="optimizer steps (default 60)")
     parser.add_argument("--warmup-steps", type=non_negative_int, default=5,
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

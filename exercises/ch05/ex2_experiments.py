@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import float_range, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, print_error  # noqa: E402
 from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, load_train_state, read_config  # noqa: E402
 from gpt_scratch.formats import write_json, write_text  # noqa: E402
 from gpt_scratch.pretrain import pretrain  # noqa: E402
@@ -104,7 +105,8 @@ def out_folder(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog=PROG,
         description="Pretrain a small GPT on the embedded corpus (or reuse --base), fine-tune it on the "
                     "world's instruction tasks with gpt_scratch.sft, and print accuracy per family before and "
                     "after, the loss on prompt vs answer tokens, and sample answers. Change one flag at a time.")
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 experiment(args, Path(folder))
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

@@ -24,11 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import float_range, int_range, non_negative_int, positive_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, positive_int, print_error  # noqa: E402
 from gpt_scratch.freeze import count_parameters, head_is_tied  # noqa: E402
 from gpt_scratch.lora import (TARGETS, add_lora, lora_layers, lora_parameter_count, replace_module,  # noqa: E402
                               target_names, untie_head)
@@ -102,9 +103,9 @@ class ScriptLoRA(nn.Module):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Put your LoRA on a tiny random GPT: zero-init leaves its logits "
-                                                 "unchanged, training moves only A and B, merging keeps the "
-                                                 "logits, and the parameter count matches your formula.")
+    parser = OneLineParser(prog=PROG, description="Put your LoRA on a tiny random GPT: zero-init leaves its logits "
+                                                  "unchanged, training moves only A and B, merging keeps the "
+                                                  "logits, and the parameter count matches your formula.")
     parser.add_argument("--rank", type=positive_int, default=2,
                         help="rank r of every update B A, 1 to --n-embd (default 2)")
     parser.add_argument("--alpha", type=float_range(0.0, 1000.0, include_low=False), default=4.0,
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         show_lora(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
 from gpt_scratch import reward  # noqa: E402
-from gpt_scratch.args import float_range, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, print_error  # noqa: E402
 from gpt_scratch.data import pad_batch  # noqa: E402
 from gpt_scratch.heads import GPTWithHead  # noqa: E402
 from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
@@ -81,9 +82,9 @@ def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a tiny reward model with your Bradley-Terry loss on toy "
-                                                 "preference pairs (chosen ends with token 7, rejected with 3), "
-                                                 "scored at the last real token your last_token_index finds.")
+    parser = OneLineParser(prog=PROG, description="Train a tiny reward model with your Bradley-Terry loss on toy "
+                                                  "preference pairs (chosen ends with token 7, rejected with 3), "
+                                                  "scored at the last real token your last_token_index finds.")
     parser.add_argument("--pairs", type=int_range(2, 256), default=16,
                         help="training pairs, 2 to 256 (default 16)")
     parser.add_argument("--steps", type=int_range(1, 100), default=6,
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         show_reward(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import int_range, non_negative_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, int_range, non_negative_int, print_error  # noqa: E402
 from gpt_scratch.model import CausalSelfAttention, GPTConfig  # noqa: E402
 
 SENTENCE = "the cat sat on the mat because the cat was tired".split()
@@ -96,8 +97,8 @@ def multi_head_attention(x: torch.Tensor, layer: CausalSelfAttention,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Print one head's attention map over a sample sentence, "
-                                                 "computed with your functions (random weights).")
+    parser = OneLineParser(prog=PROG, description="Print one head's attention map over a sample sentence, "
+                                                  "computed with your functions (random weights).")
     parser.add_argument("--seq-len", type=int_range(2, len(SENTENCE)), default=6,
                         help=f"words of the sample sentence to use, 2 to {len(SENTENCE)} (default 6)")
     parser.add_argument("--n-embd", type=int_range(1, 256), default=16, help="embedding width (default 16)")
@@ -118,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.n_embd % args.n_head != 0:
         parser.error(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
     if args.head >= args.n_head:
-        parser.error(f"--head {args.head} must be less than --n-head {args.n_head}")
+        parser.error(f"--head {args.head} must be below --n-head {args.n_head} (heads count from 0)")
     return args
 
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         show_attention(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import int_range, non_negative_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, int_range, non_negative_int, print_error  # noqa: E402
 from gpt_scratch.tokenizer import EOT, Tokenizer  # noqa: E402
 from gpt_scratch.world import FAMILIES, build_world, generate_corpus, is_correct, make_tasks  # noqa: E402
 
@@ -123,9 +124,9 @@ def compact(values: list[int]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Turn the embedded world's instruction tasks into training "
-                                                 "tensors with your template, end-of-text and collate functions, "
-                                                 "then score two toy answerers per task family.")
+    parser = OneLineParser(prog=PROG, description="Turn the embedded world's instruction tasks into training "
+                                                  "tensors with your template, end-of-text and collate functions, "
+                                                  "then score two toy answerers per task family.")
     parser.add_argument("--family", choices=["all", *FAMILIES], default="all",
                         help="task family to draw the demo batch from, or all (default all)")
     parser.add_argument("--n-examples", type=int_range(1, 8), default=3,
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         show_sft_data(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

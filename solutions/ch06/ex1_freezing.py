@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+PROG = Path(__file__).name  # error lines start with it: "<PROG>: error: ..."
 REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import float_range, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, print_error  # noqa: E402
 from gpt_scratch.freeze import (STRATEGIES, apply_freezing, count_parameters, expected_trainable,  # noqa: E402
                                 head_is_tied, trainable_table)
 from gpt_scratch.model import GPT, GPTConfig, lm_loss  # noqa: E402
@@ -139,9 +140,9 @@ def strategy_names(model: GPT, strategy: str, trainable_blocks: int | None) -> l
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Freeze a tiny random GPT with your functions, print its "
-                                                 "trainable-parameter table, check it against gpt_scratch.freeze "
-                                                 "and show that training leaves the frozen tensors bitwise unchanged.")
+    parser = OneLineParser(prog=PROG, description="Freeze a tiny random GPT with your functions, print its "
+                                                  "trainable-parameter table, check it against gpt_scratch.freeze "
+                                                  "and show that training leaves the frozen tensors bitwise unchanged.")
     parser.add_argument("--strategy", choices=STRATEGIES, default="last_blocks",
                         help="what stays trainable: full (everything), last_blocks (the last --trainable-blocks "
                              "blocks + final norm + head), head (the output head only), norms_biases (LayerNorms "
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         show_freezing(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         number, _, task = str(err).partition(": ")
-        print(f"{number} is not done yet: {task}", file=sys.stderr)
+        print_error(PROG, f"{number} is not done yet: {task}")
         return 1
     return 0
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from gpt_scratch.model import CausalSelfAttention, GPTConfig
 
+from checks import call, check, close, expect_close
+
 SCRIPT = "ch02/ex1_attention.py"
 
 
@@ -42,20 +44,20 @@ def with_reference_helpers(module, monkeypatch):
 
 def test_ex_2_1_attention_scores(attn):
     eye = torch.eye(2)
-    torch.testing.assert_close(attn.attention_scores(eye, eye), eye / math.sqrt(2))
+    expect_close(attn.attention_scores, eye, eye, equals=eye / math.sqrt(2), why="divide by sqrt(head size)")
     torch.manual_seed(0)
     q, k = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 5, 8)
-    scores = attn.attention_scores(q, k)
-    assert scores.shape == (2, 3, 4, 5)
-    torch.testing.assert_close(scores, torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(8))
+    expect_close(attn.attention_scores, q, k, equals=torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(8))
 
 
 def test_ex_2_2_causal_mask(attn):
-    mask = attn.causal_mask(3)
-    assert mask.dtype == torch.bool, "the mask should be a boolean tensor"
-    assert mask.tolist() == [[True, False, False], [True, True, False], [True, True, True]]
-    assert attn.causal_mask(1).tolist() == [[True]]
-    assert int(attn.causal_mask(5).sum()) == 15
+    mask, what = call(attn.causal_mask, 3)
+    check(what, mask, torch.ones(3, 3, dtype=torch.bool).tril(), "the mask should be a boolean tensor",
+          same=isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)
+    check(what, mask.tolist(), [[True, False, False], [True, True, False], [True, True, True]])
+    check("causal_mask(1)", attn.causal_mask(1).tolist(), [[True]])
+    mask, what = call(attn.causal_mask, 5)
+    check(what, mask.tolist(), torch.ones(5, 5, dtype=torch.bool).tril().tolist())
 
 
 def test_ex_2_3_attend(attn):
@@ -64,28 +66,25 @@ def test_ex_2_3_attend(attn):
     scores = q @ k.transpose(-2, -1) / math.sqrt(8)
     mask = torch.ones(4, 4, dtype=torch.bool).tril()
 
-    out, weights = attn.attend(scores, v, mask)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))
-    assert (weights[:, ~mask] == 0).all(), "masked positions must get weight exactly 0"
+    (out, weights), what = call(attn.attend, scores, v, mask)
+    close(f"{what}'s output", out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    close(f"{what}'s weights summed over the keys", weights.sum(-1), torch.ones(2, 4), "each row sums to 1")
+    assert (weights[:, ~mask] == 0).all(), f"{what}: masked positions must get weight exactly 0"
 
-    out, weights = attn.attend(scores, v)  # no mask: every key allowed
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
-    torch.testing.assert_close(weights, scores.softmax(-1))
+    (out, weights), what = call(attn.attend, scores, v)  # no mask: every key allowed
+    close(f"{what}'s output", out, F.scaled_dot_product_attention(q, k, v), "no mask: every key allowed")
+    close(f"{what}'s weights", weights, scores.softmax(-1), "no mask: every key allowed")
 
 
 def test_ex_2_4_split_and_merge_heads(attn):
     x = torch.arange(8.0).view(1, 2, 4)  # 2 tokens, 4 channels
-    heads = attn.split_heads(x, 2)
-    assert heads.shape == (1, 2, 2, 2)
-    assert heads[0, 1].tolist() == [[2.0, 3.0], [6.0, 7.0]], "head 1 gets channels 2 and 3 of every token"
+    expect_close(attn.split_heads, x, 2, equals=torch.tensor([[[[0.0, 1.0], [4.0, 5.0]], [[2.0, 3.0], [6.0, 7.0]]]]),
+                 why="head 1 gets channels 2 and 3 of every token")
     torch.manual_seed(0)
     x = torch.randn(2, 5, 12)
     layer = CausalSelfAttention(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=3, n_embd=12))
-    torch.testing.assert_close(attn.split_heads(x, 3), layer.split_heads(x))
-    merged = attn.merge_heads(attn.split_heads(x, 3))
-    assert merged.shape == (2, 5, 12)
-    torch.testing.assert_close(merged, x)
+    heads = expect_close(attn.split_heads, x, 3, equals=layer.split_heads(x))
+    expect_close(attn.merge_heads, heads, equals=x, why="merge_heads undoes split_heads")
 
 
 def test_ex_2_5_multi_head_attention(attn, monkeypatch):
@@ -95,16 +94,16 @@ def test_ex_2_5_multi_head_attention(attn, monkeypatch):
     layer = CausalSelfAttention(config).eval()
     x = torch.randn(2, 6, 16)
     with torch.no_grad():
-        y, weights = attn.multi_head_attention(x, layer)
+        (y, weights), what = call(attn.multi_head_attention, x, layer)
         expected = layer(x)
-    assert y.shape == (2, 6, 16) and weights.shape == (2, 4, 6, 6)
-    torch.testing.assert_close(y, expected, msg="output differs from gpt_scratch.model.CausalSelfAttention")
-    assert (weights.triu(diagonal=1) == 0).all(), "with causal=True no token may look ahead"
+    check(f"{what}'s weights' shape", tuple(weights.shape), (2, 4, 6, 6), "(batch, n_head, T, T)")
+    close(f"{what}'s output", y, expected, "differs from gpt_scratch.model.CausalSelfAttention")
+    assert (weights.triu(diagonal=1) == 0).all(), f"{what}: with causal=True no token may look ahead"
 
     with torch.no_grad():
-        y_all, weights_all = attn.multi_head_attention(x, layer, causal=False)
+        (y_all, weights_all), what = call(attn.multi_head_attention, x, layer, causal=False)
         q, k, v = layer.c_attn(x).split(16, dim=2)
         q, k, v = reference_split(q, 4), reference_split(k, 4), reference_split(v, 4)
         expected = layer.c_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
-    torch.testing.assert_close(y_all, expected, msg="causal=False should let every token see every token")
-    assert (weights_all > 0).all()
+    close(f"{what}'s output", y_all, expected, "causal=False should let every token see every token")
+    assert (weights_all > 0).all(), f"{what}: with causal=False every weight should be above 0"

@@ -10,6 +10,8 @@ import torch
 from gpt_scratch.generate import filter_top_k, generate
 from gpt_scratch.model import GPT, Block, GPTConfig
 
+from checks import call, check, close, expect, expect_close
+
 SCRIPT = "ch03/ex1_gpt.py"
 
 
@@ -33,31 +35,32 @@ def test_ex_3_1_block_forward(gpt):
         x = torch.randn(2, 5, config.n_embd)
         with torch.no_grad():
             expected = block(x)
-            block.forward = lambda *args, **kwargs: pytest.fail("wire block's parts yourself; don't call block(x)")
-            got = gpt.block_forward(block, x)
-        torch.testing.assert_close(got, expected, msg="differs from gpt_scratch.model.Block.forward")
+            block.forward = lambda *args, **kwargs: pytest.fail("block_forward(block, x) called block(x); wire "
+                                                                "block's parts yourself")
+            got, what = call(gpt.block_forward, block, x)
+        close(what, got, expected, "differs from gpt_scratch.model.Block.forward "
+              f"(n_head={config.n_head}, bias={config.bias})")
 
 
 def test_ex_3_2_count_parameters(gpt):
-    assert gpt.count_parameters(GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1, n_embd=2)) == 106
+    expect(gpt.count_parameters, GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1, n_embd=2), equals=106)
     configs = [small_config(), small_config(n_layer=3, n_embd=24, n_head=3), small_config(bias=False),
                small_config(tie_weights=False), small_config(bias=False, tie_weights=False, vocab_size=5)]
     for config in configs:
-        expected = GPT(config).num_parameters()
-        assert gpt.count_parameters(config) == expected, f"wrong count for {config}"
+        expect(gpt.count_parameters, config, equals=GPT(config).num_parameters())
     gpt2_small = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-    assert gpt.count_parameters(gpt2_small) == 124_439_808  # GPT-2 small, lm_head tied
+    expect(gpt.count_parameters, gpt2_small, equals=124_439_808, why="GPT-2 small, lm_head tied")
 
 
 def test_ex_3_3_top_k_filter(gpt):
     logits = torch.tensor([[1.0, 3.0, 2.0]])
-    assert gpt.top_k_filter(logits, 2).tolist() == [[float("-inf"), 3.0, 2.0]]
+    expect_close(gpt.top_k_filter, logits, 2, equals=torch.tensor([[float("-inf"), 3.0, 2.0]]))
     torch.manual_seed(0)
     logits = torch.randn(3, 20)
     for k in (1, 5, 20):
-        got = gpt.top_k_filter(logits, k)
-        torch.testing.assert_close(got, filter_top_k(logits, k))
-        assert (got > float("-inf")).sum(-1).tolist() == [k] * 3
+        got, what = call(gpt.top_k_filter, logits, k)
+        check(f"{what}: logits kept per row", (got > float("-inf")).sum(-1).tolist(), [k] * 3)
+        close(what, got, filter_top_k(logits, k))
     assert logits.isfinite().all(), "top_k_filter should not change its input"
 
 
@@ -67,13 +70,15 @@ def test_ex_3_4_greedy_generate(gpt):
     for p in model.parameters():  # larger weights: the argmax is clear and the tokens vary
         torch.nn.init.normal_(p, std=0.3)
     prompt = [3, 14, 15, 9]
-    new = gpt.greedy_generate(model, prompt, 8)
-    assert new == generate(model, [prompt], 8, temperature=0.0, use_cache=False)[0]
-    assert prompt == [3, 14, 15, 9], "greedy_generate should not change the prompt list"
+    new = expect(gpt.greedy_generate, model, prompt, 8, equals=generate(model, [prompt], 8, temperature=0.0,
+                                                                       use_cache=False)[0])
+    assert prompt == [3, 14, 15, 9], f"greedy_generate(model, [3, 14, 15, 9], 8) changed the prompt list to {prompt}"
     # Past the context (block_size 12), keep going on the last block_size tokens.
-    long = gpt.greedy_generate(model, prompt, 20)
-    assert len(long) == 20 and long[:8] == new
+    long, what = call(gpt.greedy_generate, model, prompt, 20)
+    check(f"len({what})", len(long), 20)
+    check(f"{what}[:8]", long[:8], new, "the first 8 tokens are those of greedy_generate(model, prompt, 8)")
     ids = prompt + long[:15]
     window = torch.tensor([ids[-12:]])
     with torch.no_grad():
-        assert long[15] == int(model(window)[0, -1].argmax())
+        check(f"{what}[15]", long[15], int(model(window)[0, -1].argmax()),
+              "past the context (block_size 12), predict from the last 12 tokens")
