@@ -72,7 +72,7 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-@torch.no_grad()
+@torch.inference_mode()  # like no_grad, and skips autograd's bookkeeping of views and versions too
 def sample_steps(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                  seed: int | None = None, use_cache: bool = True, crop: bool = False) -> Iterator[torch.Tensor]:
