@@ -63,8 +63,9 @@ class KVCache:
 
     keys[layer] has shape (B, n_head, T_seen, head_dim). With max_length, each layer's storage
     for max_length tokens is allocated once and filled in place, instead of concatenating a
-    new, one-token-longer copy at every step (what generation does; a measured gain is in
-    chapter 3's README).
+    new, one-token-longer copy at every step (what generation does: on the default model,
+    64 prompts x 124 tokens ran at 22,241 tokens/s with it against 13,926 without, best of 8
+    interleaved runs on a 2-core Xeon; for one prompt the two are within the noise).
     """
 
     def __init__(self, n_layer: int, max_length: int | None = None) -> None:

@@ -5,7 +5,6 @@ touches pyplot or matplotlib's global backend, so importing the package never ch
 notebook or script shows its own plots (and it works on machines without a display).
 """
 
-import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -79,23 +78,16 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str) -
 
 def plot_labelled_points(points: list[tuple[str, float, float, str]], path: str | Path, xlabel: str, ylabel: str,
                          title: str, log_x: bool = False) -> Path:
-    """A scatter plot with a text label at each point: [(label, x, y, marker), ...].
-
-    A label that would land on one already placed (points close together) moves below its
-    point, then further down, so that no two labels overlap.
-    """
-    fig, (ax,) = new_figure(7, 4)
-    placed: list[tuple[float, float]] = []
-    for label, x, y, marker in points:
-        ax.scatter(x, y, marker=marker)
-        where = (math.log10(x) if log_x else x, y)
-        clashes = sum(abs(where[0] - px) < 0.35 and abs(where[1] - py) < 0.05 for px, py in placed)
-        placed.append(where)
-        ax.annotate(label, (x, y), fontsize=8, textcoords="offset points", xytext=(5, 4 - 11 * clashes))
+    """A scatter plot of named points, [(label, x, y, marker), ...], one colour each, named in a legend
+    beside the axes (labels written next to close points would overlap)."""
+    fig, (ax,) = new_figure(8, 4)
+    for index, (label, x, y, marker) in enumerate(points):
+        ax.scatter(x, y, marker=marker, s=45, color=f"C{index % 10}", label=label)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save(fig, path)
