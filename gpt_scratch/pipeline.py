@@ -50,12 +50,16 @@ def headline(results: dict[str, dict]) -> list[str]:
         if stage in results:
             m = results[stage]
             before = f"{m['accuracy_before']:.1%} -> " if m.get("accuracy_before") is not None else ""
+            baseline = (f"; always the commonest answer: {m['majority_baseline']:.1%}" if "majority_baseline" in m
+                        else "")
             lines.append(f"- {stage} ({m['tuning']}, {m['trainable_share']:.1%} of parameters trained): held-out "
-                         f"accuracy {before}{m['accuracy_after']:.1%} (unseen questions {m['unseen_accuracy_after']:.1%})")
+                         f"accuracy {before}{m['accuracy_after']:.1%} (unseen questions {m['unseen_accuracy_after']:.1%}"
+                         f"{baseline})")
     if "reward" in results:
         m = results["reward"]
         lines.append(f"- reward model: held-out pairwise accuracy against the hidden rule {m['accuracy']:.1%} "
-                     f"(correctness pairs {m['accuracy_correctness']:.1%}, style pairs {m['accuracy_style']:.1%})")
+                     f"(correctness pairs {m['accuracy_correctness']:.1%}, style pairs {m['accuracy_style']:.1%}; "
+                     f"a scorer that only likes the sentence style: {m.get('style_only_baseline', float('nan')):.1%})")
     return lines
 
 

@@ -386,3 +386,27 @@ def test_ensure_default_data_generates_once(tmp_path):
     assert (out / "corpus.txt").stat().st_mtime_ns == stamp  # not generated again
     with pytest.raises(ValueError, match="seed 1"):
         command.ensure_default_data(out, seed=1, corpus_mb=0.02, quiet=True)
+
+
+def test_majority_baseline_answers_each_familys_commonest_training_answer():
+    from gpt_scratch.world.judge import majority_answers, majority_baseline
+
+    train = [{"family": "facts", "answer": a} for a in ("Brookvale", "Brookvale", "Elmwick")] + \
+            [{"family": "add", "answer": "7"}]
+    assert majority_answers(train) == {"facts": "Brookvale", "add": "7"}
+    test = [{"family": "facts", "answer": "Brookvale"}, {"family": "facts", "answer": "Dunmere"},
+            {"family": "add", "answer": "8"}, {"family": "add", "answer": "7", "unseen": True}]
+    baseline = majority_baseline(train, test)
+    assert baseline["accuracy"] == 0.5 and baseline["families"]["facts"]["accuracy"] == 0.5
+    assert baseline["unseen_accuracy"] == 1.0
+    table = format_table(score(test, ["Brookvale", "Brookvale", "8", "8"]), baseline)
+    assert "| majority answer |" in table.splitlines()[0]
+    assert table.splitlines()[-1] == "| **all** | 4 | **50.0%** | 0.0% | 50.0% |"
+
+
+def test_the_compare_table_names_the_majority_yardstick():
+    from gpt_scratch.compare import format_table as compare_table
+
+    row = {"method": "full", "trainable_parameters": 10, "trainable_share": 1.0, "step_seconds": 0.1,
+           "peak_memory_mb": 5.0, "accuracy_after": 0.9, "unseen_accuracy_after": 0.8, "majority_baseline": 0.117}
+    assert compare_table([row]).endswith("Always giving each family's most common training answer scores 11.7%.")
