@@ -24,6 +24,17 @@ def print_error(prog: str, message: str) -> None:
     print(error_line(prog, message), file=sys.stderr)
 
 
+def exercise_not_done(prog: str, err: NotImplementedError) -> int:
+    """An exercise still raises NotImplementedError("Exercise N.M: what to do"): one line, exit status 1.
+
+    exercise_not_done("ex1_bpe.py", NotImplementedError("Exercise 1.2: count the pairs"))
+    prints `ex1_bpe.py: error: Exercise 1.2 is not done yet: count the pairs`.
+    """
+    number, _, task = str(err).partition(": ")
+    print_error(prog, f"{number} is not done yet: {task}")
+    return 1
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A bad flag prints one line, `prog: error: message; see --help`, and exits 2 (no usage block)."""
 

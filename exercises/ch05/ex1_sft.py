@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import OneLineParser, int_range, non_negative_int, print_error  # noqa: E402
+from gpt_scratch.args import OneLineParser, exercise_not_done, int_range, non_negative_int  # noqa: E402
 from gpt_scratch.tokenizer import EOT, Tokenizer  # noqa: E402
 from gpt_scratch.world import FAMILIES, build_world, generate_corpus, is_correct, make_tasks  # noqa: E402
 
@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         show_sft_data(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
-        number, _, task = str(err).partition(": ")
-        print_error(PROG, f"{number} is not done yet: {task}")
-        return 1
+        return exercise_not_done(PROG, err)
     return 0
 
 

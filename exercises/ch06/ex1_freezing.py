@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, print_error  # noqa: E402
+from gpt_scratch.args import OneLineParser, exercise_not_done, float_range, int_range, non_negative_int  # noqa: E402
 from gpt_scratch.freeze import (STRATEGIES, apply_freezing, count_parameters, expected_trainable,  # noqa: E402
                                 head_is_tied, trainable_table)
 from gpt_scratch.model import GPT, GPTConfig, lm_loss  # noqa: E402
@@ -220,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         show_freezing(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
-        number, _, task = str(err).partition(": ")
-        print_error(PROG, f"{number} is not done yet: {task}")
-        return 1
+        return exercise_not_done(PROG, err)
     return 0
 
 

@@ -30,7 +30,7 @@ if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package with
     sys.path.insert(0, str(REPO))
 
 from gpt_scratch import reward  # noqa: E402
-from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, print_error  # noqa: E402
+from gpt_scratch.args import OneLineParser, exercise_not_done, float_range, int_range, non_negative_int  # noqa: E402
 from gpt_scratch.data import pad_batch  # noqa: E402
 from gpt_scratch.heads import GPTWithHead  # noqa: E402
 from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         show_reward(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
-        number, _, task = str(err).partition(": ")
-        print_error(PROG, f"{number} is not done yet: {task}")
-        return 1
+        return exercise_not_done(PROG, err)
     return 0
 
 

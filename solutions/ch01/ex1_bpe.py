@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import OneLineParser, int_range, print_error  # noqa: E402
+from gpt_scratch.args import OneLineParser, exercise_not_done, int_range  # noqa: E402
 
 SAMPLES = {
     "story": (
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         show_bpe(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
-        number, _, task = str(err).partition(": ")
-        print_error(PROG, f"{number} is not done yet: {task}")
-        return 1
+        return exercise_not_done(PROG, err)
     return 0
 
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch.args import OneLineParser, float_range, int_range, non_negative_int, print_error  # noqa: E402
+from gpt_scratch.args import OneLineParser, exercise_not_done, float_range, int_range, non_negative_int  # noqa: E402
 from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, load_train_state, read_config  # noqa: E402
 from gpt_scratch.formats import write_json, write_text  # noqa: E402
 from gpt_scratch.pretrain import pretrain  # noqa: E402
@@ -258,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="gpt-scratch-ch05-") as folder:
                 experiment(args, Path(folder))
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
-        number, _, task = str(err).partition(": ")
-        print_error(PROG, f"{number} is not done yet: {task}")
-        return 1
+        return exercise_not_done(PROG, err)
     return 0
 
 
