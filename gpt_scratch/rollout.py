@@ -1,0 +1,69 @@
+"""Rollouts: the policy answers a batch of prompts, and we keep what PPO and GRPO learn from.
+
+    batch = rollout(policy, tokenizer, ["What is 3 plus 4?", ...], max_new_tokens=24, temperature=1.0, seed=0)
+    batch.responses                  # the answers as text (without the end-of-text)
+    batch.ended                      # (B,) bool: did the answer end with end-of-text?
+    per_token, total = completion_logprobs(policy, batch.x, batch.y)   # logprobs.py, on the sampled tokens
+    batch.response_mask              # (B, T) True on the answer's tokens: where rewards and advantages live
+
+Three rules make a rollout something an RL loss can trust:
+1. The prompt goes through the chat template that SFT trained with (templates.py), so the
+   policy answers as it learned to.
+2. The answer keeps the *sampled token ids*, not a re-encoding of its text: decoding and then
+   encoding again can give other tokens, and the log-probabilities must be those of what was
+   sampled.
+3. Everything after a row's first end-of-text is padding. generate() stops each row at its own
+   end-of-text; the batch is then padded by length (data.collate), so padding never counts. An
+   answer that hit max_new_tokens without ending is marked (ended is False): a stage can
+   penalise it, since a reward model only ever saw finished answers.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from gpt_scratch.data import IGNORE, Encoded, collate
+from gpt_scratch.generate import generate
+from gpt_scratch.model import GPT
+from gpt_scratch.templates import encode_prompt
+from gpt_scratch.tokenizer import Tokenizer
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    examples: list[Encoded]  # prompt ids + sampled answer ids; trained marks the answer
+    responses: list[str]  # the answers decoded, without the end-of-text
+    ended: torch.Tensor  # (B,) bool
+    x: torch.Tensor  # (B, T) inputs, right-padded
+    y: torch.Tensor  # (B, T) targets: the answer's tokens, IGNORE elsewhere (prompt and padding)
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        """(B, T) True where the target is an answer token (its end-of-text included)."""
+        return self.y != IGNORE
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str, template: str = "chat") -> list[int]:
+    """The ids the policy answers after: the prompt as a user turn, then the assistant marker."""
+    return encode_prompt(tokenizer, {"prompt": prompt, "completion": ""}, template)
+
+
+def rollout(policy: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+            template: str = "chat") -> Rollout:
+    """Sample one answer per prompt (batched, each row stops at its end-of-text) and collate the batch."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    eot = tokenizer.eot_id
+    prompt_batch = [prompt_ids(tokenizer, p, template) for p in prompts]
+    answers = generate(policy, prompt_batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       eos_id=eot, seed=seed)
+    examples, responses, ended = [], [], []
+    for prompt, answer in zip(prompt_batch, answers):
+        examples.append(Encoded(prompt + answer, [False] * len(prompt) + [True] * len(answer)))
+        finished = bool(answer) and answer[-1] == eot
+        responses.append(tokenizer.decode(answer[:-1] if finished else answer))
+        ended.append(finished)
+    x, y = collate(examples, pad_id=eot, mask_prompt=True)
+    return Rollout(list(prompts), examples, responses, torch.tensor(ended), x, y)
