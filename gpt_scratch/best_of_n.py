@@ -82,7 +82,7 @@ def best_of_n_curves(sft_model: GPT, tokenizer: Tokenizer, records: list[dict],
     samples = answer(sft_model, tokenizer, [r for r in records for _ in range(n_max)], TEMPLATE,
                      batch_size=512, temperature=temperature, seed=seed)
     prompts = [prompt_of(r) for r in records for _ in range(n_max)]
-    rewards = scorer(prompts, samples)
+    rewards = [float(r) for r in scorer(prompts, samples)]
     greedy = answer(sft_model, tokenizer, records, TEMPLATE)
 
     per_prompt = [(samples[i * n_max:(i + 1) * n_max], rewards[i * n_max:(i + 1) * n_max]) for i in range(len(records))]

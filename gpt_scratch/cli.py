@@ -216,7 +216,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_tuning_flags(sft)
     add_train_flags(sft, "sft")
 
-    reward = stages.add_parser("reward", help="train a reward model on preference pairs, measured against the hidden rule")
+    reward = stages.add_parser("reward", help="train a reward model on preference pairs, measured against the "
+                                              "hidden rule")
     reward.add_argument("--sft", default="runs/default/sft",
                         help="the SFT stage (or checkpoint) folder whose model the reward model starts from")
     reward.add_argument("--data", default="runs/default/data",

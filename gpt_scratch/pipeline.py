@@ -53,8 +53,8 @@ def headline(results: dict[str, dict]) -> list[str]:
             baseline = (f"; always the commonest answer: {m['majority_baseline']:.1%}" if "majority_baseline" in m
                         else "")
             lines.append(f"- {stage} ({m['tuning']}, {m['trainable_share']:.1%} of parameters trained): held-out "
-                         f"accuracy {before}{m['accuracy_after']:.1%} (unseen questions {m['unseen_accuracy_after']:.1%}"
-                         f"{baseline})")
+                         f"accuracy {before}{m['accuracy_after']:.1%} "
+                         f"(unseen questions {m['unseen_accuracy_after']:.1%}{baseline})")
     if "reward" in results:
         m = results["reward"]
         lines.append(f"- reward model: held-out pairwise accuracy against the hidden rule {m['accuracy']:.1%} "

@@ -260,23 +260,19 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                     quiet=quiet, loss_fn=loss_fn)
 
     began = time.perf_counter()
-    prompts = [p["prompt"] for p in test_pairs]
-    r_chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in test_pairs], dtype=cfg.dtype)
-    r_rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in test_pairs], dtype=cfg.dtype)
-    rule = accuracy_against_rule(test_pairs, records_by_id, r_chosen, r_rejected)
-    # The baseline to beat: a "reward model" that only likes the sentence style (ties count as wrong).
-    likes_style = [torch.tensor([float(style_of(p[key]) == "sentence") for p in test_pairs]) for key in ("chosen", "rejected")]
-    baseline = accuracy_against_rule(test_pairs, records_by_id, *likes_style)
+    rule, baseline, (r_chosen, r_rejected) = measure_against_rule(model, tokenizer, test_pairs, records_by_id,
+                                                                  cfg.dtype)
     plot_score_histograms(test_pairs, records_by_id, r_chosen, r_rejected, out_dir / "scores.png")
+    flipped = sum(p.get("flipped", False) for p in pairs)
     metrics = {
-        "score": score, "body": body, "train_pairs": len(train_pairs), "flipped_train_labels": sum(p.get("flipped", False) for p in pairs),
+        "score": score, "body": body, "train_pairs": len(train_pairs), "flipped_train_labels": flipped,
         "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
         "test_pairs": rule["n"], "accuracy": round(rule["accuracy"], 4),
         **{f"accuracy_{kind}": round(row["accuracy"], 4) for kind, row in rule["kinds"].items()},
         "label_accuracy": round(pairwise_accuracy(r_chosen, r_rejected), 4),
         "style_only_baseline": round(baseline["accuracy"], 4),
         "margin": round(rule["margin"], 3),
-        "logprob_weight": round(model.head.logprob_weight.item(), 4) if model.head.logprob_weight is not None else None,
+        "logprob_weight": None if model.head.logprob_weight is None else round(model.head.logprob_weight.item(), 4),
         "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
         "train_seconds": round(history["seconds"], 1), "eval_seconds": round(time.perf_counter() - began, 1),
         "step_seconds": round(history["seconds"] / max(1, len(history["step"])), 4),
@@ -286,9 +282,7 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         began = time.perf_counter()
         sft_model = load_checkpoint(sft_dir, device=device)[0]
         chosen_records = random.Random(cfg.seed).sample(test_records, min(best_of_prompts, len(test_records)))
-        def scorer(prompts: list[str], responses: list[str]) -> list[float]:
-            return score_texts(model, tokenizer, prompts, responses, dtype=cfg.dtype).tolist()
-
+        scorer = partial(score_texts, model, tokenizer, dtype=cfg.dtype)  # (prompts, responses) -> scores
         curves = best_of_n_curves(sft_model, tokenizer, chosen_records, scorer, best_of, seed=cfg.seed)
         write_json(out_dir / "best_of_n.json", curves)
         plot_best_of_n(curves, out_dir / "best_of_n.png")
@@ -304,6 +298,22 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         if best_of:
             print(metrics["best_of_n_table"])
     return metrics
+
+
+def measure_against_rule(model: GPTWithHead, tokenizer: Tokenizer, pairs: list[dict], records_by_id: dict[str, dict],
+                         dtype: str = "auto") -> tuple[dict, dict, tuple[torch.Tensor, torch.Tensor]]:
+    """(the model's accuracy against the hidden rule, the style-only yardstick's, the model's scores).
+
+    The yardstick is a "reward model" that only likes the sentence style: what a reward model
+    gets for free by reading the last few tokens (a tie counts as wrong).
+    """
+    prompts = [p["prompt"] for p in pairs]
+    scores = tuple(score_texts(model, tokenizer, prompts, [p[key] for p in pairs], dtype=dtype)
+                   for key in ("chosen", "rejected"))
+    likes_style = [torch.tensor([float(style_of(p[key]) == "sentence") for p in pairs])
+                   for key in ("chosen", "rejected")]
+    return (accuracy_against_rule(pairs, records_by_id, *scores),
+            accuracy_against_rule(pairs, records_by_id, *likes_style), scores)
 
 
 def format_best_of_n(curves: dict) -> str:

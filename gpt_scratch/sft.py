@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
-from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records, read_corpus  # noqa: F401
+# encode_records, collate (data.py) and answer, evaluate (evaluate.py) are imported here for the chapter too
+from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records,  # noqa: F401
+                              read_corpus)
 from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb  # noqa: F401
 from gpt_scratch.formats import write_json
 from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table

@@ -51,7 +51,8 @@ def next_token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 def divergence_advice(step: int, what: str, cfg: "TrainConfig") -> str:
     """One line: where the run went wrong and the first things to try."""
-    clip = "turn gradient clipping on (--grad-clip 1.0)" if cfg.grad_clip == 0 else "clip harder (a smaller --grad-clip)"
+    clip = ("turn gradient clipping on (--grad-clip 1.0)" if cfg.grad_clip == 0
+            else "clip harder (a smaller --grad-clip)")
     return (f"training diverged at step {step}: {what}; lower the learning rate (--lr, now {cfg.lr:g}) "
             f"or {clip}, then train again (checkpoints saved before this step are kept as they were)")
 
