@@ -242,6 +242,43 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         help="held-out prompts for best-of-n (default: the preset's)")
     add_train_flags(reward, "reward")
 
+    ppo = stages.add_parser("ppo", help="RLHF with PPO: the SFT model optimised against the reward model")
+    ppo.add_argument("--sft", default="runs/default/sft", help="the SFT stage folder: policy, reference, value model")
+    ppo.add_argument("--reward", default="runs/default/reward", help="the reward stage folder (a head checkpoint)")
+    ppo.add_argument("--data", default="runs/default/data", help="folder with sft_train.json and sft_test.json")
+    ppo.add_argument("--out", default="runs/default/ppo", help="stage folder")
+    ppo.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes (default: the preset's ppo)")
+    ppo.add_argument("--steps", type=positive_int, help="PPO steps (rollout + update)")
+    ppo.add_argument("--batch-size", type=positive_int, help="rollouts (prompts) per step")
+    ppo.add_argument("--minibatch-size", type=positive_int, help="rollouts per gradient step (must divide --batch-size)")
+    ppo.add_argument("--epochs", type=int_range(1, 100), help="passes over each rollout batch")
+    ppo.add_argument("--lr", type=positive_float, help="policy learning rate")
+    ppo.add_argument("--value-lr", type=positive_float, help="value model learning rate")
+    ppo.add_argument("--kl-coef", type=float_range(0.0, 100.0), default=0.05,
+                     help="weight of the per-token KL penalty to the SFT reference (0 = none; default 0.05)")
+    ppo.add_argument("--kl-estimator", choices=["k1", "k3"], default="k1", help="KL estimator per token (default k1)")
+    ppo.add_argument("--kl-target", type=positive_float,
+                     help="adaptive KL: steer the KL per answer (nats) to this target (needs --kl-coef > 0)")
+    ppo.add_argument("--clip-range", type=float_range(0.0, 10.0, include_low=False), default=0.2,
+                     help="PPO ratio clip epsilon (default 0.2)")
+    ppo.add_argument("--value-clip", type=float_range(0.0, 100.0, include_low=False), default=0.2,
+                     help="value clip epsilon (default 0.2)")
+    ppo.add_argument("--gamma", type=float_range(0.0, 1.0), default=1.0, help="discount (default 1)")
+    ppo.add_argument("--lam", type=float_range(0.0, 1.0), default=0.95, help="GAE lambda (default 0.95)")
+    ppo.add_argument("--max-new-tokens", type=int_range(1, 8192), help="longest answer sampled")
+    ppo.add_argument("--temperature", type=float_range(0.0, 100.0, include_low=False), default=1.0,
+                     help="sampling temperature of the rollouts (default 1)")
+    ppo.add_argument("--no-end-penalty", type=float_range(-1000.0, 0.0), default=-2.0,
+                     help="score of an answer that never ends (default -2)")
+    ppo.add_argument("--grad-clip", type=float_range(0.0, 1e6), default=1.0, help="max gradient norm (0 = off)")
+    ppo.add_argument("--eval-every", type=positive_int, help="held-out accuracy and win-rate every N steps")
+    ppo.add_argument("--n-eval", type=positive_int, help="score only the first N test questions")
+    ppo.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    ppo.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    ppo.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    ppo.add_argument("--resume", action="store_true", help="continue from the stage folder's checkpoint")
+    ppo.add_argument("--quiet", action="store_true")
+
     compare = stages.add_parser("compare", help="fine-tune with several freezing/LoRA methods and compare them")
     compare.add_argument("--base", default="runs/default/pretrain", help="the checkpoint every method starts from")
     compare.add_argument("--data", default="runs/default/data", help="folder with the sft_*.json files")
@@ -329,6 +366,8 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return sft_command(parser, args)
     if args.stage == "reward":
         return reward_command(parser, args)
+    if args.stage == "ppo":
+        return ppo_command(parser, args)
     if args.stage == "compare":
         return compare_command(parser, args)
     if args.stage == "grade":
@@ -411,6 +450,28 @@ def compare_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     extra = [flag for name, value in (("--max-steps", args.max_steps), ("--n-eval", args.n_eval)) if value
              for flag in (name, str(value))]
     compare(args.base, args.data, args.out, args.methods, args.preset, extra, args.quiet)
+    return 0
+
+
+PPO_FLAGS = ("steps", "batch_size", "minibatch_size", "epochs", "lr", "value_lr", "kl_coef", "kl_estimator", "kl_target",
+             "clip_range", "value_clip", "gamma", "lam", "max_new_tokens", "temperature", "no_end_penalty", "grad_clip",
+             "eval_every", "seed", "device", "dtype")
+
+
+def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gpt_scratch.ppo import PPOConfig, ppo_stage
+
+    settings = dict(PRESETS[args.preset]["ppo"])
+    n_eval = args.n_eval if args.n_eval is not None else settings.pop("n_eval", None)
+    settings.pop("n_eval", None)
+    settings.update({name: getattr(args, name) for name in PPO_FLAGS if getattr(args, name) is not None})
+    if settings["batch_size"] % settings["minibatch_size"] != 0:
+        parser.error(f"--minibatch-size {settings['minibatch_size']} must divide --batch-size {settings['batch_size']}")
+    if args.kl_target is not None and args.kl_coef == 0:
+        parser.error("--kl-target needs --kl-coef > 0 (the adaptive controller scales the coefficient)")
+    check_device(parser, args.device)
+    ppo_stage(args.sft, args.reward, args.data, args.out, PPOConfig(**settings), n_eval, resume=args.resume,
+              quiet=args.quiet)
     return 0
 
 

@@ -60,6 +60,11 @@ def headline(results: dict[str, dict]) -> list[str]:
         lines.append(f"- reward model: held-out pairwise accuracy against the hidden rule {m['accuracy']:.1%} "
                      f"(correctness pairs {m['accuracy_correctness']:.1%}, style pairs {m['accuracy_style']:.1%}; "
                      f"a scorer that only likes the sentence style: {m.get('style_only_baseline', float('nan')):.1%})")
+    if "ppo" in results:
+        m = results["ppo"]
+        lines.append(f"- PPO ({m['steps']} steps): held-out accuracy {m['accuracy_before']:.1%} -> {m['accuracy_after']:.1%}, "
+                     f"preferred style {m['sentence_rate_before']:.1%} -> {m['sentence_rate_after']:.1%}, win-rate vs SFT "
+                     f"{m['win_rate_vs_sft']:.1%} (tie share {m['tie_share_vs_sft']:.1%})")
     return lines
 
 
@@ -85,6 +90,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 
 def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
                  device: str = "auto", quiet: bool = False) -> dict[str, dict]:
+    from gpt_scratch.ppo import PPOConfig, ppo_stage
     from gpt_scratch.pretrain import pretrain
     from gpt_scratch.reward import reward_stage
     from gpt_scratch.sft import Tuning, sft
@@ -117,6 +123,11 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     results["reward"] = run_stage("reward", run_dir / "reward", lambda: reward_stage(
         run_dir / "sft", data_dir, run_dir / "reward", stage_train_config(preset, "reward", seed, device),
         best_of=reward["best_of"], best_of_prompts=reward["best_of_prompts"], resume=True, quiet=quiet), quiet)
+    # Chapter 9: RLHF with PPO against that reward model.
+    ppo = {k: v for k, v in settings["ppo"].items() if k != "n_eval"}
+    results["ppo"] = run_stage("ppo", run_dir / "ppo", lambda: ppo_stage(
+        run_dir / "sft", run_dir / "reward", data_dir, run_dir / "ppo", PPOConfig(**ppo, seed=seed, device=device),
+        n_eval=settings["ppo"]["n_eval"], resume=True, quiet=quiet), quiet)
 
     report = format_report(results, run_dir, preset)
     (run_dir / "report.md").write_text(report)

@@ -1,0 +1,125 @@
+"""Chapter 9: the PPO stage (ppo.py) on tiny models: the invariants, determinism, resume, flags, divergence."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import gpt_scratch.ppo as ppo_module
+from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
+from gpt_scratch.cli import main
+from gpt_scratch.heads import GPTWithHead
+from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.ppo import PPOConfig, ppo_stage, ppo_step, step_prompts
+from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.train import TrainingDiverged
+from tiny import write_yes_data
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny SFT checkpoint, a reward checkpoint (random head + log p term) and data the judge can score."""
+    root = tmp_path_factory.mktemp("ppo")
+    tokenizer = Tokenizer.train("Is 3 a number? yes. Is a cat a number? no. The answer is yes. " * 20, 280)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16))
+    sft = save_checkpoint(root / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"})
+    reward = GPTWithHead(copy.deepcopy(gpt), "reward", with_logprob=True)
+    with torch.no_grad():
+        reward.head.weight.normal_()
+        reward.head.logprob_weight.fill_(0.5)
+    save_checkpoint(root / "reward" / "checkpoint", reward, tokenizer, {"stage": "reward"})
+    return {"sft": sft.parent, "reward": root / "reward", "data": write_yes_data(root / "data", n_train=32, n_test=8),
+            "tokenizer": tokenizer}
+
+
+def small(**overrides) -> PPOConfig:
+    settings = dict(steps=4, batch_size=8, minibatch_size=4, epochs=2, lr=1e-3, value_lr=1e-3, max_new_tokens=4,
+                    eval_every=2, save_every=2, dtype="float32")
+    settings.update(overrides)
+    return PPOConfig(**settings)
+
+
+def test_one_step_keeps_the_reference_frozen_and_starts_at_ratio_1(folders):
+    policy, tokenizer, _ = load_checkpoint(folders["sft"])
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    before = {n: p.clone() for n, p in reference.named_parameters()}
+    value_model = GPTWithHead(copy.deepcopy(policy), "value")
+    from gpt_scratch.checkpoint import load_with_head
+    reward_model = load_with_head(folders["reward"])[0].eval()
+    cfg = small()
+    optimizers = (torch.optim.AdamW(policy.parameters(), lr=cfg.lr), torch.optim.AdamW(value_model.parameters(), lr=cfg.lr))
+    records = json.loads((folders["data"] / "sft_train.json").read_text())
+    metrics = ppo_step(policy, value_model, reference, reward_model, tokenizer, step_prompts(records, cfg, 0), cfg,
+                       cfg.kl_coef, optimizers, 0, torch.device("cpu"))
+    assert metrics["ratio_first_minibatch"] == 1.0  # the first minibatch is scored by the policy that sampled it
+    assert metrics["kl"] == 0.0  # before any update the policy is the reference
+    for name, p in reference.named_parameters():
+        assert torch.equal(p, before[name]), f"the reference's {name} changed"
+    assert any(not torch.equal(p, before[n]) for n, p in policy.named_parameters()), "the policy did not move"
+    for key in ("score", "kl", "non_score_reward", "rlhf_reward", "entropy", "clipfrac", "approxkl", "value_loss",
+                "policy_loss", "ratio", "response_length", "ended"):
+        assert key in metrics, key
+
+
+def test_the_stage_writes_its_folder_and_repeats_for_a_seed(tmp_path, folders):
+    first = ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "a", small(), quiet=True)
+    ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "b", small(), quiet=True)
+    for name in ("metrics.json", "history.json", "ppo.png", "checkpoint", "value"):
+        assert (tmp_path / "a" / name).exists(), name
+    histories = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("a", "b")]
+    assert histories[0]["score"] == histories[1]["score"] and histories[0]["kl"] == histories[1]["kl"]
+    assert histories[0]["eval_step"] == [0, 2, 4]
+    assert first["steps"] == 4 and 0.0 <= first["win_rate_vs_sft"] <= 1.0
+
+
+def test_resume_continues_with_exactly_the_uninterrupted_steps(tmp_path, folders, monkeypatch):
+    ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "full", small(), quiet=True)
+    real_step = ppo_module.ppo_step
+
+    def crash_at_step_3(*args):
+        if args[-2] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(ppo_module, "ppo_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "cut", small(), quiet=True)
+    monkeypatch.undo()
+    ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "cut", small(), resume=True, quiet=True)
+    full, cut = (json.loads((tmp_path / run / "history.json").read_text()) for run in ("full", "cut"))
+    assert full["score"] == cut["score"] and full["policy_loss"] == cut["policy_loss"]
+    a, b = load_checkpoint(tmp_path / "full")[0], load_checkpoint(tmp_path / "cut")[0]
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, folders, monkeypatch):
+    monkeypatch.setattr(ppo_module, "score_texts", lambda *args, **kwargs: torch.full((8,), float("nan")))
+    with pytest.raises(TrainingDiverged, match="training diverged at step 0"):
+        ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "nan", small(no_end_penalty=float("nan")),
+                  quiet=True)
+    assert not (tmp_path / "nan" / "checkpoint").exists()  # nothing was saved from the broken step
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--batch-size", "8", "--minibatch-size", "3"], "--minibatch-size"), (["--kl-coef", "0", "--kl-target", "1"], "--kl-target"),
+    (["--kl-estimator", "k2"], "--kl-estimator"), (["--gamma", "2"], "--gamma"), (["--epochs", "0"], "--epochs"),
+    (["--clip-range", "0"], "--clip-range"), (["--no-end-penalty", "1"], "--no-end-penalty")])
+def test_bad_ppo_flags_exit_2_with_one_line_before_reading_anything(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ppo", "--sft", "/nonexistent", "--reward", "/nonexistent", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_flags_reach_the_stage(tmp_path, folders):
+    out = tmp_path / "cli"
+    assert main(["ppo", "--sft", str(folders["sft"]), "--reward", str(folders["reward"]), "--data", str(folders["data"]),
+                 "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--minibatch-size", "2",
+                 "--kl-coef", "0.3", "--kl-estimator", "k3", "--n-eval", "4", "--quiet"]) == 0
+    meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["ppo_config"]
+    assert (meta["steps"], meta["batch_size"], meta["minibatch_size"], meta["kl_coef"], meta["kl_estimator"]) == \
+        (2, 4, 2, 0.3, "k3")
+    assert json.loads((out / "metrics.json").read_text())["test_examples"] == 4
