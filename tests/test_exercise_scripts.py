@@ -129,6 +129,17 @@ SCRIPTS = {
                 (["--max-len", "17"], "--max-len"), (["--max-len", "1"], "--max-len"), (["--n-embd", "7"], "--n-embd"),
                 (["--n-embd", "1"], "--n-embd"), (["--seed", "-1"], "--seed")],
     },
+    "ch09/ex1_ppo.py": {
+        "base": [],
+        "values": {"--batch": ["2"], "--length": ["3"], "--gamma": ["0.9", "0"], "--lam": ["0", "1"],
+                   "--clip": ["0.1"], "--epochs": ["2"], "--lr": ["1"], "--seed": ["1"]},
+        "bad": [(["--batch", "0"], "--batch"), (["--batch", "17"], "--batch"), (["--length", "0"], "--length"),
+                (["--length", "13"], "--length"), (["--length", "many"], "--length"), (["--gamma", "-0.1"], "--gamma"),
+                (["--gamma", "nan"], "--gamma"), (["--lam", "1.5"], "--lam"),
+                (["--gamma", "0", "--lam", "0.5"], "--lam"), (["--clip", "0"], "--clip"), (["--clip", "1"], "--clip"),
+                (["--epochs", "0"], "--epochs"), (["--epochs", "21"], "--epochs"), (["--lr", "0"], "--lr"),
+                (["--lr", "nan"], "--lr"), (["--seed", "-1"], "--seed")],
+    },
 }
 
 
