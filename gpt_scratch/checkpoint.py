@@ -159,6 +159,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), tokenizer, meta
 
 
+def load_stage_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """load_checkpoint for a stage that goes on training or answering: the tokenizer must be there."""
+    model, tokenizer, meta = load_checkpoint(path, device)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{path} has no tokenizer files; give the folder of a checkpoint written by a stage")
+    return model, tokenizer, meta
+
+
 def load_with_head(path: str | Path, kind: str = "reward",
                    device: str | torch.device = "cpu") -> tuple[GPTWithHead, Tokenizer | None, dict]:
     """Load (GPT with its scalar head, tokenizer or None, meta) from a checkpoint or stage folder."""

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, load_model_into, load_train_state, \
-    load_with_head, save_checkpoint
+from gpt_scratch.checkpoint import (find_checkpoint, load_model_into, load_stage_checkpoint, load_train_state,
+                                    load_with_head, save_checkpoint)
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import write_json
 from gpt_scratch.heads import GPTWithHead
@@ -173,9 +173,7 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    policy, tokenizer, sft_meta = load_checkpoint(sft_dir, device=device)
-    if tokenizer is None:
-        raise FileNotFoundError(f"{sft_dir} has no tokenizer files; give the folder of a stage's checkpoint")
+    policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
     reward_model = load_with_head(reward_dir, "reward", device=device)[0].eval().requires_grad_(False)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     value_model = GPTWithHead(copy.deepcopy(policy), "value").to(device)

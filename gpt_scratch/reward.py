@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_scratch.best_of_n import best_of_n_curves, plot_best_of_n
-from gpt_scratch.checkpoint import load_checkpoint
+from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint
 from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, pad_batch
 from gpt_scratch.evaluate import check_judgeable, load_split, peak_memory_mb
 from gpt_scratch.formats import load_preferences, write_json
@@ -225,9 +225,7 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    gpt, tokenizer, sft_meta = load_checkpoint(sft_dir, device=device)
-    if tokenizer is None:
-        raise FileNotFoundError(f"{sft_dir} has no tokenizer files; give the folder of a stage's checkpoint")
+    gpt, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
     test_records = load_split(data_dir, "test")
     check_judgeable(test_records, data_dir / "sft_test.json")
     records_by_id = {r["id"]: r for r in test_records}

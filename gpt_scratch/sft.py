@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
+from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
 # encode_records, collate (data.py) and answer, evaluate (evaluate.py) are imported here for the chapter too
 from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records,  # noqa: F401
                               read_corpus)
@@ -96,9 +96,7 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    model, tokenizer, base_meta = load_checkpoint(base, device=device)
-    if tokenizer is None:
-        raise FileNotFoundError(f"{base} has no tokenizer files; fine-tune a checkpoint written by a stage")
+    model, tokenizer, base_meta = load_stage_checkpoint(base, device=device)
     max_length = max_length or model.config.block_size
     if max_length > model.config.block_size:
         raise ValueError(f"max_length {max_length} is longer than the model's context ({model.config.block_size})")
