@@ -41,7 +41,7 @@ from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipp
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
 from gpt_scratch.reward import score_texts
 from gpt_scratch.rollout import rollout
-from gpt_scratch.train import TrainConfig, autocast_for, check_finite_loss, pick_device
+from gpt_scratch.train import autocast_for, check_finite_loss, pick_device
 from gpt_scratch.world.judge import score
 from gpt_scratch.world.preferences import prompt_of
 
@@ -112,7 +112,7 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
                                                          advantages[rows], mask[rows], cfg.clip_range)
                 value_loss, value_clipfrac = clipped_value_loss(value_model(x[rows]), old_values[rows], returns[rows],
                                                                 mask[rows], cfg.value_clip)
-            check_finite_loss(policy_loss + value_loss, step, TrainConfig(lr=cfg.lr, grad_clip=cfg.grad_clip))
+            check_finite_loss(policy_loss + value_loss, step, cfg.lr, cfg.grad_clip)
             policy_optimizer.zero_grad(set_to_none=True)
             value_optimizer.zero_grad(set_to_none=True)
             (policy_loss + value_loss).backward()

@@ -49,17 +49,17 @@ def next_token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return lm_loss(model(x), y)
 
 
-def divergence_advice(step: int, what: str, cfg: "TrainConfig") -> str:
+def divergence_advice(step: int, what: str, lr: float, grad_clip: float) -> str:
     """One line: where the run went wrong and the first things to try."""
-    clip = ("turn gradient clipping on (--grad-clip 1.0)" if cfg.grad_clip == 0
-            else "clip harder (a smaller --grad-clip)")
-    return (f"training diverged at step {step}: {what}; lower the learning rate (--lr, now {cfg.lr:g}) "
+    clip = "turn gradient clipping on (--grad-clip 1.0)" if grad_clip == 0 else "clip harder (a smaller --grad-clip)"
+    return (f"training diverged at step {step}: {what}; lower the learning rate (--lr, now {lr:g}) "
             f"or {clip}, then train again (checkpoints saved before this step are kept as they were)")
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, cfg: "TrainConfig") -> None:
+def check_finite_loss(loss: torch.Tensor, step: int, lr: float, grad_clip: float) -> None:
+    """Stop the run (TrainingDiverged, one line) at a loss that is nan or inf, before it reaches the weights."""
     if not torch.isfinite(loss):
-        raise TrainingDiverged(divergence_advice(step, f"the loss is {loss.item()}", cfg))
+        raise TrainingDiverged(divergence_advice(step, f"the loss is {loss.item()}", lr, grad_clip))
 
 
 def weights_are_finite(model: torch.nn.Module) -> bool:
@@ -181,7 +181,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, get_bat
                 replay_batch = to_device(replay(step, micro_step), device)
                 extra = next_token_loss(model, replay_batch) / cfg.grad_accum
                 tokens += replay_batch[0].numel()
-        check_finite_loss(loss + extra, step, cfg)
+        check_finite_loss(loss + extra, step, cfg.lr, cfg.grad_clip)
         (loss + extra).backward()
         total_loss += loss.item()
         tokens += batch[0].numel()
@@ -228,7 +228,8 @@ def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Bat
 
     def save(step: int) -> None:
         if not weights_are_finite(model):  # never replace a good checkpoint with a broken one
-            raise TrainingDiverged(divergence_advice(step - 1, "the weights are no longer finite numbers", cfg))
+            raise TrainingDiverged(divergence_advice(step - 1, "the weights are no longer finite numbers", cfg.lr,
+                                                     cfg.grad_clip))
         state = {"step": step, "history": history}
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "step": step}, state, optimizer)
 

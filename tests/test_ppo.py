@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gpt_scratch.ppo as ppo_module
-from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
+from gpt_scratch.checkpoint import load_checkpoint, load_with_head, save_checkpoint
 from gpt_scratch.cli import main
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.model import GPT, GPTConfig
@@ -46,7 +46,6 @@ def test_one_step_keeps_the_reference_frozen_and_starts_at_ratio_1(folders):
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     before = {n: p.clone() for n, p in reference.named_parameters()}
     value_model = GPTWithHead(copy.deepcopy(policy), "value")
-    from gpt_scratch.checkpoint import load_with_head
     reward_model = load_with_head(folders["reward"])[0].eval()
     cfg = small()
     optimizers = (torch.optim.AdamW(policy.parameters(), lr=cfg.lr), torch.optim.AdamW(value_model.parameters(), lr=cfg.lr))
