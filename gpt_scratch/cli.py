@@ -271,6 +271,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ppo.add_argument("--no-end-penalty", type=float_range(-1000.0, 0.0), default=-2.0,
                      help="score of an answer that never ends (default -2)")
     ppo.add_argument("--grad-clip", type=float_range(0.0, 1e6), default=1.0, help="max gradient norm (0 = off)")
+    ppo.add_argument("--lora-rank", type=positive_int,
+                     help="train LoRA adapters of this rank (the reference is the policy with adapters off)")
+    ppo.add_argument("--lora-alpha", type=positive_float, help="LoRA scale numerator (default 2 * rank)")
     ppo.add_argument("--eval-every", type=positive_int, help="held-out accuracy and win-rate every N steps")
     ppo.add_argument("--n-eval", type=positive_int, help="score only the first N test questions")
     ppo.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
@@ -455,7 +458,7 @@ def compare_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 PPO_FLAGS = ("steps", "batch_size", "minibatch_size", "epochs", "lr", "value_lr", "kl_coef", "kl_estimator", "kl_target",
              "clip_range", "value_clip", "gamma", "lam", "max_new_tokens", "temperature", "no_end_penalty", "grad_clip",
-             "eval_every", "seed", "device", "dtype")
+             "lora_rank", "lora_alpha", "eval_every", "seed", "device", "dtype")
 
 
 def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -467,6 +470,8 @@ def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     settings.update({name: getattr(args, name) for name in PPO_FLAGS if getattr(args, name) is not None})
     if settings["batch_size"] % settings["minibatch_size"] != 0:
         parser.error(f"--minibatch-size {settings['minibatch_size']} must divide --batch-size {settings['batch_size']}")
+    if args.lora_alpha is not None and args.lora_rank is None:
+        parser.error("--lora-alpha needs --lora-rank (LoRA is off without a rank)")
     if args.kl_target is not None and args.kl_coef == 0:
         parser.error("--kl-target needs --kl-coef > 0 (the adaptive controller scales the coefficient)")
     check_device(parser, args.device)

@@ -18,7 +18,10 @@ One PPO step, every piece from the package (the arithmetic is in ppo_math.py):
 The value model is a copy of the SFT model with a zero value head, apart from the policy: the
 value loss then cannot pull the policy's features around, and it learns at its own rate
 (value_lr), at the cost of a second forward and backward pass. The reference is a frozen copy of
-the SFT model and never changes. Every random choice is a function of (seed, step), so a resumed
+the SFT model and never changes. With lora_rank set, the policy is the SFT model with LoRA
+adapters (only they train) and the reference is that same model with its adapters switched off
+(lora.adapters_off): no second copy of the weights; at the end the adapters are saved in adapter/
+and merged, so checkpoint/ is an ordinary GPT like every other stage's. Every random choice is a function of (seed, step), so a resumed
 run takes exactly the steps an uninterrupted one would have taken.
 """
 
@@ -36,6 +39,7 @@ from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memor
 from gpt_scratch.formats import write_json
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import token_logprobs
+from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipped_policy_loss, clipped_value_loss,
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
@@ -68,6 +72,8 @@ class PPOConfig:
     temperature: float = 1.0
     no_end_penalty: float = -2.0
     grad_clip: float = 1.0
+    lora_rank: int | None = None  # train LoRA adapters of this rank instead of every weight
+    lora_alpha: float | None = None  # default 2 * rank, as in SFT
     eval_every: int = 20
     save_every: int = 20
     seed: int = 0
@@ -84,6 +90,14 @@ def step_prompts(records: list[dict], cfg: PPOConfig, step: int) -> list[str]:
     return [prompt_of(r) for r in random.Random(f"{cfg.seed}:{step}").sample(records, cfg.batch_size)]
 
 
+def reference_logprobs(reference, policy, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p_ref of the sampled tokens: the frozen SFT copy, or (reference None) the LoRA policy's base."""
+    if reference is None:
+        with adapters_off(policy):
+            return token_logprobs(policy(x), y)
+    return token_logprobs(reference(x), y)
+
+
 def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithHead, tokenizer, prompts: list[str],
              cfg: PPOConfig, kl_coef: float, optimizers: tuple, step: int, device: torch.device) -> dict:
     """One PPO step on a fresh rollout of the prompts; returns its metrics, named as the field names them."""
@@ -91,7 +105,7 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
     with torch.no_grad(), autocast_for(device, cfg.dtype):
         old_logp = token_logprobs(policy(x), y)
-        ref_logp = token_logprobs(reference(x), y)
+        ref_logp = reference_logprobs(reference, policy, x, y)
         old_values = value_model(x)
     scores = score_texts(reward_model, tokenizer, prompts, batch.responses, dtype=cfg.dtype).to(device)
     scores = torch.where(batch.ended.to(device), scores, torch.full_like(scores, cfg.no_end_penalty))
@@ -175,21 +189,28 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
     device = pick_device(cfg.device)
     policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
     reward_model = load_with_head(reward_dir, "reward", device=device)[0].eval().requires_grad_(False)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
     value_model = GPTWithHead(copy.deepcopy(policy), "value").to(device)
+    reference = None  # the LoRA policy's own base (adapters off)
+    if cfg.lora_rank is None:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    else:
+        torch.manual_seed(cfg.seed)  # the adapters' random A matrices: a function of the seed only
+        add_lora(policy, cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank)
     train_records = load_split(data_dir, "train")
     test_records = load_split(data_dir, "test", n_eval)
     check_judgeable(test_records, data_dir / "sft_test.json")
     if len(train_records) < cfg.batch_size:
         raise ValueError(f"{data_dir} has {len(train_records)} training prompts, fewer than batch_size {cfg.batch_size}")
-    optimizers = (torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0),
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizers = (torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0),
                   torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95), weight_decay=0.0))
     kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
                      else FixedKLController(cfg.kl_coef))
     start, history = 0, new_history()
     if resume:
         start, history = resume_from(out_dir, policy, value_model, optimizers, kl_controller)
-    sft_answers = answer(reference, tokenizer, test_records, TEMPLATE)
+    with adapters_off(policy):  # a no-op for a policy without LoRA; the SFT model's own answers
+        sft_answers = answer(policy if reference is None else reference, tokenizer, test_records, TEMPLATE)
     meta = {"stage": "ppo", "base": str(sft_dir), "reward": str(reward_dir), "template": TEMPLATE,
             "ppo_config": asdict(cfg), "corpus": sft_meta.get("corpus")}
 
@@ -222,6 +243,11 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
 
+    if cfg.lora_rank is not None and start < cfg.steps:
+        save_adapter(policy, out_dir / "adapter", base=str(sft_dir))
+        remove_lora(policy)  # merge: checkpoint/ holds an ordinary GPT, as every stage's does
+        save_checkpoint(out_dir / "checkpoint", policy, tokenizer, {**meta, "step": cfg.steps, "merged_lora": True},
+                        {"step": cfg.steps, "history": history, "kl_coef": kl_controller.value, "merged_lora": True})
     final = judged if start < cfg.steps else judge_policy(policy, tokenizer, test_records, sft_answers)
     before = history["eval_accuracy"][0], history["eval_sentence_rate"][0]
     plot_history(history, out_dir / "ppo.png")
@@ -257,6 +283,10 @@ def resume_from(out_dir: Path, policy, value_model: GPTWithHead, optimizers: tup
     except FileNotFoundError:
         return 0, new_history()
     (state, policy_state), (_, value_state) = load_train_state(folder), load_train_state(value_folder)
+    if state.get("merged_lora"):  # a finished LoRA run: its adapters are merged into the checkpoint
+        remove_lora(policy)
+        load_model_into(policy, folder)
+        return state["step"], state["history"]
     if "step" not in state or policy_state is None or value_state is None:
         return 0, new_history()
     load_model_into(policy, folder)

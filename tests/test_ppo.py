@@ -10,6 +10,7 @@ import gpt_scratch.ppo as ppo_module
 from gpt_scratch.checkpoint import load_checkpoint, load_with_head, save_checkpoint
 from gpt_scratch.cli import main
 from gpt_scratch.heads import GPTWithHead
+from gpt_scratch.lora import adapters_off, load_adapter
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.ppo import PPOConfig, ppo_stage, ppo_step, step_prompts
 from gpt_scratch.tokenizer import Tokenizer
@@ -105,7 +106,8 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, folders, monkey
 @pytest.mark.parametrize("argv, flag", [
     (["--batch-size", "8", "--minibatch-size", "3"], "--minibatch-size"), (["--kl-coef", "0", "--kl-target", "1"], "--kl-target"),
     (["--kl-estimator", "k2"], "--kl-estimator"), (["--gamma", "2"], "--gamma"), (["--epochs", "0"], "--epochs"),
-    (["--clip-range", "0"], "--clip-range"), (["--no-end-penalty", "1"], "--no-end-penalty")])
+    (["--clip-range", "0"], "--clip-range"), (["--no-end-penalty", "1"], "--no-end-penalty"),
+    (["--lora-alpha", "4"], "--lora-alpha"), (["--lora-rank", "0"], "--lora-rank")])
 def test_bad_ppo_flags_exit_2_with_one_line_before_reading_anything(capsys, argv, flag):
     with pytest.raises(SystemExit) as exit_info:
         main(["ppo", "--sft", "/nonexistent", "--reward", "/nonexistent", *argv])
@@ -115,10 +117,36 @@ def test_bad_ppo_flags_exit_2_with_one_line_before_reading_anything(capsys, argv
 
 def test_flags_reach_the_stage(tmp_path, folders):
     out = tmp_path / "cli"
+    given = {"steps": 2, "batch_size": 4, "minibatch_size": 2, "epochs": 3, "lr": 2e-3, "value_lr": 4e-3,
+             "kl_coef": 0.3, "kl_estimator": "k3", "kl_target": 2.5, "clip_range": 0.3, "value_clip": 0.4,
+             "gamma": 0.9, "lam": 0.8, "max_new_tokens": 3, "temperature": 0.7, "no_end_penalty": -1.5,
+             "grad_clip": 0.5, "lora_rank": 2, "lora_alpha": 3.0, "eval_every": 1, "seed": 5, "dtype": "float32"}
+    argv = [item for name, value in given.items() for item in ("--" + name.replace("_", "-"), str(value))]
     assert main(["ppo", "--sft", str(folders["sft"]), "--reward", str(folders["reward"]), "--data", str(folders["data"]),
-                 "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--minibatch-size", "2",
-                 "--kl-coef", "0.3", "--kl-estimator", "k3", "--n-eval", "4", "--quiet"]) == 0
+                 "--out", str(out), "--preset", "tiny", *argv, "--n-eval", "4", "--quiet"]) == 0
     meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["ppo_config"]
-    assert (meta["steps"], meta["batch_size"], meta["minibatch_size"], meta["kl_coef"], meta["kl_estimator"]) == \
-        (2, 4, 2, 0.3, "k3")
+    assert {name: meta[name] for name in given} == given
     assert json.loads((out / "metrics.json").read_text())["test_examples"] == 4
+    history = json.loads((out / "history.json").read_text())
+    assert history["eval_step"] == [0, 1, 2] and len(history["score"]) == 2  # --eval-every 1, --steps 2
+    assert history["response_length"][0] <= 3  # --max-new-tokens 3
+
+
+def test_a_lora_policy_uses_its_own_base_as_the_reference(tmp_path, folders):
+    """LoRA: the reference is the policy with adapters off; at the end adapter/ + a merged plain checkpoint."""
+    out = tmp_path / "lora"
+    first = ppo_stage(folders["sft"], folders["reward"], folders["data"], out, small(lora_rank=2), quiet=True)
+    history = json.loads((out / "history.json").read_text())
+    assert history["kl"][0] == 0.0 and history["ratio_first_minibatch"][0] == 1.0  # B = 0: the policy is its base
+    assert history["kl"][-1] != 0.0, "the adapters did not move the policy"
+    merged, _, meta = load_checkpoint(out)  # an ordinary GPT, like every stage's checkpoint
+    assert meta["merged_lora"] is True
+    sft, _, _ = load_checkpoint(folders["sft"])
+    load_adapter(sft, out / "adapter")  # the SFT base + the saved adapter = the merged policy
+    x = torch.randint(0, folders["tokenizer"].n_vocab, (2, 10))
+    torch.testing.assert_close(sft(x), merged(x), atol=1e-5, rtol=1e-5)
+    with adapters_off(sft):  # and with its adapters off it is the SFT model again, bitwise
+        assert torch.equal(sft(x), load_checkpoint(folders["sft"])[0](x))
+    again = ppo_stage(folders["sft"], folders["reward"], folders["data"], out, small(lora_rank=2), resume=True,
+                      quiet=True)  # resuming a finished LoRA run loads the merged policy and judges it the same
+    assert again["accuracy_after"] == first["accuracy_after"] and again["win_rate_vs_sft"] == first["win_rate_vs_sft"]
