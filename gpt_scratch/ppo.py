@@ -46,7 +46,7 @@ from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipp
 from gpt_scratch.reward import score_texts
 from gpt_scratch.rollout import rollout
 from gpt_scratch.train import autocast_for, check_finite_loss, pick_device
-from gpt_scratch.world.judge import score
+from gpt_scratch.world.judge import format_change_table, score
 from gpt_scratch.world.preferences import prompt_of
 
 TEMPLATE = "chat"
@@ -258,10 +258,14 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
         "win_rate_vs_sft": round(final["win_rate"], 4), "tie_share_vs_sft": round(final["tie_share"], 4),
         "final_kl": round(history["kl"][-1], 4) if history.get("kl") else None,
         "train_seconds": round(history["seconds"], 1), "peak_memory_mb": round(peak_memory_mb(), 1),
+        "table": format_change_table(score(test_records, sft_answers), final["scores"], ("SFT", "PPO")),
     }
     write_json(out_dir / "history.json", history)
+    write_json(out_dir / "answers.json", [{"prompt": prompt_of(r), "family": r["family"], "sft": old, "ppo": new}
+                                          for r, old, new in zip(test_records, sft_answers, final["responses"])])
     write_json(out_dir / "metrics.json", metrics)  # written last: it marks the stage done
     if not quiet:
+        print(metrics["table"])
         print(f"PPO: held-out accuracy {metrics['accuracy_before']:.1%} -> {metrics['accuracy_after']:.1%}, preferred "
               f"style {metrics['sentence_rate_before']:.1%} -> {metrics['sentence_rate_after']:.1%}, win-rate vs SFT "
               f"{metrics['win_rate_vs_sft']:.1%} (ties {metrics['tie_share_vs_sft']:.1%})")

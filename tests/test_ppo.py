@@ -66,7 +66,7 @@ def test_one_step_keeps_the_reference_frozen_and_starts_at_ratio_1(folders):
 def test_the_stage_writes_its_folder_and_repeats_for_a_seed(tmp_path, folders):
     first = ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "a", small(), quiet=True)
     ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "b", small(), quiet=True)
-    for name in ("metrics.json", "history.json", "ppo.png", "checkpoint", "value"):
+    for name in ("metrics.json", "history.json", "answers.json", "ppo.png", "checkpoint", "value"):
         assert (tmp_path / "a" / name).exists(), name
     histories = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("a", "b")]
     assert histories[0]["score"] == histories[1]["score"] and histories[0]["kl"] == histories[1]["kl"]

@@ -11,7 +11,7 @@ import pytest
 from gpt_scratch.formats import load_instructions, load_preferences, load_text
 from gpt_scratch.world import command
 from gpt_scratch.world.corpus import KINDS, WORDS, build_world, generate_corpus
-from gpt_scratch.world.judge import extract_answer, format_table, is_correct, normalise, score, style_of
+from gpt_scratch.world.judge import extract_answer, format_change_table, format_table, is_correct, normalise, score, style_of
 from gpt_scratch.world.preferences import make_preference_pairs, preference_rank
 from gpt_scratch.world.tasks import FAMILIES, family_counts, make_tasks, pick_word
 
@@ -304,6 +304,11 @@ def test_score_and_table():
     assert "| add | 2 | 50.0% | 50.0% |" in table and "| **all** | 4 | **50.0%** | 50.0% |" in table
     with pytest.raises(ValueError, match="2 examples but 1 responses"):
         score(examples[:2], responses[:1])
+    later = score(examples, ["The answer is 5.", "The answer is 7.", "t a c", "g o d"])
+    change = format_change_table(scores, later, ("SFT", "PPO"))
+    assert "| add | 2 | 50.0% -> 100.0% | 50.0% -> 100.0% |" in change
+    assert "| reverse | 2 | 50.0% -> 100.0% | 50.0% -> 0.0% |" in change
+    assert "| **all** | 4 | **50.0% -> 100.0%** | 50.0% -> 50.0% |" in change
 
 
 # --- preferences --------------------------------------------------------------------------

@@ -134,3 +134,20 @@ def format_table(scores: dict, baseline: dict | None = None) -> str:
     lines.append(f"| **all** | {scores['n']} | **{scores['accuracy']:.1%}** | {scores['sentence_rate']:.1%} |"
                  + tail(baseline["accuracy"] if extra else None))
     return "\n".join(lines)
+
+
+def format_change_table(before: dict, after: dict, names: tuple[str, str] = ("before", "after")) -> str:
+    """A markdown table of two score() results side by side: accuracy and preferred style, per family.
+
+    Example row: | add | 45 | 82.2% -> 97.8% | 64.4% -> 100.0% |
+    """
+    first, second = names
+    lines = [f"| family | n | accuracy {first} -> {second} | preferred style {first} -> {second} |",
+             "|---|---:|---:|---:|"]
+    for family, row in after["families"].items():
+        old = before["families"][family]
+        lines.append(f"| {family} | {row['n']} | {old['accuracy']:.1%} -> {row['accuracy']:.1%} | "
+                     f"{old['sentence_rate']:.1%} -> {row['sentence_rate']:.1%} |")
+    lines.append(f"| **all** | {after['n']} | **{before['accuracy']:.1%} -> {after['accuracy']:.1%}** | "
+                 f"{before['sentence_rate']:.1%} -> {after['sentence_rate']:.1%} |")
+    return "\n".join(lines)
