@@ -10,11 +10,11 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 
-def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
-    """A Figure that belongs to no window, and its row of axes."""
+def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
+    """A Figure that belongs to no window, and its axes, row by row."""
     fig = Figure(figsize=(width, height))
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, list(axes.flat)
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -62,9 +62,13 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
     return save(fig, path)
 
 
-def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str) -> Path:
-    """Side-by-side line charts. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
-    fig, axes = new_figure(5.5 * len(panels), 3.8, ncols=len(panels))
+def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, per_row: int = 4) -> Path:
+    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
+    ncols = min(per_row, len(panels))
+    nrows = -(-len(panels) // ncols)  # ceiling division
+    fig, axes = new_figure(5.5 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)  # the empty places of the last row
     for ax, panel in zip(axes, panels):
         for label, xs, ys, style in panel["lines"]:
             ax.plot(xs, ys, style, label=label, markersize=4)

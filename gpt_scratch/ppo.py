@@ -160,15 +160,19 @@ def judge_policy(policy, tokenizer, records: list[dict], sft_answers: list[str])
 
 
 def plot_history(history: dict, path: Path) -> Path:
-    """Every step's metrics, and the held-out measures every eval_every steps."""
+    """Every metric of every step, and the held-out measures every eval_every steps."""
     steps, evals = history["step"], history["eval_step"]
+
+    def lines(*names: str) -> list[tuple]:
+        return [(name, steps, history[name], "-") for name in names]
+
     panels = [
-        {"ylabel": "reward", "lines": [("score", steps, history["score"], "-"),
-                                       ("rlhf_reward", steps, history["rlhf_reward"], "-"),
-                                       ("non_score_reward", steps, history["non_score_reward"], "-")]},
-        {"ylabel": "nats / share", "lines": [("kl (per answer)", steps, history["kl"], "-"),
-                                             ("entropy", steps, history["entropy"], "-"),
-                                             ("clipfrac", steps, history["clipfrac"], "-")]},
+        {"ylabel": "reward", "lines": lines("score", "rlhf_reward", "non_score_reward")},
+        {"ylabel": "nats", "lines": lines("kl", "entropy")},
+        {"ylabel": "nats per token (old -> new, k3)", "lines": lines("approxkl")},
+        {"ylabel": "loss", "lines": lines("policy_loss", "value_loss")},
+        {"ylabel": "share / ratio", "lines": lines("clipfrac", "ratio", "ended")},
+        {"ylabel": "tokens", "lines": lines("response_length")},
         {"ylabel": "held-out (judge)", "lines": [("accuracy", evals, history["eval_accuracy"], "o-"),
                                                  ("preferred style", evals, history["eval_sentence_rate"], "o-"),
                                                  ("win-rate vs SFT", evals, history["eval_win_rate"], "o-")]},

@@ -36,6 +36,24 @@ def test_every_plot_writes_a_png_without_pyplot(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000, path
 
 
+def test_plot_curves_wraps_panels_into_rows(tmp_path, monkeypatch):
+    import gpt_scratch.plots as plots
+    drawn = {}
+    real_save = plots.save
+
+    def keep(fig, path):
+        drawn["axes"] = [(ax.get_ylabel(), ax.get_visible()) for ax in fig.axes]
+        drawn["size"] = tuple(fig.get_size_inches())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    panels = [{"ylabel": f"y{i}", "lines": [("a", [0, 1], [0, i], "-")]} for i in range(6)]
+    plot_curves(panels, tmp_path / "six.png", xlabel="x", title="t", per_row=4)
+    # 6 panels at 4 per row: 2 rows of 4 places, the last two hidden, the panels in order
+    assert drawn["size"] == (22.0, 7.6)
+    assert drawn["axes"] == [(f"y{i}", True) for i in range(6)] + [("", False), ("", False)]
+
+
 def test_drawing_a_run_folder_plot_never_loads_pyplot(tmp_path):
     code = ("import sys; from gpt_scratch.plots import plot_losses; "
             f"plot_losses({{'step': [0, 1], 'train_loss': [2.0, 1.0]}}, {str(tmp_path / 'loss.png')!r}); "
