@@ -4,24 +4,31 @@
     python -m gpt_scratch bench --preset gpt2 --device cuda   # GPT-2 small's shape on a GPU
     figures = run_benchmarks("tiny", "cpu", steps=2, new_tokens=16, batch_size=None)
 
-Three measurements, all in the same run on the same machine:
-1. matmul peak: the FLOP/s this device reaches on one big square matrix product. It is the
-   practical ceiling for a transformer, whose work is almost all matrix products.
+Four measurements, all in the same run on the same machine, under a header that names the CPU
+(or GPU), whether it computes bf16 in hardware, and so the dtype training runs in:
+1. matmul peak: the FLOP/s this device reaches on one big square matrix product, in the dtype
+   training computes in. It is the practical ceiling for a transformer, whose work is almost
+   all matrix products.
 2. training: the preset's GPT doing real optimizer steps (train.train_step: forward, backward,
    clipping, AdamW) on random tokens -> tokens/s. Times the FLOPs one token costs gives the
    achieved FLOP/s, and achieved / peak is the MFU (model FLOPs utilisation).
-3. generation: greedy decoding of one prompt, with the KV cache and without it.
+3. generation: greedy decoding of one prompt, with the KV cache and without it, and chapter 3's
+   draft loop (the cache, one torch.cat per token) as the yardstick for the package's generate().
+4. rollouts: sampling at the RL stages' batch size (the PPO preset's prompts per step and answer
+   length) -> sampled tokens/s, what the RL chapters spend most of their time on.
 The model is randomly initialised: speed does not depend on what the weights have learned.
 """
 
 import math
+import platform
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import torch
 
 from gpt_scratch.generate import generate
-from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.model import GPT, GPTConfig, KVCache
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.train import TrainConfig, make_optimizer, native_bf16, pick_device, train_step
 
@@ -104,6 +111,49 @@ def measure_generation(model: GPT, prompt: list[int], new_tokens: int, use_cache
     return len(tokens) / (time.perf_counter() - began), tokens
 
 
+@torch.no_grad()
+def draft_generate(model: GPT, prompt: list[int], new_tokens: int) -> list[int]:
+    """Chapter 3's draft loop: greedy, a KV cache, and a torch.cat of the ids at every token."""
+    ids = torch.tensor([prompt], device=next(model.parameters()).device)
+    cache, feed = KVCache(model.config.n_layer), ids
+    for _ in range(new_tokens):
+        token = model(feed, kv_cache=cache)[:, -1].argmax(dim=-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
+        feed = token  # with a cache, only the new token goes in next time
+    return ids[0, len(prompt):].tolist()
+
+
+def measure_draft_generation(model: GPT, prompt: list[int], new_tokens: int, device: torch.device) -> float:
+    """Chapter 3's draft loop on the same prompt -> new tokens/s (after the same warm-up)."""
+    draft_generate(model, prompt, new_tokens)
+    synchronize(device)
+    began = time.perf_counter()
+    tokens = draft_generate(model, prompt, new_tokens)
+    synchronize(device)
+    return len(tokens) / (time.perf_counter() - began)
+
+
+def measure_rollouts(model: GPT, batch_size: int, new_tokens: int, device: torch.device) -> float:
+    """Sampling (temperature 1) of batch_size answers of new_tokens each -> sampled tokens/s."""
+    prompts = torch.randint(0, model.config.vocab_size, (batch_size, PROMPT_TOKENS)).tolist()
+    generate(model, prompts, new_tokens, temperature=1.0, seed=0)  # warm-up, as above
+    synchronize(device)
+    began = time.perf_counter()
+    answers = generate(model, prompts, new_tokens, temperature=1.0, seed=1)  # no eos_id: every row runs to the end
+    synchronize(device)
+    return sum(len(a) for a in answers) / (time.perf_counter() - began)
+
+
+def cpu_name() -> str:
+    """The processor's name as the system reports it (Linux: /proc/cpuinfo), e.g. 'AMD EPYC 7B13'."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def si(value: float, unit: str) -> str:
     """12_300_000_000, "FLOP/s" -> "12.3 GFLOP/s"."""
     for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -141,22 +191,31 @@ def run_benchmarks(preset: str, device: str, steps: int, new_tokens: int, batch_
     prompt = torch.randint(0, config.vocab_size, (PROMPT_TOKENS,)).tolist()
     cached_speed, cached_tokens = measure_generation(gen_model, prompt, new_tokens, True, dev)
     uncached_speed, uncached_tokens = measure_generation(gen_model, prompt, new_tokens, False, dev)
+    draft_speed = measure_draft_generation(gen_model, prompt, new_tokens, dev)
+    rollout_batch, rollout_tokens = settings["ppo"]["batch_size"], settings["ppo"]["max_new_tokens"]
+    rollout_model = GPT(replace(config, block_size=max(config.block_size, PROMPT_TOKENS + rollout_tokens))).to(dev)
+    rollout_speed = measure_rollouts(rollout_model, rollout_batch, rollout_tokens, dev)
+    bf16 = native_bf16(dev)
 
     figures = {
         "preset": preset, "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "processor": torch.cuda.get_device_name() if dev.type == "cuda" else cpu_name(), "bf16_hardware": bf16,
+        "train_dtype": "bfloat16 autocast" if bf16 else "float32",
         "parameters": model.num_parameters(), "batch_size": cfg.batch_size, "block_size": config.block_size,
         "matmul_flops": peak, "train_tokens_per_s": tokens_per_s, "train_step_s": step_s,
         "flops_per_token": per_token, "train_flops": achieved, "mfu": achieved / peak,
         "gen_cached_tokens_per_s": cached_speed, "gen_uncached_tokens_per_s": uncached_speed,
         "kv_cache_speedup": cached_speed / uncached_speed, "same_tokens": cached_tokens == uncached_tokens,
+        "gen_draft_tokens_per_s": draft_speed, "package_vs_draft": cached_speed / draft_speed,
+        "rollout_batch": rollout_batch, "rollout_new_tokens": rollout_tokens, "rollout_tokens_per_s": rollout_speed,
     }
     print_table(figures, matmul_shape, steps, new_tokens)
     return figures
 
 
 def print_table(f: dict, matmul_shape: str, steps: int, new_tokens: int) -> None:
-    gpu = f" ({torch.cuda.get_device_name()})" if f["device"].startswith("cuda") else ""
-    print(f"bench: preset {f['preset']} on {f['device']}{gpu}, torch {f['torch']}, {f['threads']} threads")
+    print(f"bench: preset {f['preset']} on {f['device']} ({f['processor']}), torch {f['torch']}, {f['threads']} threads")
+    print(f"bf16 in hardware: {'yes' if f['bf16_hardware'] else 'no'}, so training runs in {f['train_dtype']}")
     print(f"model: {f['parameters'] / 1e6:.2f}M parameters, batch {f['batch_size']} x block {f['block_size']}")
     rows = [
         (f"matmul peak ({matmul_shape})", si(f["matmul_flops"], "FLOP/s"), "best of 5"),
@@ -166,6 +225,10 @@ def print_table(f: dict, matmul_shape: str, steps: int, new_tokens: int) -> None
         (f"generate {new_tokens} tokens, KV cache", f"{f['gen_cached_tokens_per_s']:,.1f} tokens/s", ""),
         (f"generate {new_tokens} tokens, no cache", f"{f['gen_uncached_tokens_per_s']:,.1f} tokens/s",
          f"cache is {f['kv_cache_speedup']:.1f}x faster"),
+        (f"generate {new_tokens} tokens, ch03 draft", f"{f['gen_draft_tokens_per_s']:,.1f} tokens/s",
+         f"generate() is {f['package_vs_draft']:.2f}x the draft"),
+        (f"rollouts {f['rollout_batch']} x {f['rollout_new_tokens']} tokens", f"{f['rollout_tokens_per_s']:,.0f} tokens/s",
+         "sampled, temperature 1"),
     ]
     for name, value, note in rows:
         print(f"{name:<34} {value:>20}   {note}")

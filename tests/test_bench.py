@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import gpt_scratch.bench as bench
+from gpt_scratch.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +21,8 @@ def figures():
 
 def test_figures_are_positive_and_finite(figures):
     for name in ("matmul_flops", "train_tokens_per_s", "train_step_s", "flops_per_token", "train_flops", "mfu",
-                 "gen_cached_tokens_per_s", "gen_uncached_tokens_per_s", "kv_cache_speedup"):
+                 "gen_cached_tokens_per_s", "gen_uncached_tokens_per_s", "kv_cache_speedup", "gen_draft_tokens_per_s",
+                 "package_vs_draft", "rollout_tokens_per_s"):
         assert math.isfinite(figures[name]) and figures[name] > 0, name
     assert 0 < figures["mfu"] < 1.5
     assert (figures["device"], figures["batch_size"], figures["block_size"]) == ("cpu", 8, 128)
@@ -30,6 +35,25 @@ def test_figures_are_consistent(figures):
     assert figures["kv_cache_speedup"] == pytest.approx(
         figures["gen_cached_tokens_per_s"] / figures["gen_uncached_tokens_per_s"])
     assert figures["same_tokens"]  # the cache must not change what greedy decoding picks
+    assert figures["package_vs_draft"] == pytest.approx(figures["gen_cached_tokens_per_s"] / figures["gen_draft_tokens_per_s"])
+    assert (figures["rollout_batch"], figures["rollout_new_tokens"]) == (8, 8)  # the tiny preset's PPO settings
+    assert figures["train_dtype"] == ("bfloat16 autocast" if figures["bf16_hardware"] else "float32")
+    assert figures["processor"] == bench.cpu_name() and figures["processor"]
+
+
+def test_the_draft_loop_decodes_what_generate_decodes():
+    from gpt_scratch.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    assert bench.draft_generate(model, [3, 4, 5], 10) == generate(model, [[3, 4, 5]], 10)[0]
+
+
+def test_cpu_name_reads_proc_cpuinfo(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n")
+    real_path = bench.Path
+    monkeypatch.setattr(bench, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
+    assert bench.cpu_name() == "AMD EPYC 7B13"
 
 
 def test_flops_per_token_formula():
