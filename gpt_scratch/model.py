@@ -141,7 +141,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        allowed = attention_bias(T, k.shape[2], key_mask, x.device)
+        # One new token with no padding may look at every key: no mask to build (the usual step of
+        # generation with a cache, once per layer and token).
+        allowed = None if T == 1 and key_mask is None else attention_bias(T, k.shape[2], key_mask, x.device)
 
         if self.config.attention == "sdpa":
             p = self.dropout if self.training else 0.0
@@ -151,7 +153,8 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         else:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T_k)
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
             weights = F.softmax(scores, dim=-1)
             y = self.attn_dropout(weights) @ v  # (B, H, T, head_dim)
 
