@@ -239,9 +239,11 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
                 logp = token_logprobs(logits, y[rows])
                 policy_loss, clip_stats = clipped_policy_loss(logp, old_logp[rows], token_advantages[rows], mask[rows],
                                                               cfg.clip_range, cfg.aggregation, cfg.max_new_tokens)
-                kl_loss = aggregate_loss(kl_per_token(logp, ref_logp[rows], mask[rows], "k3"), mask[rows],
-                                         cfg.aggregation, cfg.max_new_tokens)
-                loss = policy_loss + cfg.kl_coef * kl_loss if cfg.kl_coef > 0 else policy_loss
+                loss = policy_loss
+                if cfg.kl_coef > 0:  # k3 of the policy now against the reference, aggregated like the policy loss
+                    kl_loss = aggregate_loss(kl_per_token(logp, ref_logp[rows], mask[rows], "k3"), mask[rows],
+                                             cfg.aggregation, cfg.max_new_tokens)
+                    loss = loss + cfg.kl_coef * kl_loss
             check_finite_loss(loss, step, cfg.lr, cfg.grad_clip)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -239,6 +239,13 @@ def test_one_step_keeps_the_reference_frozen_and_starts_at_ratio_1(folders, rewa
     for key in ("reward", "reward_std", "zero_std_share", "response_length", "clipfrac", "kl", "entropy",
                 "policy_loss", "approxkl", "answers_sampled"):
         assert key in metrics, key
+    # Once the policy has moved (the later minibatches), the KL term adds to the loss; without it, it does not.
+    assert metrics["loss"] > metrics["policy_loss"]
+    policy = load_checkpoint(folders["sft"])[0]
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    metrics = grpo_step(policy, reference, tokenizer, by_family(folders), None, small(kl_coef=0.0), optimizer, 0,
+                        torch.device("cpu"))
+    assert metrics["loss"] == metrics["policy_loss"]
 
 
 @pytest.mark.parametrize("aggregation, std", [("token-mean", True), ("seq-mean-token-mean", True),
