@@ -309,8 +309,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="reward on top for an answer in the preferred style 'The answer is X.' (0 = off)")
     grpo.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=None,
                       help="replace groups whose rewards are all equal (they teach nothing) by fresh prompts")
-    grpo.add_argument("--max-resample", type=int_range(0, 100),
-                      help="with --dynamic-sampling: extra rollouts per step at most")
+    grpo.add_argument("--max-resample", type=int_range(0, 15),
+                      help="with --dynamic-sampling: extra rollouts per step at most, 0 to 15")
     grpo.add_argument("--family-weights", choices=list(FAMILY_WEIGHTS),
                       help="uniform: every training prompt alike; sft-error: families in proportion to the SFT "
                            "model's error rate on training prompts (measured once, greedy)")

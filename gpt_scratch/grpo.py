@@ -40,8 +40,12 @@ One GRPO step:
 Held-out every eval_every steps: greedy accuracy per family (the course's measure), win-rate
 against the SFT model, and pass@1 and pass@G from eval_samples sampled answers per prompt
 (pass_at_k). pass@G is roughly the ceiling of what this kind of RL reaches: it sharpens answers the
-model can already sample, it does not teach new ones. Every random choice is a function of
-(seed, step), so a resumed run takes exactly the steps an uninterrupted one would have taken.
+model can already sample, it does not teach new ones. On the default run the SFT model answers 99%
+of the training prompts right greedily (91% when sampled), so the reward mostly sharpens: held-out
+pass@1 rises from 84% to 88.5%, greedy accuracy only from 94.1% to 94.7%; the held-out errors are
+questions unlike any training one (other number pairs, words never asked about), which no reward on
+the training prompts reaches. Every random choice is a function of (seed, step), so a resumed run
+takes exactly the steps an uninterrupted one would have taken.
 """
 
 import copy
@@ -84,7 +88,7 @@ class GRPOConfig:
     aggregation: str = "seq-mean-token-mean"  # ppo_math.AGGREGATIONS
     format_reward: float = 0.0  # bonus for an answer in the preferred style (0 = correctness only)
     dynamic_sampling: bool = False  # replace groups whose rewards are all equal
-    max_resample: int = 2  # extra rollouts per step at most, with dynamic_sampling
+    max_resample: int = 2  # extra rollouts per step at most, with dynamic_sampling (0..15: a seed each)
     family_weights: str = "uniform"  # or "sft-error"
     weight_sample: int = 1000  # training prompts the SFT error rates are measured on
     max_new_tokens: int = 24
@@ -108,6 +112,8 @@ class GRPOConfig:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}")
         if self.family_weights not in FAMILY_WEIGHTS:
             raise ValueError(f"family_weights must be one of {FAMILY_WEIGHTS}, not {self.family_weights!r}")
+        if not 0 <= self.max_resample <= 15:
+            raise ValueError(f"max_resample must be from 0 to 15, got {self.max_resample}")
         if self.eval_samples < self.group_size:
             raise ValueError(f"eval_samples {self.eval_samples} must be at least group_size {self.group_size} "
                              f"(pass@G needs G samples)")

@@ -351,6 +351,7 @@ def test_bad_configs_are_refused():
                                (dict(batch_size=8, group_size=3), "group_size 3 must divide"),
                                (dict(batch_size=8, minibatch_size=3), "minibatch_size 3 must divide"),
                                (dict(aggregation="sum"), "aggregation must be one of"),
+                               (dict(max_resample=16), "max_resample must be from 0 to 15"),
                                (dict(family_weights="errors"), "family_weights must be one of"),
                                (dict(group_size=8, eval_samples=4), "eval_samples 4 must be at least")):
         with pytest.raises(ValueError, match=message):
@@ -365,7 +366,7 @@ def test_bad_configs_are_refused():
     (["--epochs", "0"], "--epochs"), (["--steps", "0"], "--steps"), (["--lr", "0"], "--lr"),
     (["--clip-range", "0"], "--clip-range"), (["--kl-coef", "-1"], "--kl-coef"),
     (["--loss-agg", "sum"], "--loss-agg"), (["--format-reward", "-0.1"], "--format-reward"),
-    (["--preset", "tiny", "--max-resample", "2"], "--max-resample"), (["--no-dynamic-sampling", "--max-resample", "1"], "--max-resample"),
+    (["--preset", "tiny", "--max-resample", "2"], "--max-resample"), (["--max-resample", "16"], "--max-resample"), (["--no-dynamic-sampling", "--max-resample", "1"], "--max-resample"),
     (["--family-weights", "errors"], "--family-weights"), (["--family-weights", "uniform", "--weight-sample", "100"], "--weight-sample"),
     (["--weight-sample", "0", "--family-weights", "sft-error"], "--weight-sample"),
     (["--group-size", "8", "--eval-samples", "4"], "--eval-samples"), (["--temperature", "0"], "--temperature"),
