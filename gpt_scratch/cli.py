@@ -5,6 +5,8 @@
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
     python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
+    python -m gpt_scratch ppo                 RLHF with PPO against the reward model (chapter 9)
+    python -m gpt_scratch grpo                RL with the judge as the reward, GRPO (chapter 11)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
     python -m gpt_scratch generate            sample text from a checkpoint (or answer one question)
     python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
@@ -16,7 +18,7 @@ any file is read; a bad value exits with code 2 and one line saying what is allo
 """
 
 import argparse
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from gpt_scratch.args import (OneLineParser, float_range, int_range, non_negative_int, positive_float, positive_int,
@@ -166,6 +168,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     """The main parser and each stage's own parser (used for its cross-flag errors)."""
     from gpt_scratch import grade as grade_command
     from gpt_scratch.compare import DEFAULT_METHODS, method_type
+    from gpt_scratch.grpo import FAMILY_WEIGHTS
+    from gpt_scratch.ppo_math import AGGREGATIONS
     from gpt_scratch.world import command as data_command
 
     parser = OneLineParser(prog="python -m gpt_scratch", description=__doc__,
@@ -282,6 +286,53 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ppo.add_argument("--resume", action="store_true", help="continue from the stage folder's checkpoint")
     ppo.add_argument("--quiet", action="store_true")
 
+    grpo = stages.add_parser("grpo", help="RL with a verifiable reward (GRPO): the judge's verdict is the reward")
+    grpo.add_argument("--sft", default="runs/default/sft", help="the SFT stage folder: the policy and the reference")
+    grpo.add_argument("--data", default="runs/default/data",
+                      help="folder with sft_train.json (the prompts trained on) and sft_test.json (held out)")
+    grpo.add_argument("--out", default="runs/default/grpo", help="stage folder")
+    grpo.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes (default: the preset's grpo)")
+    grpo.add_argument("--steps", type=positive_int, help="GRPO steps (rollout + update)")
+    grpo.add_argument("--batch-size", type=positive_int,
+                      help="answers per step: batch-size / group-size prompts, group-size answers each")
+    grpo.add_argument("--group-size", type=int_range(2, 1024),
+                      help="answers per prompt, G (at least 2; must divide --batch-size)")
+    grpo.add_argument("--minibatch-size", type=positive_int, help="answers per gradient step (must divide --batch-size)")
+    grpo.add_argument("--epochs", type=int_range(1, 100), help="passes over each rollout batch")
+    grpo.add_argument("--lr", type=positive_float, help="learning rate")
+    grpo.add_argument("--clip-range", type=float_range(0.0, 10.0, include_low=False), help="ratio clip epsilon")
+    grpo.add_argument("--kl-coef", type=float_range(0.0, 100.0),
+                      help="weight of the k3 KL to the SFT reference in the loss (0 = none)")
+    grpo.add_argument("--std", action=argparse.BooleanOptionalAction, default=None,
+                      help="divide each group's advantages by the group's std (GRPO); --no-std: do not (Dr. GRPO)")
+    grpo.add_argument("--loss-agg", dest="aggregation", choices=list(AGGREGATIONS),
+                      help="how token losses become one: seq-mean-token-mean (GRPO), token-mean (DAPO), "
+                           "seq-mean-token-sum-norm (Dr. GRPO: each answer's sum / --max-new-tokens)")
+    grpo.add_argument("--format-reward", type=float_range(0.0, 100.0),
+                      help="reward on top for an answer in the preferred style 'The answer is X.' (0 = off)")
+    grpo.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=None,
+                      help="replace groups whose rewards are all equal (they teach nothing) by fresh prompts")
+    grpo.add_argument("--max-resample", type=int_range(0, 15),
+                      help="with --dynamic-sampling: extra rollouts per step at most, 0 to 15")
+    grpo.add_argument("--family-weights", choices=list(FAMILY_WEIGHTS),
+                      help="uniform: every training prompt alike; sft-error: families in proportion to the SFT "
+                           "model's error rate on training prompts (measured once, greedy)")
+    grpo.add_argument("--weight-sample", type=positive_int,
+                      help="with --family-weights sft-error: training prompts the error rates are measured on")
+    grpo.add_argument("--max-new-tokens", type=int_range(1, 8192), help="longest answer sampled")
+    grpo.add_argument("--temperature", type=float_range(0.0, 100.0, include_low=False),
+                      help="sampling temperature of the rollouts and of pass@k")
+    grpo.add_argument("--grad-clip", type=float_range(0.0, 1e6), help="max gradient norm (0 = off)")
+    grpo.add_argument("--eval-every", type=positive_int, help="held-out accuracy and pass@k every N steps")
+    grpo.add_argument("--eval-samples", type=positive_int,
+                      help="sampled answers per held-out prompt for pass@k (at least --group-size)")
+    grpo.add_argument("--n-eval", type=positive_int, help="score only the first N test questions")
+    grpo.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    grpo.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    grpo.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    grpo.add_argument("--resume", action="store_true", help="continue from the stage folder's checkpoint")
+    grpo.add_argument("--quiet", action="store_true")
+
     compare = stages.add_parser("compare", help="fine-tune with several freezing/LoRA methods and compare them")
     compare.add_argument("--base", default="runs/default/pretrain", help="the checkpoint every method starts from")
     compare.add_argument("--data", default="runs/default/data", help="folder with the sft_*.json files")
@@ -371,6 +422,8 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return reward_command(parser, args)
     if args.stage == "ppo":
         return ppo_command(parser, args)
+    if args.stage == "grpo":
+        return grpo_command(parser, args)
     if args.stage == "compare":
         return compare_command(parser, args)
     if args.stage == "grade":
@@ -477,6 +530,36 @@ def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     check_device(parser, args.device)
     ppo_stage(args.sft, args.reward, args.data, args.out, PPOConfig(**settings), n_eval, resume=args.resume,
               quiet=args.quiet)
+    return 0
+
+
+GRPO_FLAGS = ("steps", "batch_size", "group_size", "minibatch_size", "epochs", "lr", "clip_range", "kl_coef", "std",
+              "aggregation", "format_reward", "dynamic_sampling", "max_resample", "family_weights", "weight_sample",
+              "max_new_tokens", "temperature", "grad_clip", "eval_every", "eval_samples", "seed", "device", "dtype")
+
+
+def grpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gpt_scratch.grpo import GRPOConfig, grpo_stage
+
+    settings = {**asdict(GRPOConfig()), **PRESETS[args.preset]["grpo"]}  # the preset's values over the defaults
+    n_eval = args.n_eval if args.n_eval is not None else settings.get("n_eval")
+    settings.pop("n_eval", None)
+    settings.update({name: getattr(args, name) for name in GRPO_FLAGS if getattr(args, name) is not None})
+    # Each check names the flag to change; a value from the preset is named as the flag that sets it.
+    if settings["batch_size"] % settings["group_size"] != 0:
+        parser.error(f"--group-size {settings['group_size']} must divide --batch-size {settings['batch_size']} "
+                     f"(a step holds whole groups)")
+    if settings["batch_size"] % settings["minibatch_size"] != 0:
+        parser.error(f"--minibatch-size {settings['minibatch_size']} must divide --batch-size {settings['batch_size']}")
+    if settings["eval_samples"] < settings["group_size"]:
+        parser.error(f"--eval-samples {settings['eval_samples']} must be at least --group-size "
+                     f"{settings['group_size']} (pass@G needs G samples per prompt)")
+    if args.max_resample is not None and not settings["dynamic_sampling"]:
+        parser.error("--max-resample needs --dynamic-sampling (without it nothing is resampled)")
+    if args.weight_sample is not None and settings["family_weights"] != "sft-error":
+        parser.error("--weight-sample needs --family-weights sft-error (uniform weights measure nothing)")
+    check_device(parser, settings["device"])
+    grpo_stage(args.sft, args.data, args.out, GRPOConfig(**settings), n_eval, resume=args.resume, quiet=args.quiet)
     return 0
 
 

@@ -34,7 +34,9 @@ The pieces, in the order one PPO step uses them:
    -A * ratio, except that once the ratio has left [1 - eps, 1 + eps] in the direction the
    advantage pushes, the clipped term takes over and that token's gradient is 0. So one batch of
    samples can be reused for several gradient steps without moving the policy far from the one
-   that sampled them.
+   that sampled them. How the per-token losses become one number (aggregate_loss) is a choice:
+   the mean over every real token of the batch (PPO here, DAPO), each answer's mean then the mean
+   over answers (the original GRPO), or each answer's sum over a constant length (Dr. GRPO).
 6. The clipped value loss: the same idea for the value head, 0.5 * (V - return)^2, with the new
    value kept within eps of the value at sampling time.
 7. The KL controllers: a fixed kl_coef, or Ziegler et al. (2019)'s adaptive one, which raises the
@@ -48,6 +50,7 @@ import torch
 from gpt_scratch.reward import last_token_index
 
 KL_ESTIMATORS = ("k1", "k3")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 # 1. Masked statistics ------------------------------------------------------------------------------------------
@@ -166,13 +169,40 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 # 5. The clipped policy loss ------------------------------------------------------------------------------------
 
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "token-mean",
+                   norm_length: int | None = None) -> torch.Tensor:
+    """One number from per-token losses (B, T): how much each token of each answer counts.
+
+        token-mean               sum over every real token / their count: every token counts the same, so a
+                                 long answer weighs more than a short one (DAPO; PPO here)
+        seq-mean-token-mean      each answer's mean over its tokens, then the mean over answers: every
+                                 answer counts the same, so a token of a short answer weighs more (GRPO)
+        seq-mean-token-sum-norm  each answer's sum / norm_length (a constant: the longest answer allowed),
+                                 then the mean over answers: every token counts the same and no length
+                                 changes the scale (Dr. GRPO)
+    Example: losses [[1, 2, 3], [4, pad, pad]] -> token-mean 10/4 = 2.5; seq-mean-token-mean
+    (2 + 4)/2 = 3; seq-mean-token-sum-norm with norm_length 4: (6/4 + 4/4)/2 = 1.25.
+    """
+    if aggregation == "token-mean":
+        return masked_mean(per_token, mask)
+    if aggregation == "seq-mean-token-mean":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if aggregation == "seq-mean-token-sum-norm":
+        if norm_length is None or norm_length < 1:
+            raise ValueError(f"seq-mean-token-sum-norm needs a norm_length of at least 1, got {norm_length}")
+        return (torch.where(mask.bool(), per_token, 0).sum(dim=1) / norm_length).mean()
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
+
+
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        clip_range: float, aggregation: str = "token-mean",
+                        norm_length: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate loss, and a few numbers to log.
 
     logp: the policy now (with gradient); old_logp: the policy that sampled the tokens.
         ratio = exp(logp - old_logp)
-        loss  = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
+        loss  = aggregate_loss of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
+    (by default the masked mean over every real token; see aggregate_loss for the other choices).
     The max picks the more pessimistic term: with A > 0 the ratio gains nothing above 1 + eps, with
     A < 0 nothing below 1 - eps, and there the clipped term is a constant, so the gradient is 0.
     On the first minibatch of a fresh rollout logp == old_logp: the ratio is exactly 1 and the loss
@@ -187,7 +217,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     ratio = torch.exp(torch.where(mask, logp - old_logp, 0))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregation, norm_length)
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean((clipped > unclipped).to(unclipped.dtype), mask),

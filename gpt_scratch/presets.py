@@ -22,6 +22,9 @@ PRESETS: dict[str, dict] = {
                    "save_every": 10, "best_of": 4, "best_of_prompts": 8},
         "ppo": {"steps": 3, "batch_size": 8, "minibatch_size": 4, "epochs": 2, "lr": 1e-3, "value_lr": 1e-3,
                 "max_new_tokens": 8, "eval_every": 2, "save_every": 2, "n_eval": 16},
+        "grpo": {"steps": 3, "batch_size": 8, "group_size": 4, "minibatch_size": 4, "epochs": 2, "lr": 1e-3,
+                 "max_new_tokens": 8, "eval_every": 2, "save_every": 2, "eval_samples": 4, "weight_sample": 32,
+                 "n_eval": 16},
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
@@ -44,6 +47,11 @@ PRESETS: dict[str, dict] = {
         # the preferred style on every held-out answer without losing accuracy.
         "ppo": {"steps": 40, "batch_size": 64, "minibatch_size": 32, "epochs": 4, "lr": 3e-5, "value_lr": 9e-5,
                 "max_new_tokens": 24, "eval_every": 10, "save_every": 10, "n_eval": None},
+        # GRPO: 300 steps of 16 training prompts x 8 answers, lr 3e-5, no KL term (~3 minutes on 2 CPU cores).
+        # Measured on the default run (seeds 0-2): held-out accuracy 94.1% -> 94.7-94.9%, pass@1 84% -> 89%;
+        # lr 1e-4 and above, 2 epochs, a KL term or Dr. GRPO's scaling all ended lower (see grpo.py).
+        "grpo": {"steps": 300, "batch_size": 128, "group_size": 8, "minibatch_size": 64, "epochs": 1, "lr": 3e-5,
+                 "max_new_tokens": 24, "eval_every": 150, "save_every": 150, "eval_samples": 8, "n_eval": None},
     },
     "gpt2": {
         "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
@@ -59,5 +67,7 @@ PRESETS: dict[str, dict] = {
                    "save_every": 500, "best_of": 16, "best_of_prompts": 200},
         "ppo": {"steps": 200, "batch_size": 64, "minibatch_size": 16, "epochs": 4, "lr": 1e-6, "value_lr": 1e-5,
                 "max_new_tokens": 128, "eval_every": 20, "save_every": 20, "n_eval": 500},
+        "grpo": {"steps": 200, "batch_size": 256, "group_size": 8, "minibatch_size": 64, "epochs": 1, "lr": 1e-6,
+                 "max_new_tokens": 128, "eval_every": 50, "save_every": 50, "eval_samples": 8, "n_eval": 500},
     },
 }

@@ -65,5 +65,22 @@ def rollout(policy: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_token
         finished = bool(answer) and answer[-1] == eot
         responses.append(tokenizer.decode(answer[:-1] if finished else answer))
         ended.append(finished)
-    x, y = collate(examples, pad_id=eot, mask_prompt=True)
-    return Rollout(list(prompts), examples, responses, torch.tensor(ended), x, y)
+    return collated(prompts, examples, responses, ended, pad_id=eot)
+
+
+def collated(prompts: list[str], examples: list[Encoded], responses: list[str], ended: list[bool],
+             pad_id: int) -> Rollout:
+    """A Rollout of these rows, padded by length (data.collate) into one batch."""
+    x, y = collate(examples, pad_id=pad_id, mask_prompt=True)
+    return Rollout(list(prompts), list(examples), list(responses), torch.tensor(ended, dtype=torch.bool), x, y)
+
+
+def join_rows(parts: list[tuple[Rollout, list[int]]], pad_id: int) -> Rollout:
+    """Chosen rows of one or more rollouts as one batch, in the order given: [(batch, [row, ...]), ...].
+
+    GRPO's dynamic sampling keeps the groups that teach something from several rollouts; the rows
+    keep their sampled ids and are padded again to the longest of them.
+    """
+    picked = [(batch, row) for batch, rows in parts for row in rows]
+    return collated([b.prompts[i] for b, i in picked], [b.examples[i] for b, i in picked],
+                    [b.responses[i] for b, i in picked], [bool(b.ended[i]) for b, i in picked], pad_id)

@@ -140,6 +140,20 @@ SCRIPTS = {
                 (["--epochs", "0"], "--epochs"), (["--epochs", "21"], "--epochs"), (["--lr", "0"], "--lr"),
                 (["--lr", "nan"], "--lr"), (["--seed", "-1"], "--seed")],
     },
+    "ch11/ex1_grpo.py": {
+        "base": ["--steps", "3"],
+        "values": {"--prompts": ["3"], "--group-size": ["2"], "--steps": ["5"], "--epochs": ["1"], "--lr": ["1"],
+                   "--clip": ["0.1"], "--aggregation": ["token-mean", "seq-mean-token-sum-norm"], "--scale": ["none"],
+                   "--samples": ["8"], "--seed": ["1"]},
+        "bad": [(["--prompts", "0"], "--prompts"), (["--prompts", "33"], "--prompts"),
+                (["--group-size", "1"], "--group-size"),
+                (["--group-size", "17"], "--group-size"), (["--steps", "0"], "--steps"), (["--steps", "101"], "--steps"),
+                (["--epochs", "0"], "--epochs"), (["--epochs", "11"], "--epochs"), (["--lr", "0"], "--lr"),
+                (["--lr", "nan"], "--lr"), (["--clip", "0"], "--clip"), (["--clip", "1"], "--clip"),
+                (["--aggregation", "sum"], "--aggregation"), (["--scale", "half"], "--scale"),
+                (["--samples", "0"], "--samples"), (["--samples", "65"], "--samples"),
+                (["--group-size", "8", "--samples", "4"], "--samples"), (["--seed", "-1"], "--seed")],
+    },
 }
 
 

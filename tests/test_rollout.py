@@ -7,7 +7,7 @@ from gpt_scratch.data import IGNORE
 from gpt_scratch.generate import generate
 from gpt_scratch.logprobs import completion_logprobs
 from gpt_scratch.model import GPT, GPTConfig
-from gpt_scratch.rollout import prompt_ids, rollout
+from gpt_scratch.rollout import join_rows, prompt_ids, rollout
 from gpt_scratch.tokenizer import Tokenizer
 
 PROMPTS = ["What is 3 plus 4?", "Say yes.", "Reverse the letters.\n\nc a t", "Say no."]
@@ -80,3 +80,21 @@ def test_a_seeded_rollout_repeats_and_bad_settings_are_refused(tokenizer):
         rollout(model, tokenizer, PROMPTS, max_new_tokens=0)
     with pytest.raises(ValueError, match="context is 64"):
         rollout(model, tokenizer, ["word " * 80], max_new_tokens=2)
+
+
+def test_join_rows_keeps_each_rows_sampled_ids_and_pads_them_again(tokenizer):
+    """GRPO's dynamic sampling joins rows of several rollouts: each row is exactly what was sampled, padded by
+    length to the longest row of the new batch, with no target after its end-of-text."""
+    model = eot_loving_model(tokenizer, eot_bias=4.0)
+    first = rollout(model, tokenizer, PROMPTS, max_new_tokens=6, seed=3)
+    second = rollout(model, tokenizer, PROMPTS[:2], max_new_tokens=3, seed=4)
+    joined = join_rows([(first, [2, 0]), (second, [1])], pad_id=tokenizer.eot_id)
+    picked = [(first, 2), (first, 0), (second, 1)]
+    assert joined.prompts == [batch.prompts[i] for batch, i in picked]
+    assert joined.responses == [batch.responses[i] for batch, i in picked]
+    assert joined.ended.tolist() == [bool(batch.ended[i]) for batch, i in picked]
+    for row, (batch, i) in enumerate(picked):
+        n = len(batch.examples[i].ids) - 1  # inputs are ids[:-1], targets ids[1:]
+        assert torch.equal(joined.x[row, :n], batch.x[i, :n]) and torch.equal(joined.y[row, :n], batch.y[i, :n])
+        assert torch.all(joined.y[row, n:] == IGNORE) and torch.all(joined.x[row, n:] == tokenizer.eot_id)
+    assert joined.response_mask.sum(dim=1).tolist() == [sum(batch.examples[i].trained) for batch, i in picked]
