@@ -22,6 +22,7 @@ from pathlib import Path
 from gpt_scratch.args import (OneLineParser, float_range, int_range, non_negative_int, positive_float, positive_int,
                               print_error)
 from gpt_scratch.presets import PRESETS
+from gpt_scratch.tokenizer import Tokenizer, gpt2_tokenizer
 from gpt_scratch.train import TrainConfig
 
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
@@ -122,6 +123,29 @@ def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in settings.items() if k in known})
 
 
+def add_gpt2_vocab_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpt2-vocab", metavar="FILE",
+                        help="GPT-2's vocabulary as a local gpt2.tiktoken file, for a machine without internet "
+                             "(default: $GPT_SCRATCH_GPT2_TIKTOKEN, else tiktoken downloads it once)")
+
+
+def pretrain_tokenizer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tokenizer | None:
+    """The tokenizer the pretrain stage uses: None = train one on the corpus, else GPT-2's, loaded now.
+
+    GPT-2's is loaded before anything else, so that without its vocabulary (offline, no file)
+    the command stops at once with one line, not after the corpus was read or data written.
+    """
+    choice = args.tokenizer or PRESETS[args.preset]["tokenizer"]
+    if choice == "gpt2" and args.vocab_size is not None:
+        parser.error("--vocab-size sizes a tokenizer trained on the corpus; GPT-2's has its own 50,257 tokens "
+                     "(leave out --vocab-size, or give --tokenizer train)")
+    if choice == "train" and args.gpt2_vocab is not None:
+        parser.error("--gpt2-vocab needs --tokenizer gpt2 (here the tokenizer is trained on the corpus)")
+    if choice == "train":
+        return None
+    return gpt2_tokenizer(args.gpt2_vocab, chat_tokens=True)  # the chat tokens: for SFT's chat template
+
+
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     """--device cuda or mps where there is no such GPU: exit 2 with one line."""
     if device not in ("cuda", "mps"):
@@ -179,6 +203,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("--corpus", help="train on this text file instead of the generated corpus")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_gpt2_vocab_flag(run)
 
     data = stages.add_parser("data", help="write the embedded world's corpus, tasks and preferences")
     data_command.add_arguments(data)
@@ -187,7 +212,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pre.add_argument("--corpus", default="data/corpus.txt", help="UTF-8 text file (default data/corpus.txt)")
     pre.add_argument("--out", default="runs/default/pretrain", help="stage folder")
     pre.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model and training size")
+    pre.add_argument("--tokenizer", choices=["train", "gpt2"],
+                     help="train: a BPE tokenizer learnt on the corpus; gpt2: GPT-2's own (default: the preset's)")
     pre.add_argument("--vocab-size", type=int_range(260, 200_000), help="BPE vocabulary incl. special tokens")
+    add_gpt2_vocab_flag(pre)
     pre.add_argument("--val-fraction", type=float_range(0.0, 0.5, include_low=False), default=0.05,
                      help="share of the corpus kept for validation (default 0.05)")
     add_model_flags(pre)
@@ -360,10 +388,11 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return data_command.run(args)
     if args.stage == "pretrain":
         check_model_and_train(parser, args, "pretrain")
+        tokenizer = pretrain_tokenizer(parser, args)
         from gpt_scratch.pretrain import pretrain
         vocab = args.vocab_size or PRESETS[args.preset]["vocab_size"]
         pretrain(args.corpus, args.out, model_settings(args), train_config(args, "pretrain"), vocab,
-                 args.val_fraction, resume=args.resume, quiet=args.quiet)
+                 args.val_fraction, resume=args.resume, quiet=args.quiet, tokenizer=tokenizer)
         return 0
     if args.stage == "sft":
         return sft_command(parser, args)
@@ -390,11 +419,13 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.stage == "run":
         check_device(parser, args.device)
+        if args.gpt2_vocab is not None and PRESETS[args.preset]["tokenizer"] != "gpt2":
+            parser.error(f"--gpt2-vocab is for --preset gpt2; the {args.preset} preset trains its tokenizer")
         if args.corpus is not None and not Path(args.corpus).is_file():  # found now, not after the data stage
             raise FileNotFoundError(f"corpus file {args.corpus} not found; give a UTF-8 text file or leave out "
                                     f"--corpus to use the generated one")
         from gpt_scratch.pipeline import run_pipeline
-        run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet)
+        run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet, args.gpt2_vocab)
         return 0
     raise AssertionError(f"unhandled stage {args.stage}")
 
