@@ -3,6 +3,7 @@
     python -m gpt_scratch run                 the whole course pipeline on the embedded default
     python -m gpt_scratch data                generate the embedded world's data files
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
+    python -m gpt_scratch import-gpt2         a Hugging Face GPT-2 as a checkpoint the stages read
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
     python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
@@ -221,11 +222,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_model_flags(pre)
     add_train_flags(pre, "pretrain")
 
+    imp = stages.add_parser("import-gpt2", help="a Hugging Face GPT-2 (folder or size name) as a checkpoint with "
+                                                "GPT-2's tokenizer, for sft --base and every other stage")
+    imp.add_argument("--hf", required=True,
+                     help="a folder with config.json + model.safetensors, or gpt2, gpt2-medium, gpt2-large, gpt2-xl "
+                          "(downloaded once)")
+    imp.add_argument("--out", default="runs/gpt2/base", help="stage folder; the checkpoint goes into its checkpoint/")
+    add_gpt2_vocab_flag(imp)
+
     sft = stages.add_parser("sft", help="instruction fine-tuning of a pretrained model, scored by the judge")
     sft.add_argument("--base", default="runs/default/pretrain",
                      help="checkpoint to start from: a stage or checkpoint folder (default runs/default/pretrain)")
     sft.add_argument("--data", default="runs/default/data",
-                     help="folder with sft_train.json, sft_val.json, sft_test.json (from `data`)")
+                     help="folder with sft_train.json, sft_val.json, sft_test.json (from `data`), or one instruction "
+                          "file (Alpaca, prompt/completion or chat; .json or .jsonl): validated on a held-out slice, "
+                          "no judge")
     sft.add_argument("--out", default="runs/default/sft", help="stage folder")
     sft.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
     sft.add_argument("--template", choices=["alpaca", "chat"], default="chat",
@@ -394,6 +405,12 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         pretrain(args.corpus, args.out, model_settings(args), train_config(args, "pretrain"), vocab,
                  args.val_fraction, resume=args.resume, quiet=args.quiet, tokenizer=tokenizer)
         return 0
+    if args.stage == "import-gpt2":
+        from gpt_scratch.gpt2 import import_gpt2
+        folder = import_gpt2(args.hf, args.out, gpt2_tokenizer(args.gpt2_vocab))
+        print(f"imported {args.hf} into {folder}; fine-tune it with: python -m gpt_scratch sft --base {args.out} "
+              f"--data FILE --template alpaca")
+        return 0
     if args.stage == "sft":
         return sft_command(parser, args)
     if args.stage == "reward":
@@ -437,10 +454,17 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     replay = args.replay if args.replay is not None else PRESETS[args.preset]["sft"].get("replay", 0)
     if args.replay_corpus is not None and replay == 0:
         parser.error("--replay-corpus needs replay: give --replay N with N > 0 (the preset's replay is 0)")
+    if args.n_eval is not None and Path(args.data).is_file():
+        parser.error(f"--n-eval limits the judge's test questions, and a plain data file ({args.data}) has none; "
+                     "leave it out (the file's held-out slice is always scored by its loss)")
     from gpt_scratch.checkpoint import find_checkpoint, read_config
     from gpt_scratch.sft import sft
 
-    config, _ = read_config(find_checkpoint(args.base))
+    config, base_meta = read_config(find_checkpoint(args.base))
+    if replay and args.replay is None and args.replay_corpus is None and not base_meta.get("corpus"):
+        replay = 0  # e.g. an imported GPT-2: it names no pretraining text to rehearse
+        if not args.quiet:
+            print("replay off: the base names no pretraining corpus (give --replay-corpus FILE to rehearse one)")
     if args.max_length is not None and args.max_length > config.block_size:
         parser.error(f"--max-length {args.max_length} is longer than the base model's context "
                      f"(block_size {config.block_size}); use at most {config.block_size}")

@@ -14,6 +14,8 @@ import pytest
 import tiktoken
 import torch
 
+import gpt_scratch.cli as cli_module
+import gpt_scratch.gpt2 as gpt2_module
 import gpt_scratch.pretrain as pretrain_module
 import gpt_scratch.world.command as data_module
 from gpt_scratch.checkpoint import load_checkpoint
@@ -96,6 +98,7 @@ def test_a_missing_vocabulary_file_is_named(capsys, offline, tmp_path, corpus, s
      r"--gpt2-vocab needs --tokenizer gpt2"),
     (["pretrain", "--tokenizer", "bpe"], r"argument --tokenizer: invalid choice: 'bpe'"),
     (["run", "--preset", "tiny", "--gpt2-vocab", "x.tiktoken"], r"--gpt2-vocab is for --preset gpt2; the tiny preset"),
+    (["sft", "--data", "DATA_FILE", "--n-eval", "3"], r"--n-eval limits the judge's test questions, and a plain data"),
 ])
 def test_contradictory_flags_exit_2_before_any_work(capsys, offline, tmp_path, args, pattern):
     data_file = tmp_path / "alpaca.json"
@@ -149,3 +152,106 @@ def test_run_gpt2_pretrains_with_gpt2s_tokenizer(offline, tmp_path, monkeypatch)
         main(["run", "--preset", "gpt2", "--out", str(tmp_path / "run"), "--gpt2-vocab", str(GPT2_TIKTOKEN),
               "--quiet"])
     assert seen["tokenizer"].encode("Hello world") == HELLO_WORLD and seen["tokenizer"].n_vocab == 50259
+
+
+# --- GPT-2's weights: import a Hugging Face folder, fine-tune it on an Alpaca file ---------------------
+
+ALPACA = [{"instruction": f"Say hello to person {i}.", "input": "" if i % 2 else f"Person {i} is here.",
+           "output": f"Hello, person {i}!"} for i in range(20)]
+TRAIN_FLAGS = ["--preset", "tiny", "--max-steps", "3", "--warmup-steps", "1", "--batch-size", "4", "--lr", "1e-2",
+               "--eval-every", "3", "--save-every", "3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory):
+    """A tiny random GPT2LMHeadModel with GPT-2's vocabulary, saved as the hub stores GPT-2."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)
+    folder = tmp_path_factory.mktemp("hf_gpt2")
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def imported(hf_gpt2, tmp_path_factory):
+    if not GPT2_TIKTOKEN.is_file():
+        pytest.skip(f"GPT-2's vocabulary file {GPT2_TIKTOKEN} is absent (reference data)")
+    out = tmp_path_factory.mktemp("imported")
+    assert main(["import-gpt2", "--hf", str(hf_gpt2), "--out", str(out), "--gpt2-vocab", str(GPT2_TIKTOKEN)]) == 0
+    return out
+
+
+@pytest.fixture
+def alpaca_file(tmp_path):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(ALPACA, indent=1))
+    return path
+
+
+def logits_of(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([HELLO_WORLD + [50256, 7, 1000, 50000]]))
+
+
+def test_import_gpt2_writes_a_checkpoint_with_gpt2s_weights_and_tokenizer(hf_gpt2, imported):
+    model, tokenizer, meta = load_checkpoint(imported)  # the stage folder: its checkpoint/ inside
+    torch.testing.assert_close(logits_of(model), logits_of(load_hf_gpt2(hf_gpt2)), atol=0, rtol=0)
+    assert tokenizer.encode("Hello world") == HELLO_WORLD and tokenizer.special_tokens == {EOT: 50256}
+    assert meta == {"stage": "import-gpt2", "source": str(hf_gpt2)}
+
+
+def test_sft_from_imported_gpt2_on_an_alpaca_file(capsys, imported, alpaca_file, tmp_path):
+    out = tmp_path / "sft"
+    code, stdout, err = run_cli(capsys, "sft", "--base", imported, "--data", alpaca_file, "--template", "alpaca",
+                                "--out", out, *TRAIN_FLAGS)
+    assert code == 0, err
+    # No judge for a plain file, and no pretraining text to replay: each said in one line, not an error
+    assert "replay off: the base names no pretraining corpus" in stdout
+    assert re.search(r"alpaca\.json is not the world's data folder, so there is no judge .*: skipped", stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["train_examples"], metrics["val_examples"], metrics["replay"]) == (19, 1, 0)
+    assert math.isfinite(metrics["final_val_loss"]) and "accuracy_after" not in metrics
+
+    tuned, tokenizer, meta = load_checkpoint(out)  # it loads back, GPT-2's tokenizer with it
+    assert tokenizer.encode("Hello world") == HELLO_WORLD and meta["template"] == "alpaca"
+    start = load_checkpoint(imported)[0]
+    assert not torch.allclose(logits_of(tuned), logits_of(start))  # it trained
+    held_out = [r for r in ALPACA if r["instruction"] in (out / "samples.txt").read_text()]
+    assert len(held_out) == 1  # the one held-out record, answered by the model
+
+
+def test_imported_gpt2_with_the_chat_template_is_one_line(capsys, imported, alpaca_file, tmp_path):
+    code, _, err = run_cli(capsys, "sft", "--base", imported, "--data", alpaca_file, "--out", tmp_path / "sft",
+                           *TRAIN_FLAGS)  # --template chat is the default
+    assert code == 2
+    assert re.search(r"the chat template needs <\|user\|> and <\|assistant\|>, which the base's tokenizer \('gpt2'\) "
+                     r"lacks; use --template alpaca", one_error_line(err))
+    assert not (tmp_path / "sft" / "metrics.json").exists()
+
+
+def test_import_gpt2_by_size_name_downloads_it(capsys, hf_gpt2, monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(gpt2_module, "download_gpt2", lambda size: asked.append(size) or hf_gpt2)
+    monkeypatch.chdir(tmp_path)  # no folder called gpt2 here: the name means the hub's GPT-2
+    if not GPT2_TIKTOKEN.is_file():
+        pytest.skip(f"GPT-2's vocabulary file {GPT2_TIKTOKEN} is absent (reference data)")
+    code, stdout, err = run_cli(capsys, "import-gpt2", "--hf", "gpt2-medium", "--out", "base", "--gpt2-vocab",
+                                GPT2_TIKTOKEN)
+    assert code == 0, err
+    assert asked == ["gpt2-medium"] and (tmp_path / "base" / "checkpoint" / "model.safetensors").is_file()
+    assert "sft --base base --data FILE --template alpaca" in stdout
+
+
+def test_import_gpt2_of_another_vocabulary_is_one_line(capsys, monkeypatch, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=16, vocab_size=100,
+                                     bos_token_id=99, eos_token_id=99)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "small")
+    capsys.readouterr()  # transformers' progress bar
+    small = Tokenizer({bytes([b]): b for b in range(256)}, {EOT: 256})  # 257 tokens: more than 100 embeddings
+    monkeypatch.setattr(cli_module, "gpt2_tokenizer", lambda path: small)
+    code, _, err = run_cli(capsys, "import-gpt2", "--hf", tmp_path / "small", "--out", tmp_path / "base")
+    assert code == 2
+    assert re.search(r"small has 100 token embeddings, but the tokenizer has 257 tokens", one_error_line(err))
+    assert not (tmp_path / "base").exists()
