@@ -3,6 +3,7 @@
     python -m gpt_scratch run                 the whole course pipeline on the embedded default
     python -m gpt_scratch data                generate the embedded world's data files
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
+    python -m gpt_scratch import-gpt2         a Hugging Face GPT-2 as a checkpoint the stages read
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
     python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
     python -m gpt_scratch ppo                 RLHF with PPO against the reward model (chapter 9)
@@ -24,6 +25,7 @@ from pathlib import Path
 from gpt_scratch.args import (OneLineParser, float_range, int_range, non_negative_int, positive_float, positive_int,
                               print_error)
 from gpt_scratch.presets import PRESETS
+from gpt_scratch.tokenizer import Tokenizer, gpt2_tokenizer
 from gpt_scratch.train import TrainConfig
 
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
@@ -124,6 +126,29 @@ def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in settings.items() if k in known})
 
 
+def add_gpt2_vocab_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpt2-vocab", metavar="FILE",
+                        help="GPT-2's vocabulary as a local gpt2.tiktoken file, for a machine without internet "
+                             "(default: $GPT_SCRATCH_GPT2_TIKTOKEN, else tiktoken downloads it once)")
+
+
+def pretrain_tokenizer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tokenizer | None:
+    """The tokenizer the pretrain stage uses: None = train one on the corpus, else GPT-2's, loaded now.
+
+    GPT-2's is loaded before anything else, so that without its vocabulary (offline, no file)
+    the command stops at once with one line, not after the corpus was read or data written.
+    """
+    choice = args.tokenizer or PRESETS[args.preset]["tokenizer"]
+    if choice == "gpt2" and args.vocab_size is not None:
+        parser.error("--vocab-size sizes a tokenizer trained on the corpus; GPT-2's has its own 50,257 tokens "
+                     "(leave out --vocab-size, or give --tokenizer train)")
+    if choice == "train" and args.gpt2_vocab is not None:
+        parser.error("--gpt2-vocab needs --tokenizer gpt2 (here the tokenizer is trained on the corpus)")
+    if choice == "train":
+        return None
+    return gpt2_tokenizer(args.gpt2_vocab, chat_tokens=True)  # the chat tokens: for SFT's chat template
+
+
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     """--device cuda or mps where there is no such GPU: exit 2 with one line."""
     if device not in ("cuda", "mps"):
@@ -183,6 +208,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("--corpus", help="train on this text file instead of the generated corpus")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_gpt2_vocab_flag(run)
 
     data = stages.add_parser("data", help="write the embedded world's corpus, tasks and preferences")
     data_command.add_arguments(data)
@@ -191,17 +217,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pre.add_argument("--corpus", default="data/corpus.txt", help="UTF-8 text file (default data/corpus.txt)")
     pre.add_argument("--out", default="runs/default/pretrain", help="stage folder")
     pre.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model and training size")
+    pre.add_argument("--tokenizer", choices=["train", "gpt2"],
+                     help="train: a BPE tokenizer learnt on the corpus; gpt2: GPT-2's own (default: the preset's)")
     pre.add_argument("--vocab-size", type=int_range(260, 200_000), help="BPE vocabulary incl. special tokens")
+    add_gpt2_vocab_flag(pre)
     pre.add_argument("--val-fraction", type=float_range(0.0, 0.5, include_low=False), default=0.05,
                      help="share of the corpus kept for validation (default 0.05)")
     add_model_flags(pre)
     add_train_flags(pre, "pretrain")
 
+    imp = stages.add_parser("import-gpt2", help="a Hugging Face GPT-2 (folder or size name) as a checkpoint with "
+                                                "GPT-2's tokenizer, for sft --base and every other stage")
+    imp.add_argument("--hf", required=True,
+                     help="a folder with config.json + model.safetensors, or gpt2, gpt2-medium, gpt2-large, gpt2-xl "
+                          "(downloaded once)")
+    imp.add_argument("--out", default="runs/gpt2/base", help="stage folder; the checkpoint goes into its checkpoint/")
+    add_gpt2_vocab_flag(imp)
+
     sft = stages.add_parser("sft", help="instruction fine-tuning of a pretrained model, scored by the judge")
     sft.add_argument("--base", default="runs/default/pretrain",
                      help="checkpoint to start from: a stage or checkpoint folder (default runs/default/pretrain)")
     sft.add_argument("--data", default="runs/default/data",
-                     help="folder with sft_train.json, sft_val.json, sft_test.json (from `data`)")
+                     help="folder with sft_train.json, sft_val.json, sft_test.json (from `data`), or one instruction "
+                          "file (Alpaca, prompt/completion or chat; .json or .jsonl): validated on a held-out slice, "
+                          "no judge")
     sft.add_argument("--out", default="runs/default/sft", help="stage folder")
     sft.add_argument("--preset", choices=sorted(PRESETS), default="default", help="training size")
     sft.add_argument("--template", choices=["alpaca", "chat"], default="chat",
@@ -411,10 +450,17 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return data_command.run(args)
     if args.stage == "pretrain":
         check_model_and_train(parser, args, "pretrain")
+        tokenizer = pretrain_tokenizer(parser, args)
         from gpt_scratch.pretrain import pretrain
         vocab = args.vocab_size or PRESETS[args.preset]["vocab_size"]
         pretrain(args.corpus, args.out, model_settings(args), train_config(args, "pretrain"), vocab,
-                 args.val_fraction, resume=args.resume, quiet=args.quiet)
+                 args.val_fraction, resume=args.resume, quiet=args.quiet, tokenizer=tokenizer)
+        return 0
+    if args.stage == "import-gpt2":
+        from gpt_scratch.gpt2 import import_gpt2
+        folder = import_gpt2(args.hf, args.out, gpt2_tokenizer(args.gpt2_vocab))
+        print(f"imported {args.hf} into {folder}; fine-tune it with: python -m gpt_scratch sft --base {args.out} "
+              f"--data FILE --template alpaca")
         return 0
     if args.stage == "sft":
         return sft_command(parser, args)
@@ -443,11 +489,13 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.stage == "run":
         check_device(parser, args.device)
+        if args.gpt2_vocab is not None and PRESETS[args.preset]["tokenizer"] != "gpt2":
+            parser.error(f"--gpt2-vocab is for --preset gpt2; the {args.preset} preset trains its tokenizer")
         if args.corpus is not None and not Path(args.corpus).is_file():  # found now, not after the data stage
             raise FileNotFoundError(f"corpus file {args.corpus} not found; give a UTF-8 text file or leave out "
                                     f"--corpus to use the generated one")
         from gpt_scratch.pipeline import run_pipeline
-        run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet)
+        run_pipeline(args.out, args.preset, args.seed, args.corpus, args.device, args.quiet, args.gpt2_vocab)
         return 0
     raise AssertionError(f"unhandled stage {args.stage}")
 
@@ -459,10 +507,17 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     replay = args.replay if args.replay is not None else PRESETS[args.preset]["sft"].get("replay", 0)
     if args.replay_corpus is not None and replay == 0:
         parser.error("--replay-corpus needs replay: give --replay N with N > 0 (the preset's replay is 0)")
+    if args.n_eval is not None and Path(args.data).is_file():
+        parser.error(f"--n-eval limits the judge's test questions, and a plain data file ({args.data}) has none; "
+                     "leave it out (the file's held-out slice is always scored by its loss)")
     from gpt_scratch.checkpoint import find_checkpoint, read_config
     from gpt_scratch.sft import sft
 
-    config, _ = read_config(find_checkpoint(args.base))
+    config, base_meta = read_config(find_checkpoint(args.base))
+    if replay and args.replay is None and args.replay_corpus is None and not base_meta.get("corpus"):
+        replay = 0  # e.g. an imported GPT-2: it names no pretraining text to rehearse
+        if not args.quiet:
+            print("replay off: the base names no pretraining corpus (give --replay-corpus FILE to rehearse one)")
     if args.max_length is not None and args.max_length > config.block_size:
         parser.error(f"--max-length {args.max_length} is longer than the base model's context "
                      f"(block_size {config.block_size}); use at most {config.block_size}")

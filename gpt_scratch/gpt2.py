@@ -9,6 +9,9 @@
     print(generate_text(model, gpt2_tokenizer(), ["Hello, I'm a language model,"], 30))
     save_hf_gpt2(model, "my-gpt2", eos_id=50256)  # GPT2LMHeadModel.from_pretrained("my-gpt2") reads it
 
+    python -m gpt_scratch import-gpt2 --hf gpt2 --out runs/gpt2/base   # a checkpoint every stage reads
+    python -m gpt_scratch sft --base runs/gpt2/base --data alpaca.json --template alpaca --preset gpt2
+
 Our parameters carry GPT-2's own names (transformer.h.0.attn.c_attn.weight, ...), so importing
 is mostly copying by name. The one twist: GPT-2 was written with "Conv1D" layers, which are
 linear layers that store their weight as (in, out); nn.Linear stores (out, in). So c_attn,
@@ -24,8 +27,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt_scratch.checkpoint import save_checkpoint
 from gpt_scratch.files import atomic_path, write_atomic
 from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.tokenizer import Tokenizer
 
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 355M, 774M, 1.5B parameters
 CONV1D_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # stored (in, out) by GPT-2
@@ -128,6 +133,21 @@ def save_hf_gpt2(model: GPT, folder: str | Path, eos_id: int | None = None) -> P
         save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers refuses files without "format"
     write_atomic(folder / "config.json", json.dumps(hf_config(model.config, eos_id), indent=2) + "\n")
     return folder
+
+
+def import_gpt2(hf: str | Path, out: str | Path, tokenizer: Tokenizer) -> Path:
+    """A Hugging Face GPT-2 -> out/checkpoint, a course checkpoint with GPT-2's tokenizer beside it.
+
+    hf is a folder (config.json + model.safetensors) or a size name of GPT2_SIZES, downloaded
+    once. Every stage then reads it as it reads a pretrained one: sft --base out. GPT-2's
+    tokenizer has no chat tokens, so fine-tune it with the alpaca template.
+    """
+    folder = download_gpt2(str(hf)) if str(hf) in GPT2_SIZES and not Path(hf).is_dir() else Path(hf)
+    model = load_hf_gpt2(folder)
+    if model.config.vocab_size < tokenizer.n_vocab:
+        raise ValueError(f"{folder} has {model.config.vocab_size} token embeddings, but the tokenizer has "
+                         f"{tokenizer.n_vocab} tokens; give a GPT-2 with GPT-2's vocabulary")
+    return save_checkpoint(Path(out) / "checkpoint", model, tokenizer, {"stage": "import-gpt2", "source": str(hf)})
 
 
 def download_gpt2(size: str = "gpt2", cache_dir: str | Path = "~/.cache/gpt_scratch") -> Path:

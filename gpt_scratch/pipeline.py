@@ -2,6 +2,7 @@
 
     python -m gpt_scratch run                   # runs/default, the default preset
     python -m gpt_scratch run --preset tiny     # seconds: a smoke test of the whole path
+    python -m gpt_scratch run --preset gpt2 --corpus my_text.txt   # a GPU: GPT-2 small, GPT-2's tokenizer
 
 Each stage writes its own folder under the run folder and reads only the previous stage's
 folder. A stage whose metrics.json exists is done and skipped; a stage that was interrupted
@@ -89,16 +90,20 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 
 
 def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
-                 device: str = "auto", quiet: bool = False) -> dict[str, dict]:
+                 device: str = "auto", quiet: bool = False, gpt2_vocab: str | None = None) -> dict[str, dict]:
     from gpt_scratch.ppo import PPOConfig, ppo_stage
     from gpt_scratch.pretrain import pretrain
     from gpt_scratch.reward import reward_stage
     from gpt_scratch.sft import Tuning, sft
+    from gpt_scratch.tokenizer import gpt2_tokenizer
     from gpt_scratch.world.command import ensure_default_data
 
+    settings = PRESETS[preset]
+    # The gpt2 preset pretrains with GPT-2's tokenizer (plus the chat tokens the later stages use).
+    # It is loaded first: without its vocabulary the run stops here, before anything is written.
+    tokenizer = gpt2_tokenizer(gpt2_vocab, chat_tokens=True) if settings["tokenizer"] == "gpt2" else None
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = PRESETS[preset]
     results: dict[str, dict] = {}
     began = time.perf_counter()
 
@@ -107,7 +112,7 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
 
     results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(
         corpus_path, run_dir / "pretrain", settings["model"], stage_train_config(preset, "pretrain", seed, device),
-        settings["vocab_size"], resume=True, quiet=quiet), quiet)
+        settings["vocab_size"], resume=True, quiet=quiet, tokenizer=tokenizer), quiet)
     replay = {"replay": settings["sft"]["replay"], "replay_corpus": corpus_path}  # rehearse the pretraining text
     results["sft"] = run_stage("sft", run_dir / "sft", lambda: sft(
         run_dir / "pretrain", data_dir, run_dir / "sft", stage_train_config(preset, "sft", seed, device),

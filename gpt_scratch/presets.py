@@ -4,12 +4,19 @@
     default  ~1M parameters: the course's main run on a 2-core laptop CPU (minutes)
     gpt2     GPT-2 small's shape (124M): for a GPU owner scaling the same code up
 
+"tokenizer" says where pretraining gets its tokenizer: "train" learns a BPE tokenizer of
+vocab_size tokens on the corpus (chapter 1); "gpt2" takes GPT-2's own 50,257 tokens (plus the
+chat template's two), as no generated corpus holds enough different words for 50,000 merges.
+It needs GPT-2's vocabulary: downloaded once by tiktoken, or a local gpt2.tiktoken file
+(--gpt2-vocab FILE or $GPT_SCRATCH_GPT2_TIKTOKEN).
+
 Any single value can still be overridden on the command line (--n-layer, --lr, ...).
 """
 
 PRESETS: dict[str, dict] = {
     "tiny": {
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 128},
+        "tokenizer": "train",
         "vocab_size": 400,
         "corpus_mb": 0.1,
         "pretrain": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
@@ -28,6 +35,7 @@ PRESETS: dict[str, dict] = {
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
+        "tokenizer": "train",
         "vocab_size": 1024,
         "corpus_mb": 3.0,
         # A small model takes a high learning rate: at 1e-2 the base model knew the people's
@@ -55,7 +63,8 @@ PRESETS: dict[str, dict] = {
     },
     "gpt2": {
         "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
-        "vocab_size": 50257,
+        "tokenizer": "gpt2",
+        "vocab_size": 50257,  # GPT-2's (bench.py sizes the model with it); not trained: see "tokenizer"
         "corpus_mb": 100.0,
         "pretrain": {"max_steps": 5000, "batch_size": 16, "grad_accum": 8, "lr": 6e-4, "warmup_steps": 300,
                      "eval_every": 250, "save_every": 500},

@@ -1,9 +1,14 @@
 """The pretraining stage: text file -> tokenizer -> token windows -> trained GPT.
 
     python -m gpt_scratch pretrain --corpus data/corpus.txt --out runs/default/pretrain
+    python -m gpt_scratch pretrain --corpus my_text.txt --preset gpt2 --gpt2-vocab gpt2.tiktoken
+
+The tokenizer is trained on the corpus (--tokenizer train), or it is GPT-2's own (--tokenizer
+gpt2, the gpt2 preset's choice), loaded before anything else so that a missing vocabulary stops
+the stage at once.
 
 Writes into the stage folder:
-    tokenizer.tiktoken, tokenizer.json   the BPE tokenizer trained on the corpus
+    tokenizer.tiktoken, tokenizer.json   the tokenizer (trained on the corpus, or GPT-2's)
     checkpoint/                          the model (see checkpoint.py), resumable
     loss.png, samples.txt, metrics.json  metrics.json is written last: it marks the stage done
 """
@@ -39,14 +44,22 @@ def tokenizer_for(text: str, out_dir: Path, vocab_size: int, resume: bool, quiet
 
 
 def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, train_cfg: TrainConfig,
-             vocab_size: int, val_fraction: float = 0.05, resume: bool = False, quiet: bool = False) -> dict:
-    """Run the whole stage; return its metrics (also written to out_dir/metrics.json)."""
+             vocab_size: int | None, val_fraction: float = 0.05, resume: bool = False, quiet: bool = False,
+             tokenizer: Tokenizer | None = None) -> dict:
+    """Run the whole stage; return its metrics (also written to out_dir/metrics.json).
+
+    tokenizer: a ready tokenizer (GPT-2's) to use as it is; without one, a BPE tokenizer of
+    vocab_size tokens is trained on the corpus.
+    """
     if train_cfg.max_steps < 1:
         raise ValueError(f"max_steps is {train_cfg.max_steps}; pretraining needs at least 1 step")
     out_dir = Path(out_dir)
     text = read_corpus(corpus)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer_for(text, out_dir, vocab_size, resume, quiet)
+    if tokenizer is None:
+        tokenizer = tokenizer_for(text, out_dir, vocab_size, resume, quiet)
+    else:
+        tokenizer.save(out_dir)  # beside the checkpoint's copy, as a trained one is
     train_ids, val_ids = split_train_val(tokenizer.encode(text), val_fraction)
     config = GPTConfig(vocab_size=tokenizer.n_vocab, **model_settings)
     for split, ids in (("training", train_ids), ("validation", val_ids)):

@@ -1,6 +1,7 @@
 """Instruction fine-tuning (SFT): teach a pretrained GPT to answer, then measure it with the judge.
 
     python -m gpt_scratch sft --base runs/default/pretrain --data runs/default/data --out runs/default/sft
+    python -m gpt_scratch sft --base runs/gpt2/base --data alpaca.json --template alpaca --out runs/gpt2/sft
 
     examples = encode_records(tokenizer, records, "chat", max_length=128)
     x, y = collate(examples[:4], pad_id=tokenizer.eot_id, mask_prompt=True)
@@ -16,8 +17,12 @@ The ideas of the chapter:
    them, fine-tuning on a narrow set of tasks makes a small model forget what it read: the test
    asks facts and sums that no training task showed, so the answer must come from pretraining.
 4. Evaluation generates an answer for every held-out task and lets the judge score it.
+   Only the embedded world's data folder has the judge's answers. Any other instruction file
+   (Alpaca, say, with an imported GPT-2) is trained on except for a held-out slice, and the
+   stage reports that slice's loss and the model's first answers to it, with no judge.
 """
 
+import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,15 +34,18 @@ from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
 # encode_records, collate (data.py) and answer, evaluate (evaluate.py) are imported here for the chapter too
 from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records,  # noqa: F401
                               read_corpus)
-from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb  # noqa: F401
-from gpt_scratch.formats import write_json
+from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb
+from gpt_scratch.formats import load_instructions, write_json
 from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
 from gpt_scratch.lora import add_lora, remove_lora, save_adapter
 from gpt_scratch.model import GPT
 from gpt_scratch.plots import plot_bars
-from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.templates import encode_prompt, to_messages
+from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
 from gpt_scratch.train import TrainConfig, pick_device, train
 from gpt_scratch.world.judge import format_table, majority_baseline
+
+HELD_OUT_SHARE = 0.05  # of a plain instruction file: the validation slice (at least one record)
 
 
 @dataclass
@@ -80,12 +88,49 @@ def replay_windows(tokenizer: Tokenizer, corpus: str | Path | None, block_size: 
     return TokenWindows(ids, block_size, per_step, seed=seed + 1)
 
 
-def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, template: str = "chat",
+def load_sft_data(data: Path, n_train: int | None,
+                  n_eval: int | None) -> tuple[list[dict], list[dict], list[dict] | None]:
+    """(train, validation, test) records. test is None for a plain file: nothing the judge can score.
+
+    A folder from `python -m gpt_scratch data` holds the three splits, and its test records carry
+    the judge's answers. A single instruction file is shuffled once with a fixed seed (the same
+    held-out slice for every run) and HELD_OUT_SHARE of it is kept for validation.
+    """
+    if not data.exists():
+        raise FileNotFoundError(f"{data} not found; give a folder with sft_train.json, sft_val.json, sft_test.json "
+                                f"(python -m gpt_scratch data) or one instruction file (.json or .jsonl)")
+    if data.is_file():
+        records = load_instructions(data)
+        if len(records) < 2:
+            raise ValueError(f"{data} holds {len(records)} record; fine-tuning needs at least 2 (one is held out)")
+        order = list(range(len(records)))
+        random.Random(0).shuffle(order)
+        n_val = max(1, round(len(records) * HELD_OUT_SHARE))
+        val = [records[i] for i in sorted(order[:n_val])]
+        train = [records[i] for i in sorted(order[n_val:])]
+        return train[:n_train] if n_train else train, val, None
+    train, val, test = load_split(data, "train", n_train), load_split(data, "val"), load_split(data, "test", n_eval)
+    check_judgeable(test, data / "sft_test.json")
+    return train, val, test
+
+
+def check_template(tokenizer: Tokenizer, template: str) -> None:
+    """The chat template needs <|user|> and <|assistant|>; GPT-2's own tokenizer has neither."""
+    absent = [token for token in (USER, ASSISTANT) if token not in tokenizer.special_tokens]
+    if template == "chat" and absent:
+        raise ValueError(f"the chat template needs {' and '.join(absent)}, which the base's tokenizer "
+                         f"({tokenizer.name!r}) lacks; use --template alpaca")
+
+
+def sft(base: str | Path, data: str | Path, out_dir: str | Path, cfg: TrainConfig, template: str = "chat",
         mask_prompt: bool = True, n_train: int | None = None, max_length: int | None = None,
         n_eval: int | None = None, resume: bool = False, quiet: bool = False,
         tuning: Tuning | None = None, score_before: bool = True, replay: int = 0,
         replay_corpus: str | Path | None = None) -> dict:
     """The whole SFT stage: load the base model, score it, fine-tune, score again; return metrics.
+
+    data: the world's data folder (scored by the judge) or one instruction file (no judge; see
+    load_sft_data).
 
     replay: windows of pretraining text (block_size tokens each) trained on at every step, from
     replay_corpus (default: the corpus the base model was pretrained on); 0 turns replay off.
@@ -93,19 +138,18 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
     holds the merged model: a plain GPT that the next stage loads like any other.
     """
     tuning = tuning or Tuning()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data, out_dir = Path(data), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     model, tokenizer, base_meta = load_stage_checkpoint(base, device=device)
+    check_template(tokenizer, template)
     max_length = max_length or model.config.block_size
     if max_length > model.config.block_size:
         raise ValueError(f"max_length {max_length} is longer than the model's context ({model.config.block_size})")
 
-    train_records = load_split(data_dir, "train", n_train)
-    test_records = load_split(data_dir, "test", n_eval)
-    check_judgeable(test_records, data_dir / "sft_test.json")
+    train_records, val_records, test_records = load_sft_data(data, n_train, n_eval)
     examples = encode_records(tokenizer, train_records, template, max_length, quiet)
-    val = encode_records(tokenizer, load_split(data_dir, "val"), template, max_length, quiet=True)
+    val = encode_records(tokenizer, val_records, template, max_length, quiet=True)
     batches = ExampleBatches(examples, cfg.batch_size, cfg.grad_accum,
                              partial(collate, pad_id=tokenizer.eot_id, mask_prompt=mask_prompt), cfg.seed)
     val_batches = [collate(val[i:i + cfg.batch_size], tokenizer.eot_id, mask_prompt)
@@ -115,7 +159,7 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         corpus = replay_corpus or base_meta.get("corpus")
         rehearse = replay_windows(tokenizer, corpus, model.config.block_size, replay, cfg.seed).batch
 
-    before = evaluate(model, tokenizer, test_records, template)[0] if score_before else None
+    before = evaluate(model, tokenizer, test_records, template)[0] if score_before and test_records else None
     torch.manual_seed(cfg.seed)  # LoRA's random A matrices depend on the seed only, not on what ran before
     tuning.apply(model)
     trainable, total = count_parameters(model)
@@ -136,27 +180,41 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "merged_lora": True},
                         train_state={"step": cfg.max_steps, "history": history})
 
+    metrics = {
+        "template": template, "mask_prompt": mask_prompt, "replay": replay, "train_examples": len(examples),
+        "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
+        "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
+        "train_seconds": round(history["seconds"], 1),
+        "tuning": tuning.describe(), "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_share": round(trainable / total, 4),
+        "step_seconds": round(history["seconds"] / max(1, len(history["step"])), 4),
+    }
+    if test_records is None:  # a plain instruction file: no judge, the held-out loss says how it went
+        # The model's answers to the first held-out prompts that leave it room to answer
+        shown = [r for r in val_records if len(encode_prompt(tokenizer, r, template)) < model.config.block_size][:30]
+        write_samples(out_dir, shown, answer(model, tokenizer, shown, template, max_new_tokens=64))
+        metrics.update({"val_examples": len(val), "peak_memory_mb": round(peak_memory_mb(), 1)})
+        write_json(out_dir / "metrics.json", metrics)
+        if not quiet:
+            print(f"{data} is not the world's data folder, so there is no judge to score answers: skipped. "
+                  f"Held-out loss ({len(val)} examples): {metrics['final_val_loss']}; first answers in "
+                  f"{out_dir / 'samples.txt'}")
+        return metrics
+
     began = time.perf_counter()
     after, responses = evaluate(model, tokenizer, test_records, template)
     eval_seconds = time.perf_counter() - began
     baseline = majority_baseline(train_records, test_records)  # the accuracy of ignoring the question
     write_reports(out_dir, test_records, responses, before, after)
-    metrics = {
-        "template": template, "mask_prompt": mask_prompt, "replay": replay, "train_examples": len(examples),
-        "steps": cfg.max_steps, "epochs": round(cfg.max_steps / batches.steps_per_epoch(), 2),
+    metrics.update({
         "test_examples": len(test_records),
         "accuracy_before": round(before["accuracy"], 4) if before else None, "accuracy_after": round(after["accuracy"], 4),
         "majority_baseline": round(baseline["accuracy"], 4),
         "unseen_accuracy_after": round(after["unseen_accuracy"], 4),
         "sentence_rate_after": round(after["sentence_rate"], 4),
-        "final_val_loss": round(history["val_loss"][-1], 4) if history["val_loss"] else None,
-        "train_seconds": round(history["seconds"], 1), "eval_seconds": round(eval_seconds, 1),
-        "tuning": tuning.describe(), "trainable_parameters": trainable, "total_parameters": total,
-        "trainable_share": round(trainable / total, 4),
-        "step_seconds": round(history["seconds"] / max(1, len(history["step"])), 4),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "eval_seconds": round(eval_seconds, 1), "peak_memory_mb": round(peak_memory_mb(), 1),
         "table": format_table(after, baseline),
-    }
+    })
     write_json(out_dir / "metrics.json", metrics)
     if not quiet:
         print(format_table(after, baseline))
@@ -164,6 +222,17 @@ def sft(base: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: TrainC
                else f"accuracy after SFT: {after['accuracy']:.1%}")
               + f" (always answering the most common training answer: {baseline['accuracy']:.1%})")
     return metrics
+
+
+def write_samples(out_dir: Path, records: list[dict], responses: list[str]) -> None:
+    """samples.txt: the model's answers to the first held-out prompts, beside the file's own answers."""
+    lines = []
+    for record, response in zip(records, responses):
+        messages = to_messages(record)
+        question = [m["content"] for m in messages if m["role"] == "user"][-1]
+        reply = [m["content"] for m in messages if m["role"] == "assistant"][-1]
+        lines.append(f"{question}\n  model: {response!r}\n  data:  {reply!r}\n")
+    (out_dir / "samples.txt").write_text("\n".join(lines))
 
 
 def write_reports(out_dir: Path, records: list[dict], responses: list[str], before: dict | None, after: dict) -> None:

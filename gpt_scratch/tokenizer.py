@@ -285,21 +285,27 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
     return ranks
 
 
-def gpt2_tokenizer(path: str | Path | None = None) -> Tokenizer:
+def gpt2_tokenizer(path: str | Path | None = None, chat_tokens: bool = False) -> Tokenizer:
     """GPT-2's tokenizer: 50,256 ranks + <|endoftext|> (id 50256).
 
     Looks, in order, at: path; the file named by $GPT_SCRATCH_GPT2_TIKTOKEN; tiktoken's own
     "gpt2" encoding (downloaded once, then cached). Offline without a file, it says what to do.
+    chat_tokens=True adds <|user|> and <|assistant|> as ids 50257 and 50258, for the chat
+    template: a model pretrained from scratch learns them like any token, but GPT-2's own
+    weights have no rows for them, so an imported GPT-2 is fine-tuned with the alpaca template.
     """
+    specials = {EOT: 50256, USER: 50257, ASSISTANT: 50258} if chat_tokens else {EOT: 50256}
     path = path or os.environ.get(GPT2_FILE_ENV)
     if path:
         if not Path(path).is_file():
             raise FileNotFoundError(f"GPT-2 vocabulary file {path} not found; give the path of a gpt2.tiktoken "
-                                    f"file (as an argument or in ${GPT2_FILE_ENV})")
-        return Tokenizer(read_ranks(path), {EOT: 50256}, GPT2_PATTERN, name="gpt2")
+                                    f"file (as an argument, --gpt2-vocab FILE, or in ${GPT2_FILE_ENV})")
+        return Tokenizer(read_ranks(path), specials, GPT2_PATTERN, name="gpt2")
     try:
         encoding = tiktoken.get_encoding("gpt2")
     except Exception as err:  # no network and no cache: tiktoken raises a requests/OS error
-        raise RuntimeError(f"GPT-2's vocabulary could not be loaded ({type(err).__name__}); connect to the "
-                           f"internet once, or give a local gpt2.tiktoken file by path or in ${GPT2_FILE_ENV}") from None
-    return Tokenizer(encoding._mergeable_ranks, {EOT: 50256}, GPT2_PATTERN, name="gpt2")
+        raise RuntimeError(f"GPT-2's vocabulary could not be loaded ({type(err).__name__}: offline?); connect to "
+                           f"the internet once (tiktoken caches it), or give a local gpt2.tiktoken file by path "
+                           f"(--gpt2-vocab FILE) or in ${GPT2_FILE_ENV}; openai/whisper on GitHub ships one as "
+                           f"whisper/assets/gpt2.tiktoken") from None
+    return Tokenizer(encoding._mergeable_ranks, specials, GPT2_PATTERN, name="gpt2")
