@@ -27,9 +27,8 @@ Preference data (DPO, reward models) comes in four shapes, each record on its ow
                  user's text if that is a single user turn, else the list of messages itself.
 A record of none of these shapes is named with its line and the shapes accepted.
 
-Anything wrong -- bad JSON, a missing field, a wrong type, an
-unknown role, an empty file -- raises ValueError with one line: the file, the line, the problem
-and the fix. Blank lines in JSON Lines are skipped, and their number is printed; nothing else
+Anything wrong -- bad JSON, a missing field, a wrong type, an unknown role, an empty file --
+raises ValueError with one line: the file, the line, the problem and the fix. Blank lines in JSON Lines are skipped, and their number is printed; nothing else
 is ever dropped.
 """
 
