@@ -22,6 +22,8 @@ PRESETS: dict[str, dict] = {
                    "save_every": 10, "best_of": 4, "best_of_prompts": 8},
         "ppo": {"steps": 3, "batch_size": 8, "minibatch_size": 4, "epochs": 2, "lr": 1e-3, "value_lr": 1e-3,
                 "max_new_tokens": 8, "eval_every": 2, "save_every": 2, "n_eval": 16},
+        "dpo": {"max_steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.0, "eval_every": 3,
+                "save_every": 3, "beta": 0.1, "label_smoothing": 0.1, "n_train": 64, "n_eval": 16},
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
@@ -44,6 +46,11 @@ PRESETS: dict[str, dict] = {
         # the preferred style on every held-out answer without losing accuracy.
         "ppo": {"steps": 40, "batch_size": 64, "minibatch_size": 32, "epochs": 4, "lr": 3e-5, "value_lr": 9e-5,
                 "max_new_tokens": 24, "eval_every": 10, "save_every": 10, "n_eval": None},
+        # DPO: batch_size counts pairs (each step scores 2 x batch_size answers); n_train pairs, about one
+        # epoch, so that the reference log-probabilities are computed once for each pair.
+        "dpo": {"max_steps": 120, "batch_size": 32, "lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.0,
+                "eval_every": 60, "save_every": 60, "beta": 0.1, "label_smoothing": 0.1, "n_train": 3920,
+                "n_eval": None},
     },
     "gpt2": {
         "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
@@ -59,5 +66,8 @@ PRESETS: dict[str, dict] = {
                    "save_every": 500, "best_of": 16, "best_of_prompts": 200},
         "ppo": {"steps": 200, "batch_size": 64, "minibatch_size": 16, "epochs": 4, "lr": 1e-6, "value_lr": 1e-5,
                 "max_new_tokens": 128, "eval_every": 20, "save_every": 20, "n_eval": 500},
+        "dpo": {"max_steps": 1000, "batch_size": 32, "lr": 5e-7, "warmup_steps": 100, "weight_decay": 0.0,
+                "eval_every": 250, "save_every": 250, "beta": 0.1, "label_smoothing": 0.1, "n_train": None,
+                "n_eval": 500},
     },
 }

@@ -9,7 +9,8 @@ fixed list of such batches. loss_fn(model, batch) -> scalar loss says what is le
 default, next_token_loss, reads the batch as (x, y) with y = -100 where no loss is wanted.
 A loss function may also return (loss, {name: number}): the numbers are logged every step in
 history[name] (averaged over the micro-batches), e.g. DPO's implicit rewards.
-An optional on_eval(steps_done) -> {name: number} runs at every validation point, in eval mode;
+An optional on_eval(steps_done) -> {name: number} runs before the first step (steps_done 0) and
+at every validation point, in eval mode;
 its numbers go into history["eval_" + name] beside history["eval_step"] (a stage's held-out
 measures, e.g. accuracy from the judge), and are saved with the checkpoint like the rest.
 The loop does AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
@@ -258,6 +259,8 @@ def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Bat
         state = {"step": step, "history": history}
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "step": step}, state, optimizer)
 
+    if on_eval is not None and start == 0:  # the measures before training: where the curves start
+        record_eval(history, 0, model, on_eval)
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=quiet,
                desc=out_dir.name, mininterval=1.0)
     for step in bar:

@@ -237,7 +237,7 @@ def test_a_loss_function_trains_any_model_with_the_same_loop(tmp_path):
 
 def test_a_loss_function_can_log_numbers_and_on_eval_records_held_out_measures(tmp_path, monkeypatch):
     """(loss, {name: number}) is logged every step (the mean over micro-batches); on_eval runs in eval mode
-    at every validation point, and both survive a resume."""
+    before the first step and at every validation point, and both survive a resume."""
     data = windows()
 
     def loss_with_stats(model, batch):
@@ -256,8 +256,8 @@ def test_a_loss_function_can_log_numbers_and_on_eval_records_held_out_measures(t
     assert history["double"] == pytest.approx([2 * loss for loss in history["train_loss"]])
     assert history["first_id"] == [(data.batch(step, 0)[0][0, 0].item() + data.batch(step, 1)[0][0, 0].item()) / 2
                                    for step in range(6)]  # the mean over the step's 2 micro-batches
-    assert calls == [(4, False), (6, False)] and model.training  # eval mode inside, training mode after
-    assert history["eval_step"] == [4, 6] and history["eval_steps_squared"] == [16, 36]
+    assert calls == [(0, False), (4, False), (6, False)] and model.training  # eval mode inside, training mode after
+    assert history["eval_step"] == [0, 4, 6] and history["eval_steps_squared"] == [0, 16, 36]
 
     real_step = train_module.train_step
 
