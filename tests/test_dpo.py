@@ -306,7 +306,7 @@ def test_missing_folders_are_one_line(capsys, tmp_path, folders):
     assert len(err.splitlines()) == 1 and "nothing.jsonl: no such file" in err
 
 
-def test_every_dpo_flag_takes_effect(tmp_path, folders):
+def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys):
     base = ["dpo", "--sft", str(folders["sft"]), "--data", str(folders["data"]), "--preset", "tiny", "--dtype",
             "float32", "--quiet"]
 
@@ -340,3 +340,12 @@ def test_every_dpo_flag_takes_effect(tmp_path, folders):
     warm = run("warm", "--warmup-steps", "0", "--weight-decay", "0.5", "--grad-clip", "0", "--save-every", "5")[1]
     assert (warm["train_config"]["warmup_steps"], warm["train_config"]["weight_decay"],
             warm["train_config"]["grad_clip"], warm["train_config"]["save_every"]) == (0, 0.5, 0.0, 5)
+    assert run("bf16", "--dtype", "bfloat16")[1]["train_config"]["dtype"] == "bfloat16"  # the last --dtype wins
+    assert run("cpu", "--device", "cpu")[1]["train_config"]["device"] == "cpu"
+    before = (tmp_path / "plain" / "checkpoint" / "model.safetensors").read_bytes()
+    resumed = run("plain", "--resume")  # the run is complete: nothing is trained again
+    assert resumed[2] == history and (tmp_path / "plain" / "checkpoint" / "model.safetensors").read_bytes() == before
+    capsys.readouterr()
+    assert main([arg for arg in base if arg != "--quiet"] + ["--out", str(tmp_path / "loud")]) == 0
+    out = capsys.readouterr().out
+    assert "dpo step 0/6: held-out accuracy" in out and "DPO: held-out accuracy" in out and "KL from SFT" in out
