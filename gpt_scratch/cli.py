@@ -8,6 +8,7 @@
     python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
     python -m gpt_scratch ppo                 RLHF with PPO against the reward model (chapter 9)
     python -m gpt_scratch grpo                RL with the judge as the reward, GRPO (chapter 11)
+    python -m gpt_scratch dpo                 direct preference optimisation on the same pairs (chapter 10)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
     python -m gpt_scratch generate            sample text from a checkpoint (or answer one question)
     python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
@@ -285,6 +286,34 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         help="held-out prompts for best-of-n (default: the preset's)")
     add_train_flags(reward, "reward")
 
+    from gpt_scratch.dpo import LOSSES
+
+    dpo = stages.add_parser("dpo", help="direct preference optimisation: the SFT model trained on the preference "
+                                        "pairs, with no reward model")
+    dpo.add_argument("--sft", default="runs/default/sft",
+                     help="the SFT stage (or checkpoint) folder: the policy to train, and the reference")
+    dpo.add_argument("--data", default="runs/default/data",
+                     help="a folder with preferences_train.jsonl and sft_test.json (from `data`; the held-out measures "
+                          "need the judge), or one preference file (JSONL or JSON list: prompt/chosen/rejected, "
+                          "instruction/input/chosen/rejected, chosen/rejected, or chat messages)")
+    dpo.add_argument("--out", default="runs/default/dpo", help="stage folder")
+    dpo.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes (default: the preset's dpo)")
+    dpo.add_argument("--loss", choices=LOSSES, default="sigmoid",
+                     help="sigmoid (default): DPO; ipo: (h - 1/(2 beta))^2; hinge: max(0, 1 - beta h); robust: DPO "
+                          "with label smoothing (see --label-smoothing)")
+    dpo.add_argument("--beta", type=positive_float,
+                     help="strength of the pull towards the SFT reference: the implicit reward is beta log(pi/pi_ref) "
+                          "(default: the preset's)")
+    dpo.add_argument("--label-smoothing", type=float_range(0.0, 0.5, include_high=False),
+                     help="with --loss robust: the probability eps that a label is wrong, in [0, 0.5) "
+                          "(default: the preset's)")
+    dpo.add_argument("--lora-rank", type=positive_int,
+                     help="train LoRA adapters of this rank instead of every weight (the reference is then the "
+                          "policy with its adapters off)")
+    dpo.add_argument("--n-train", type=int_range(2), help="use only the first N preference pairs")
+    dpo.add_argument("--n-eval", type=positive_int, help="measure on only the first N test questions")
+    add_train_flags(dpo, "dpo")
+
     ppo = stages.add_parser("ppo", help="RLHF with PPO: the SFT model optimised against the reward model")
     ppo.add_argument("--sft", default="runs/default/sft", help="the SFT stage folder: policy, reference, value model")
     ppo.add_argument("--reward", default="runs/default/reward", help="the reward stage folder (a head checkpoint)")
@@ -466,6 +495,8 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return sft_command(parser, args)
     if args.stage == "reward":
         return reward_command(parser, args)
+    if args.stage == "dpo":
+        return dpo_command(parser, args)
     if args.stage == "ppo":
         return ppo_command(parser, args)
     if args.stage == "grpo":
@@ -539,6 +570,21 @@ def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     reward_stage(args.sft, args.data, args.out, cfg, args.margin, args.center_coef, args.n_train, args.n_eval,
                  best_of, args.best_of_prompts or settings["best_of_prompts"], args.score, args.body,
                  resume=args.resume, quiet=args.quiet)
+    return 0
+
+
+def dpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.label_smoothing is not None and args.loss != "robust":
+        parser.error(f"--label-smoothing only acts with --loss robust, not --loss {args.loss}")
+    cfg = check_train(parser, args, "dpo")
+    settings = PRESETS[args.preset]["dpo"]
+    from gpt_scratch.dpo import dpo_stage
+
+    label_smoothing = args.label_smoothing if args.label_smoothing is not None else settings["label_smoothing"]
+    dpo_stage(args.sft, args.data, args.out, cfg, args.beta or settings["beta"], args.loss,
+              label_smoothing if args.loss == "robust" else 0.0, args.lora_rank,
+              args.n_train or settings.get("n_train"), args.n_eval or settings.get("n_eval"),
+              resume=args.resume, quiet=args.quiet)
     return 0
 
 

@@ -2,7 +2,7 @@
 
     text = load_text("corpus.txt")                     # plain UTF-8 text
     records = load_instructions("alpaca.json")         # or .jsonl: the format is detected
-    pairs = load_preferences("preferences.jsonl")      # prompt / chosen / rejected
+    pairs = load_preferences("preferences.jsonl")      # prompt / chosen / rejected, in four shapes
     write_jsonl("out.jsonl", records)                  # atomic: a crash never leaves half a file
 
 Instruction data comes in three shapes, all accepted as a JSON list ([{...}, {...}]) or as
@@ -11,13 +11,29 @@ JSON Lines (one object per line):
     completion   {"prompt": "...", "completion": "..."}
     chat         {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}
 Records keep any extra fields (id, family, ...). The first record decides the shape; every
-record must then have it. Anything wrong -- bad JSON, a missing field, a wrong type, an
-unknown role, an empty file -- raises ValueError with one line: the file, the line, the problem
-and the fix. Blank lines in JSON Lines are skipped, and their number is printed; nothing else
+record must then have it.
+
+Preference data (DPO, reward models) comes in four shapes, each record on its own, all read into
+{"prompt", "chosen", "rejected"} with strings for chosen and rejected:
+    explicit     {"prompt": "...", "chosen": "...", "rejected": "..."}    (the embedded world's files)
+    Alpaca       {"instruction": "...", "input": "..." (optional), "chosen": "...", "rejected": "..."}
+    implicit     {"chosen": "...", "rejected": "..."}: the two texts begin with the same prompt, e.g.
+                 "Human: Hi?\n\nAssistant: Hello!" and "Human: Hi?\n\nAssistant: Go away."
+                 -> prompt "Human: Hi?\n\nAssistant:", chosen "Hello!", rejected "Go away."
+                 (their longest common beginning, cut back to the last whitespace in it, so that no
+                 word is split between the prompt and an answer)
+    chat         {"chosen": [messages], "rejected": [messages]}: the same conversation, then two
+                 different last assistant turns; the prompt is the shared messages before them: the
+                 user's text if that is a single user turn, else the list of messages itself.
+A record of none of these shapes is named with its line and the shapes accepted.
+
+Anything wrong -- bad JSON, a missing field, a wrong type, an unknown role, an empty file --
+raises ValueError with one line: the file, the line, the problem and the fix. Blank lines in JSON Lines are skipped, and their number is printed; nothing else
 is ever dropped.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -155,12 +171,71 @@ def load_instructions(path: str | Path) -> list[dict]:
     return loaded
 
 
+PREFERENCE_SHAPES = ("prompt/chosen/rejected, instruction/input/chosen/rejected, chosen/rejected (the prompt is "
+                     "their common beginning), or chosen/rejected as lists of chat messages")
+
+
 def load_preferences(path: str | Path) -> list[dict]:
-    """Preference records: prompt, chosen, rejected (strings), extra fields kept."""
+    """Preference records in any of the four shapes, as {"prompt", "chosen", "rejected", extra fields kept}."""
     path, records = read_records(path)
-    for line, record in records:
+    return [preference_record(path, line, record) for line, record in records]
+
+
+def preference_record(path: Path, line: int, record: dict) -> dict:
+    """One record of any preference shape -> {"prompt": ..., "chosen": str, "rejected": str, ...}."""
+    if isinstance(record.get("chosen"), list) or isinstance(record.get("rejected"), list):
+        return {**record, **chat_preference(path, line, record)}
+    if "instruction" in record:
+        check_strings(path, line, {"input": "", **record}, ("instruction", "input", "chosen", "rejected"))
+        prompt = record["instruction"] + ("\n\n" + record["input"] if record.get("input") else "")  # as prompt_of
+        return {**record, "prompt": prompt}
+    if "prompt" in record:
         check_strings(path, line, record, SHAPES["preference"])
-    return [record for _, record in records]
+        return record
+    if "chosen" in record or "rejected" in record:
+        check_strings(path, line, record, ("chosen", "rejected"))
+        if record["chosen"] == record["rejected"]:
+            raise problem(path, line, "chosen and rejected are the same text", "a pair compares two different answers")
+        prompt, chosen, rejected = split_common_prompt(record["chosen"], record["rejected"])
+        if not chosen.strip() or not rejected.strip():
+            raise problem(path, line, "chosen and rejected differ in no whole word after their common beginning",
+                          "give the prompt as a field of its own")
+        return {**record, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    raise problem(path, line, f"not a preference record: its fields are {', '.join(record) or 'none'}",
+                  f"accepted shapes: {PREFERENCE_SHAPES}")
+
+
+def split_common_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen answer, rejected answer) of two texts that begin with the same prompt.
+
+    The prompt is their longest common beginning cut back to the last whitespace in it, so that no
+    word is split: "Q: 2+3? A: 5" and "Q: 2+3? A: 6" -> ("Q: 2+3? A:", "5", "6").
+    """
+    common = os.path.commonprefix([chosen, rejected])
+    cut = max((i + 1 for i, char in enumerate(common) if char.isspace()), default=0)
+    return chosen[:cut].rstrip(), chosen[cut:], rejected[cut:]
+
+
+def chat_preference(path: Path, line: int, record: dict) -> dict:
+    """prompt, chosen and rejected of a record whose chosen and rejected are chat conversations."""
+    answers = {}
+    for field in ("chosen", "rejected"):
+        if not isinstance(record.get(field), list):
+            raise problem(path, line, f"'{field}' must be a list of chat messages like the other one",
+                          'e.g. [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]')
+        check_messages(path, line, {"messages": record[field]})
+        if record[field][-1]["role"] != "assistant":
+            raise problem(path, line, f"'{field}' does not end with an assistant message",
+                          "the last message is the answer being compared")
+        answers[field] = record[field][-1]["content"]
+    history = record["chosen"][:-1]
+    if record["rejected"][:-1] != history:
+        raise problem(path, line, "chosen and rejected differ before their last assistant message",
+                      "both must be the same conversation up to the two answers")
+    if not any(message["role"] == "user" for message in history):
+        raise problem(path, line, "no user message before the answers", "the prompt is the conversation before them")
+    single_turn = [message["role"] for message in history] == ["user"]
+    return {"prompt": history[0]["content"] if single_turn else history, **answers}
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -22,18 +22,25 @@ from gpt_scratch.templates import encode_example
 from gpt_scratch.tokenizer import Tokenizer
 
 
-def encode_completions(tokenizer: Tokenizer, prompts: list[str], completions: list[str],
+def encode_completions(tokenizer: Tokenizer, prompts: list[str | list[dict]], completions: list[str],
                        template: str = "chat") -> list[Encoded]:
     """Each (prompt, completion) in the template: prompt ids, completion ids, one end-of-text.
 
-    trained marks the completion and its end-of-text, which are the tokens that get scored.
+    trained marks the completion and its end-of-text, which are the tokens that get scored. A prompt
+    is a question (one user turn) or a conversation so far, a list of chat messages; then only the
+    completion, the last answer, is marked, not the earlier assistant turns of the conversation.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; give one completion each")
     examples = []
     for prompt, completion in zip(prompts, completions):
-        ids, trained = encode_example(tokenizer, {"prompt": prompt, "completion": completion}, template)
-        examples.append(Encoded(ids, trained))
+        if isinstance(prompt, list):
+            record = {"messages": prompt + [{"role": "assistant", "content": completion}]}
+        else:
+            record = {"prompt": prompt, "completion": completion}
+        ids, trained = encode_example(tokenizer, record, template)
+        answer_starts = max(i for i, is_answer in enumerate(trained) if not is_answer) + 1  # after the last prompt token
+        examples.append(Encoded(ids, [False] * answer_starts + trained[answer_starts:]))
     return examples
 
 

@@ -32,6 +32,8 @@ PRESETS: dict[str, dict] = {
         "grpo": {"steps": 3, "batch_size": 8, "group_size": 4, "minibatch_size": 4, "epochs": 2, "lr": 1e-3,
                  "max_new_tokens": 8, "eval_every": 2, "save_every": 2, "eval_samples": 4, "weight_sample": 32,
                  "n_eval": 16},
+        "dpo": {"max_steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.0, "eval_every": 3,
+                "save_every": 3, "beta": 0.1, "label_smoothing": 0.1, "n_train": 64, "n_eval": 16},
     },
     "default": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
@@ -60,6 +62,13 @@ PRESETS: dict[str, dict] = {
         # lr 1e-4 and above, 2 epochs, a KL term or Dr. GRPO's scaling all ended lower (see grpo.py).
         "grpo": {"steps": 300, "batch_size": 128, "group_size": 8, "minibatch_size": 64, "epochs": 1, "lr": 3e-5,
                  "max_new_tokens": 24, "eval_every": 150, "save_every": 150, "eval_samples": 8, "n_eval": None},
+        # DPO: batch_size counts pairs (each step scores 2 x batch_size answers). n_train = 80 steps x 32 pairs,
+        # one epoch, + 2% held back. Measured on the default run (CPU, 2 cores): beta 1 and lr 5e-5 take the
+        # preferred style from 74% to 97% with accuracy within a point of SFT's and a KL of 0.1-0.3 nats per
+        # answer, in about 17 s; beta 0.1 or lr 1e-4 cost SFT's accuracy (down to 80%) and a KL of up to 3.6.
+        "dpo": {"max_steps": 80, "batch_size": 32, "lr": 5e-5, "warmup_steps": 10, "weight_decay": 0.0,
+                "eval_every": 40, "save_every": 40, "beta": 1.0, "label_smoothing": 0.1, "n_train": 2612,
+                "n_eval": None},
     },
     "gpt2": {
         "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "attention": "sdpa"},
@@ -78,5 +87,8 @@ PRESETS: dict[str, dict] = {
                 "max_new_tokens": 128, "eval_every": 20, "save_every": 20, "n_eval": 500},
         "grpo": {"steps": 200, "batch_size": 256, "group_size": 8, "minibatch_size": 64, "epochs": 1, "lr": 1e-6,
                  "max_new_tokens": 128, "eval_every": 50, "save_every": 50, "eval_samples": 8, "n_eval": 500},
+        "dpo": {"max_steps": 1000, "batch_size": 32, "lr": 5e-7, "warmup_steps": 100, "weight_decay": 0.0,
+                "eval_every": 250, "save_every": 250, "beta": 0.1, "label_smoothing": 0.1, "n_train": None,
+                "n_eval": 500},
     },
 }

@@ -5,6 +5,7 @@
     batch.ended                      # (B,) bool: did the answer end with end-of-text?
     per_token, total = completion_logprobs(policy, batch.x, batch.y)   # logprobs.py, on the sampled tokens
     batch.response_mask              # (B, T) True on the answer's tokens: where rewards and advantages live
+    answer_kl(policy, reference, tokenizer, prompts, max_new_tokens=24)   # how far a trained policy has moved
 
 Three rules make a rollout something an RL loss can trust:
 1. The prompt goes through the chat template that SFT trained with (templates.py), so the
@@ -16,7 +17,16 @@ Three rules make a rollout something an RL loss can trust:
    end-of-text; the batch is then padded by length (data.collate), so padding never counts. An
    answer that hit max_new_tokens without ending is marked (ended is False): a stage can
    penalise it, since a reward model only ever saw finished answers.
+
+answer_kl measures, with rollouts, how far a trained policy has moved from its reference (the SFT
+model) on held-out prompts, the yardstick every alignment stage reports: the policy samples an
+answer y to each prompt, and log pi(y) - log pi_ref(y) summed over y's tokens (the k1 estimate of
+ppo_math.kl_per_token) averages to KL(pi || pi_ref) over answers, in nats. Example: two answers,
+the policy says them with 0.9 and 0.1, the reference with 0.5 and 0.5 -> 0.9 log(0.9/0.5) +
+0.1 log(0.1/0.5) = 0.37 nats.
 """
+
+import contextlib
 
 from dataclasses import dataclass
 
@@ -24,9 +34,13 @@ import torch
 
 from gpt_scratch.data import IGNORE, Encoded, collate
 from gpt_scratch.generate import generate
+from gpt_scratch.logprobs import token_logprobs
+from gpt_scratch.lora import adapters_off
 from gpt_scratch.model import GPT
+from gpt_scratch.ppo_math import kl_per_token
 from gpt_scratch.templates import encode_prompt
 from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.train import autocast_for
 
 
 @dataclass
@@ -84,3 +98,26 @@ def join_rows(parts: list[tuple[Rollout, list[int]]], pad_id: int) -> Rollout:
     picked = [(batch, row) for batch, rows in parts for row in rows]
     return collated([b.prompts[i] for b, i in picked], [b.examples[i] for b, i in picked],
                     [b.responses[i] for b, i in picked], [bool(b.ended[i]) for b, i in picked], pad_id)
+
+
+@torch.no_grad()
+def answer_kl(policy: GPT, reference: GPT | None, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
+              seed: int = 0, batch_size: int = 64, dtype: str = "auto") -> float:
+    """KL(policy || reference) per answer, in nats, estimated from one sampled answer per prompt.
+
+    The policy samples at temperature 1 (its own distribution), repeatably for a seed; both models
+    score the sampled tokens. reference=None means the policy itself with its LoRA adapters switched
+    off (lora.adapters_off): its base model, the reference of a LoRA-trained policy.
+    """
+    device = next(policy.parameters()).device
+    total = 0.0
+    for start in range(0, len(prompts), batch_size):
+        batch = rollout(policy, tokenizer, prompts[start:start + batch_size], max_new_tokens, temperature=1.0,
+                        seed=seed * 1_000_003 + start)
+        x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
+        with autocast_for(device, dtype):
+            logp = token_logprobs(policy(x), y)
+            with adapters_off(policy) if reference is None else contextlib.nullcontext():
+                ref_logp = token_logprobs((reference or policy)(x), y)
+        total += kl_per_token(logp, ref_logp, mask, "k1").sum().item()
+    return total / len(prompts)

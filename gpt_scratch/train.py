@@ -7,6 +7,12 @@ pretraining, SFT, the reward model, DPO.
 get_batch(step, micro_step) gives the batch of a step, a tuple of tensors; val_batches is a
 fixed list of such batches. loss_fn(model, batch) -> scalar loss says what is learned: the
 default, next_token_loss, reads the batch as (x, y) with y = -100 where no loss is wanted.
+A loss function may also return (loss, {name: number}): the numbers are logged every step in
+history[name] (averaged over the micro-batches), e.g. DPO's implicit rewards.
+An optional on_eval(steps_done) -> {name: number} runs before the first step (steps_done 0) and
+at every validation point, in eval mode;
+its numbers go into history["eval_" + name] beside history["eval_step"] (a stage's held-out
+measures, e.g. accuracy from the judge), and are saved with the checkpoint like the rest.
 The loop does AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
 accumulation and clipping, periodic validation, a progress bar, and checkpoints for resuming.
 Every source of randomness is a function of (seed, step), so `resume=True` continues with
@@ -36,7 +42,7 @@ from gpt_scratch.model import lm_loss
 from gpt_scratch.plots import plot_losses
 
 Batch = tuple[torch.Tensor, ...]
-LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor | tuple[torch.Tensor, dict[str, float]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,6 +53,11 @@ def next_token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Pretraining's and SFT's loss: mean cross-entropy of the next token where y is not -100."""
     x, y = batch
     return lm_loss(model(x), y)
+
+
+def loss_and_stats(output: torch.Tensor | tuple[torch.Tensor, dict[str, float]]) -> tuple[torch.Tensor, dict]:
+    """A loss function's result as (loss, numbers to log): a bare loss logs nothing."""
+    return output if isinstance(output, tuple) else (output, {})
 
 
 def divergence_advice(step: int, what: str, lr: float, grad_clip: float) -> str:
@@ -154,15 +165,16 @@ def evaluate_loss(model: torch.nn.Module, batches: list[Batch], device: torch.de
     losses = []
     for batch in batches:
         with autocast_for(device, dtype):
-            losses.append(loss_fn(model, to_device(batch, device)).item())
+            losses.append(loss_and_stats(loss_fn(model, to_device(batch, device)))[0].item())
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callable[[int, int], Batch],
                step: int, cfg: TrainConfig, device: torch.device,
-               replay: Callable[[int, int], Batch] | None = None, loss_fn: LossFn = next_token_loss) -> tuple[float, int]:
-    """One optimizer step over cfg.grad_accum micro-batches; returns (loss, tokens seen).
+               replay: Callable[[int, int], Batch] | None = None,
+               loss_fn: LossFn = next_token_loss) -> tuple[float, int, dict[str, float]]:
+    """One optimizer step over cfg.grad_accum micro-batches; returns (loss, tokens seen, logged numbers).
 
     The loss returned is get_batch's alone; with replay, the replayed text's next-token loss is
     added before backward but not reported, so that the loss curve stays comparable.
@@ -171,11 +183,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, get_bat
     torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks depend on the step only
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    total_loss, tokens = 0.0, 0
+    total_loss, tokens, logged = 0.0, 0, {}
     for micro_step in range(cfg.grad_accum):
         batch = to_device(get_batch(step, micro_step), device)
         with autocast_for(device, cfg.dtype):
-            loss = loss_fn(model, batch) / cfg.grad_accum
+            loss, stats = loss_and_stats(loss_fn(model, batch))
+            loss = loss / cfg.grad_accum
             extra = 0.0
             if replay is not None:
                 replay_batch = to_device(replay(step, micro_step), device)
@@ -185,11 +198,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, get_bat
         (loss + extra).backward()
         total_loss += loss.item()
         tokens += batch[0].numel()
+        for name, value in stats.items():
+            logged[name] = logged.get(name, 0.0) + float(value) / cfg.grad_accum
     if cfg.grad_clip > 0:  # clip after backward, before the step
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total_loss, tokens
+    return total_loss, tokens, logged
 
 
 def new_history() -> dict:
@@ -210,10 +225,21 @@ def resume_from(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     return state["step"], state["history"]
 
 
+def record_eval(history: dict, steps_done: int, model: torch.nn.Module, on_eval: Callable[[int], dict]) -> None:
+    """on_eval's measures after steps_done steps, into history["eval_step"] and history["eval_<name>"]."""
+    was_training = model.training
+    model.eval()
+    measures = on_eval(steps_done)
+    model.train(was_training)
+    history.setdefault("eval_step", []).append(steps_done)
+    for name, value in measures.items():
+        history.setdefault("eval_" + name, []).append(value)
+
+
 def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Batch], val_batches: list[Batch],
           cfg: TrainConfig, out_dir: str | Path, meta: dict | None = None, resume: bool = False,
           quiet: bool = False, replay: Callable[[int, int], Batch] | None = None,
-          loss_fn: LossFn = next_token_loss) -> dict:
+          loss_fn: LossFn = next_token_loss, on_eval: Callable[[int], dict[str, float]] | None = None) -> dict:
     """Train, writing out_dir/checkpoint/ and out_dir/loss.png; return the loss history.
 
     model is a GPT, or a GPTWithHead (heads.py) whose head is saved beside it.
@@ -233,19 +259,25 @@ def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Bat
         state = {"step": step, "history": history}
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "step": step}, state, optimizer)
 
+    if on_eval is not None and start == 0:  # the measures before training: where the curves start
+        record_eval(history, 0, model, on_eval)
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=quiet,
                desc=out_dir.name, mininterval=1.0)
     for step in bar:
         began = time.perf_counter()
-        loss, tokens = train_step(model, optimizer, get_batch, step, cfg, device, replay, loss_fn)
+        loss, tokens, logged = train_step(model, optimizer, get_batch, step, cfg, device, replay, loss_fn)
         history["seconds"] += time.perf_counter() - began
         history["tokens"] += tokens
         history["step"].append(step)
         history["train_loss"].append(loss)
+        for name, value in logged.items():
+            history.setdefault(name, []).append(value)
         last = step == cfg.max_steps - 1
         if val_batches and ((step + 1) % cfg.eval_every == 0 or last):
             history["val_step"].append(step)
             history["val_loss"].append(evaluate_loss(model, val_batches, device, cfg.dtype, loss_fn))
+        if on_eval is not None and ((step + 1) % cfg.eval_every == 0 or last):
+            record_eval(history, step + 1, model, on_eval)
         val = history["val_loss"][-1] if history["val_loss"] else float("nan")
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=f"{history['tokens'] / history['seconds']:.0f}")
         if (step + 1) % cfg.save_every == 0 and not last:

@@ -154,6 +154,17 @@ SCRIPTS = {
                 (["--samples", "0"], "--samples"), (["--samples", "65"], "--samples"),
                 (["--group-size", "8", "--samples", "4"], "--samples"), (["--seed", "-1"], "--seed")],
     },
+    "ch10/ex1_dpo.py": {
+        "base": ["--steps", "4", "--print-every", "2"],
+        "values": {"--prompts": ["2"], "--answers": ["3"], "--loss": ["ipo"], "--beta": ["0.1"], "--steps": ["6"],
+                   "--lr": ["1"], "--noise": ["0.3"], "--print-every": ["1"], "--seed": ["1"]},
+        "bad": [(["--prompts", "0"], "--prompts"), (["--prompts", "17"], "--prompts"), (["--answers", "1"], "--answers"),
+                (["--answers", "9"], "--answers"), (["--loss", "kto"], "--loss"), (["--beta", "0"], "--beta"),
+                (["--beta", "nan"], "--beta"), (["--steps", "0"], "--steps"), (["--steps", "501"], "--steps"),
+                (["--lr", "0"], "--lr"), (["--lr", "inf"], "--lr"), (["--noise", "0.5"], "--noise"),
+                (["--noise", "-0.1"], "--noise"), (["--print-every", "0"], "--print-every"),
+                (["--steps", "5", "--print-every", "6"], "--print-every"), (["--seed", "-1"], "--seed")],
+    },
 }
 
 

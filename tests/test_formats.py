@@ -123,6 +123,93 @@ def test_preferences(tmp_path):
     assert "line 2" in message and "missing field 'rejected'" in message
 
 
+def test_preferences_as_a_json_list(tmp_path):
+    pairs = [{"prompt": "2+3?", "chosen": "5", "rejected": "6"}, {"prompt": "1+1?", "chosen": "2", "rejected": "3"}]
+    assert load_preferences(write(tmp_path, "p.json", json.dumps(pairs, indent=2))) == pairs
+
+
+def test_preferences_alpaca_shape(tmp_path):
+    records = [{"instruction": "Add the numbers.", "input": "2 and 3", "chosen": "5", "rejected": "6", "id": "a"},
+               {"instruction": "Name a colour.", "chosen": "red", "rejected": "dog"}]  # input is optional
+    loaded = load_preferences(write(tmp_path, "a.jsonl", "".join(json.dumps(r) + "\n" for r in records)))
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in loaded] == [
+        ("Add the numbers.\n\n2 and 3", "5", "6"), ("Name a colour.", "red", "dog")]  # as world.preferences.prompt_of
+    assert loaded[0]["id"] == "a" and loaded[0]["input"] == "2 and 3"  # extra fields kept
+    bad = {"instruction": "Add.", "input": 5, "chosen": "5", "rejected": "6"}
+    message = error_of(load_preferences, write(tmp_path, "a_bad.jsonl", json.dumps(records[0]) + "\n" + json.dumps(bad)))
+    assert "line 2" in message and "'input' must be a string" in message
+
+
+def test_preferences_without_a_prompt_split_at_their_common_beginning(tmp_path):
+    records = [{"chosen": "Human: What is 2+3?\n\nAssistant: The answer is 5.",
+                "rejected": "Human: What is 2+3?\n\nAssistant: The answer is 6."},
+               {"chosen": "Human: Hi\n\nAssistant: Hello there!", "rejected": "Human: Hi\n\nAssistant: Hey."},
+               {"chosen": "yes", "rejected": "no"},  # nothing in common: an empty prompt
+               {"chosen": "Say it: yes", "rejected": "Say it: yes!"}]  # one starts with the other: no word split
+    loaded = load_preferences(write(tmp_path, "hh.jsonl", "".join(json.dumps(r) + "\n" for r in records)))
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in loaded] == [
+        ("Human: What is 2+3?\n\nAssistant: The answer is", "5.", "6."),
+        ("Human: Hi\n\nAssistant:", "Hello there!", "Hey."),
+        ("", "yes", "no"),
+        ("Say it:", "yes", "yes!")]
+    for bad, words in (({"chosen": "the same", "rejected": "the same"}, "chosen and rejected are the same text"),
+                       ({"chosen": "a b ", "rejected": "a b c"}, "give the prompt as a field of its own")):
+        message = error_of(load_preferences, write(tmp_path, "same.jsonl", json.dumps(records[0]) + "\n" + json.dumps(bad)))
+        assert "line 2" in message and words in message
+    message = error_of(load_preferences, write(tmp_path, "one.jsonl", json.dumps({"chosen": "yes"})))
+    assert "line 1" in message and "missing field 'rejected'" in message
+
+
+def test_preferences_as_chat_conversations(tmp_path):
+    user = {"role": "user", "content": "What is 2+3?"}
+    single = {"chosen": [user, {"role": "assistant", "content": "5"}],
+              "rejected": [user, {"role": "assistant", "content": "6"}], "id": "c1"}
+    history = [{"role": "system", "content": "Be brief."}, user, {"role": "assistant", "content": "5"},
+               {"role": "user", "content": "And 1+1?"}]
+    multi = {"chosen": history + [{"role": "assistant", "content": "2"}],
+             "rejected": history + [{"role": "assistant", "content": "11"}]}
+    loaded = load_preferences(write(tmp_path, "chat.jsonl", json.dumps(single) + "\n" + json.dumps(multi) + "\n"))
+    assert loaded[0] == {"prompt": "What is 2+3?", "chosen": "5", "rejected": "6", "id": "c1"}
+    assert loaded[1] == {"prompt": history, "chosen": "2", "rejected": "11"}  # a longer conversation stays a list
+
+
+@pytest.mark.parametrize("record, words", [
+    ({"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+      "rejected": [{"role": "user", "content": "Hey"}, {"role": "assistant", "content": "Go."}]},
+     "differ before their last assistant message"),
+    ({"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}], "rejected": "Go."},
+     "'rejected' must be a list of chat messages"),
+    ({"chosen": [{"role": "user", "content": "Hi"}], "rejected": [{"role": "user", "content": "Hi"}]},
+     "no assistant message"),
+    ({"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"},
+                 {"role": "user", "content": "Ok"}],
+      "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "B"},
+                   {"role": "user", "content": "Ok"}]}, "does not end with an assistant message"),
+    ({"chosen": [{"role": "assistant", "content": "A"}], "rejected": [{"role": "assistant", "content": "B"}]},
+     "no user message before the answers"),
+    ({"chosen": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "A"}],
+      "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "B"}]}, "unknown role 'bot'"),
+    ({"question": "2+3?", "answer": "5"}, "not a preference record: its fields are question, answer (accepted shapes: "
+                                         "prompt/chosen/rejected, instruction/input/chosen/rejected, chosen/rejected"),
+    ({"prompt": "2+3?", "chosen": 5, "rejected": "6"}, "'chosen' must be a string, got int"),
+])
+def test_every_bad_preference_record_is_one_line_naming_file_and_line(tmp_path, record, words):
+    good = {"prompt": "2+3?", "chosen": "5", "rejected": "6"}
+    message = error_of(load_preferences, write(tmp_path, "bad.jsonl", json.dumps(good) + "\n" + json.dumps(record) + "\n"))
+    assert "line 2" in message and words in message, message
+    listed = write(tmp_path, "bad.json", "[\n" + json.dumps(good) + ",\n" + json.dumps(record) + "\n]\n")
+    assert "line 3" in error_of(load_preferences, listed)  # the line where the record starts in a JSON list
+
+
+def test_the_embedded_worlds_preference_file_goes_through_the_same_reader(tmp_path):
+    from gpt_scratch.world import make_preference_pairs, make_tasks
+    from gpt_scratch.world.corpus import build_world
+
+    train = make_tasks(build_world(0), seed=0, n_train=12, n_val=2, n_test=2)["train"]
+    pairs = make_preference_pairs(train, seed=0, label_noise=0.2)
+    assert load_preferences(write_jsonl(tmp_path / "preferences_train.jsonl", pairs)) == pairs
+
+
 # --- writing ------------------------------------------------------------------------------
 
 def test_writers_round_trip_and_leave_no_temporary_files(tmp_path):

@@ -93,3 +93,16 @@ def test_gradients_reach_the_model_only_through_scored_tokens(model, tokenizer):
 def test_mismatched_lengths_are_one_clear_error(tokenizer):
     with pytest.raises(ValueError, match="2 prompts but 1 completions"):
         encode_completions(tokenizer, PROMPTS[:2], COMPLETIONS[:1])
+
+
+def test_a_conversation_as_the_prompt_scores_only_the_last_answer(model, tokenizer):
+    history = [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"},
+               {"role": "user", "content": "What is 3 plus 4?"}]
+    example, = encode_completions(tokenizer, [history], ["The answer is 7."])
+    whole, _ = encode_example(tokenizer, {"messages": history + [{"role": "assistant", "content": "The answer is 7."}]},
+                              "chat")
+    assert example.ids == whole  # the same tokens as the whole conversation in the template
+    n_scored = len(tokenizer.encode("The answer is 7.")) + 1
+    assert example.trained == [False] * (len(whole) - n_scored) + [True] * n_scored  # not the earlier "yes"
+    single, = encode_completions(tokenizer, [[history[-1]]], ["The answer is 7."])
+    assert single == encode_completions(tokenizer, [history[-1]["content"]], ["The answer is 7."])[0]

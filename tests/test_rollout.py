@@ -98,3 +98,42 @@ def test_join_rows_keeps_each_rows_sampled_ids_and_pads_them_again(tokenizer):
         assert torch.equal(joined.x[row, :n], batch.x[i, :n]) and torch.equal(joined.y[row, :n], batch.y[i, :n])
         assert torch.all(joined.y[row, n:] == IGNORE) and torch.all(joined.x[row, n:] == tokenizer.eot_id)
     assert joined.response_mask.sum(dim=1).tolist() == [sum(batch.examples[i].trained) for batch, i in picked]
+
+
+def test_answer_kl_is_0_against_itself_and_estimates_the_exact_kl(tokenizer):
+    import copy
+
+    from gpt_scratch.rollout import answer_kl
+
+    policy = eot_loving_model(tokenizer, eot_bias=0.0).eval()
+    assert answer_kl(policy, copy.deepcopy(policy), tokenizer, PROMPTS, max_new_tokens=5) == 0.0
+    # One-token answers: the KL per answer is the KL of the first token's distributions, known exactly.
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():
+        reference.lm_head.weight.mul_(10.0)  # sharper (the head is tied: the embedding changes too)
+    ids = torch.tensor([prompt_ids(tokenizer, "Say yes.")])
+    with torch.no_grad():
+        logp, ref_logp = (torch.log_softmax(m(ids)[0, -1].double(), -1) for m in (policy, reference))
+    exact = (logp.exp() * (logp - ref_logp)).sum().item()
+    spread = (logp.exp() * (logp - ref_logp - exact) ** 2).sum().sqrt().item()
+    n = 2048
+    estimate = answer_kl(policy, reference, tokenizer, ["Say yes."] * n, max_new_tokens=1, seed=1, dtype="float32")
+    assert exact > 0.1 and abs(estimate - exact) < 4 * spread / n ** 0.5, (estimate, exact)
+
+
+def test_answer_kl_of_a_lora_policy_measures_against_its_base(tokenizer):
+    import copy
+
+    from gpt_scratch.lora import add_lora
+    from gpt_scratch.rollout import answer_kl
+
+    base = eot_loving_model(tokenizer, eot_bias=0.0).eval()
+    policy = copy.deepcopy(base)
+    add_lora(policy, rank=2, alpha=4.0)
+    assert answer_kl(policy, None, tokenizer, PROMPTS, max_new_tokens=5) == 0.0  # B = 0: the policy is its base
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.5)
+    moved = answer_kl(policy, None, tokenizer, PROMPTS, max_new_tokens=5, dtype="float32")
+    assert moved != 0.0 and moved == answer_kl(policy, base, tokenizer, PROMPTS, max_new_tokens=5, dtype="float32")

@@ -122,7 +122,7 @@ def test_replay_adds_its_loss_to_the_gradient_but_not_to_the_reported_loss():
         model = fresh_model()
         before = model.transformer.wte.weight.detach().clone()
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-        loss, _ = train_step(model, optimizer, data.batch, 0, cfg, torch.device("cpu"), replay)
+        loss, _, _ = train_step(model, optimizer, data.batch, 0, cfg, torch.device("cpu"), replay)
         return loss, model.transformer.wte.weight.detach() - before
 
     (plain_loss, plain), (other_loss, with_other), (same_loss, with_same) = map(one_sgd_step, (None, other.batch, data.batch))
@@ -233,3 +233,47 @@ def test_a_loss_function_trains_any_model_with_the_same_loop(tmp_path):
                     quiet=True, loss_fn=mean_of_head)
     assert history["train_loss"][0] == pytest.approx(1.0)  # the zero head says 0: (0 - 1)^2
     assert history["train_loss"][-1] < 0.05 and history["val_loss"][-1] < 0.05
+
+
+def test_a_loss_function_can_log_numbers_and_on_eval_records_held_out_measures(tmp_path, monkeypatch):
+    """(loss, {name: number}) is logged every step (the mean over micro-batches); on_eval runs in eval mode
+    before the first step and at every validation point, and both survive a resume."""
+    data = windows()
+
+    def loss_with_stats(model, batch):
+        loss = next_token_loss(model, batch)
+        return loss, {"double": 2 * loss.item(), "first_id": float(batch[0][0, 0])}
+
+    calls = []
+
+    def on_eval(steps_done):
+        calls.append((steps_done, model.training))
+        return {"steps_squared": steps_done ** 2}
+
+    model = fresh_model()
+    history = train(model, None, data.batch, [], quick_config(max_steps=6, eval_every=4, save_every=3, grad_accum=2),
+                    tmp_path / "full", quiet=True, loss_fn=loss_with_stats, on_eval=on_eval)
+    assert history["double"] == pytest.approx([2 * loss for loss in history["train_loss"]])
+    assert history["first_id"] == [(data.batch(step, 0)[0][0, 0].item() + data.batch(step, 1)[0][0, 0].item()) / 2
+                                   for step in range(6)]  # the mean over the step's 2 micro-batches
+    assert calls == [(0, False), (4, False), (6, False)] and model.training  # eval mode inside, training mode after
+    assert history["eval_step"] == [0, 4, 6] and history["eval_steps_squared"] == [0, 16, 36]
+
+    real_step = train_module.train_step
+
+    def crash_at_step_4(model, optimizer, get_batch, step, *args):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_step(model, optimizer, get_batch, step, *args)
+
+    model = fresh_model()
+    monkeypatch.setattr(train_module, "train_step", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, None, data.batch, [], quick_config(max_steps=6, eval_every=4, save_every=3, grad_accum=2),
+              tmp_path / "cut", quiet=True, loss_fn=loss_with_stats, on_eval=on_eval)
+    monkeypatch.undo()
+    model = fresh_model()
+    resumed = train(model, None, data.batch, [], quick_config(max_steps=6, eval_every=4, save_every=3, grad_accum=2),
+                    tmp_path / "cut", resume=True, quiet=True, loss_fn=loss_with_stats, on_eval=on_eval)
+    for key in ("train_loss", "double", "eval_step", "eval_steps_squared"):
+        assert resumed[key] == history[key], key
