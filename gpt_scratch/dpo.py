@@ -270,6 +270,7 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
               f"{loss}, beta {beta}" + (f", label smoothing {label_smoothing}" if loss == "robust" else "")
               + (f", LoRA rank {lora_rank}" if lora_rank is not None else ", every weight trained")
               + f"; reference log-probabilities of {len(steps) * cfg.batch_size:,} pairs in {reference_seconds:.1f} s")
+    # 2. Training: train.py's loop, with DPO's loss and the measures above.
     meta = {"stage": "dpo", "base": str(sft_dir), "template": TEMPLATE, "loss": loss, "beta": beta,
             "label_smoothing": label_smoothing, "lora_rank": lora_rank, "corpus": sft_meta.get("corpus")}
     history = train(policy, tokenizer, get_batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet,
