@@ -44,7 +44,7 @@ from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipped_policy_loss, clipped_value_loss,
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
 from gpt_scratch.reward import score_texts
-from gpt_scratch.rollout import rollout
+from gpt_scratch.rollout import answer_kl, rollout
 from gpt_scratch.train import autocast_for, check_finite_loss, pick_device
 from gpt_scratch.world.judge import format_change_table, score
 from gpt_scratch.world.preferences import prompt_of
@@ -253,6 +253,11 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
         save_checkpoint(out_dir / "checkpoint", policy, tokenizer, {**meta, "step": cfg.steps, "merged_lora": True},
                         {"step": cfg.steps, "history": history, "kl_coef": kl_controller.value, "merged_lora": True})
     final = judged if start < cfg.steps else judge_policy(policy, tokenizer, test_records, sft_answers)
+    # The KL from the SFT model on held-out prompts, measured as every alignment stage measures it (the
+    # rollout KL above is on training prompts). A LoRA policy is merged by now: its reference is reloaded.
+    sft_model = reference if reference is not None else load_stage_checkpoint(sft_dir, device=device)[0]
+    kl_vs_sft = answer_kl(policy, sft_model.eval(), tokenizer, [prompt_of(r) for r in test_records],
+                          cfg.max_new_tokens, seed=cfg.seed, dtype=cfg.dtype)
     before = history["eval_accuracy"][0], history["eval_sentence_rate"][0]
     plot_history(history, out_dir / "ppo.png")
     metrics = {
@@ -260,7 +265,7 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
         "accuracy_before": round(before[0], 4), "accuracy_after": round(final["accuracy"], 4),
         "sentence_rate_before": round(before[1], 4), "sentence_rate_after": round(final["sentence_rate"], 4),
         "win_rate_vs_sft": round(final["win_rate"], 4), "tie_share_vs_sft": round(final["tie_share"], 4),
-        "final_kl": round(history["kl"][-1], 4) if history.get("kl") else None,
+        "final_kl": round(history["kl"][-1], 4) if history.get("kl") else None, "kl_vs_sft": round(kl_vs_sft, 4),
         "train_seconds": round(history["seconds"], 1), "peak_memory_mb": round(peak_memory_mb(), 1),
         "table": format_change_table(score(test_records, sft_answers), final["scores"], ("SFT", "PPO")),
     }

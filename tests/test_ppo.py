@@ -72,6 +72,7 @@ def test_the_stage_writes_its_folder_and_repeats_for_a_seed(tmp_path, folders):
     assert histories[0]["score"] == histories[1]["score"] and histories[0]["kl"] == histories[1]["kl"]
     assert histories[0]["eval_step"] == [0, 2, 4]
     assert first["steps"] == 4 and 0.0 <= first["win_rate_vs_sft"] <= 1.0
+    assert first["kl_vs_sft"] != 0.0  # the policy moved away from the SFT model on the held-out prompts too
 
 
 def test_resume_continues_with_exactly_the_uninterrupted_steps(tmp_path, folders, monkeypatch):
@@ -150,3 +151,4 @@ def test_a_lora_policy_uses_its_own_base_as_the_reference(tmp_path, folders):
     again = ppo_stage(folders["sft"], folders["reward"], folders["data"], out, small(lora_rank=2), resume=True,
                       quiet=True)  # resuming a finished LoRA run loads the merged policy and judges it the same
     assert again["accuracy_after"] == first["accuracy_after"] and again["win_rate_vs_sft"] == first["win_rate_vs_sft"]
+    assert first["kl_vs_sft"] != 0 and again["kl_vs_sft"] == first["kl_vs_sft"]  # against SFT, not itself (k1: any sign)
