@@ -66,6 +66,12 @@ def headline(results: dict[str, dict]) -> list[str]:
         lines.append(f"- PPO ({m['steps']} steps): held-out accuracy {m['accuracy_before']:.1%} -> {m['accuracy_after']:.1%}, "
                      f"preferred style {m['sentence_rate_before']:.1%} -> {m['sentence_rate_after']:.1%}, win-rate vs SFT "
                      f"{m['win_rate_vs_sft']:.1%} (tie share {m['tie_share_vs_sft']:.1%})")
+    if "dpo" in results:
+        m = results["dpo"]
+        lines.append(f"- DPO ({m['steps']} steps on the same pairs, no reward model): held-out accuracy "
+                     f"{m['accuracy_before']:.1%} -> {m['accuracy_after']:.1%}, preferred style "
+                     f"{m['sentence_rate_before']:.1%} -> {m['sentence_rate_after']:.1%}, win-rate vs SFT "
+                     f"{m['win_rate_vs_sft']:.1%} (tie share {m['tie_share_vs_sft']:.1%})")
     if "grpo" in results:
         m = results["grpo"]
         lines.append(f"- GRPO ({m['steps']} steps, groups of {m['group_size']}, the judge as the reward): held-out "
@@ -97,6 +103,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 
 def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
                  device: str = "auto", quiet: bool = False, gpt2_vocab: str | None = None) -> dict[str, dict]:
+    from gpt_scratch.dpo import dpo_stage
     from gpt_scratch.grpo import GRPOConfig, grpo_stage
     from gpt_scratch.ppo import PPOConfig, ppo_stage
     from gpt_scratch.pretrain import pretrain
@@ -140,6 +147,11 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     results["ppo"] = run_stage("ppo", run_dir / "ppo", lambda: ppo_stage(
         run_dir / "sft", run_dir / "reward", data_dir, run_dir / "ppo", PPOConfig(**ppo, seed=seed, device=device),
         n_eval=settings["ppo"]["n_eval"], resume=True, quiet=quiet), quiet)
+    # Chapter 10: DPO, from the SFT model and the same preference pairs, without a reward model.
+    dpo = settings["dpo"]
+    results["dpo"] = run_stage("dpo", run_dir / "dpo", lambda: dpo_stage(
+        run_dir / "sft", data_dir, run_dir / "dpo", stage_train_config(preset, "dpo", seed, device), beta=dpo["beta"],
+        n_train=dpo["n_train"], n_eval=dpo["n_eval"], resume=True, quiet=quiet), quiet)
     # Chapter 11: RL with a verifiable reward: GRPO from the SFT model, the judge as the reward.
     grpo = {k: v for k, v in settings["grpo"].items() if k != "n_eval"}
     results["grpo"] = run_stage("grpo", run_dir / "grpo", lambda: grpo_stage(

@@ -22,7 +22,7 @@ from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.world.corpus import build_world, generate_corpus
 from tiny import REPO
 
-STAGES = ("run", "data", "pretrain", "sft", "reward", "ppo", "grpo", "compare", "generate", "chat", "bench", "grade")
+STAGES = ("run", "data", "pretrain", "sft", "reward", "ppo", "dpo", "grpo", "compare", "generate", "chat", "bench", "grade")
 # Every model and training flag, each set to a value that differs from the tiny preset's.
 MODEL_FLAGS = {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 32, "dropout": 0.1, "attention": "sdpa"}
 TRAIN_FLAGS = {"max_steps": 6, "batch_size": 4, "lr": 0.01, "warmup_steps": 2, "weight_decay": 0.05,
@@ -414,9 +414,9 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     assert out == "", "--quiet should print nothing"
     report = (tmp_path / "report.md").read_text()
     assert "## pretrain" in report and "| metric | value |" in report
-    for stage in ("pretrain", "sft", "lora", "reward", "ppo", "grpo"):  # every stage ran and is in the report
+    for stage in ("pretrain", "sft", "lora", "reward", "ppo", "dpo", "grpo"):  # every stage ran and is in the report
         assert (tmp_path / stage / "metrics.json").is_file() and f"## {stage}" in report, stage
-    assert "- GRPO (" in report and "- PPO (" in report
+    assert "- GRPO (" in report and "- PPO (" in report and "- DPO (" in report
     metrics = read_json(tmp_path / "pretrain" / "metrics.json")
     assert math.isfinite(metrics["final_val_loss"])
     assert f"| final_val_loss | {metrics['final_val_loss']} |" in report
