@@ -10,6 +10,7 @@
     python -m gpt_scratch grpo                RL with the judge as the reward, GRPO (chapter 11)
     python -m gpt_scratch dpo                 direct preference optimisation on the same pairs (chapter 10)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
+    python -m gpt_scratch compare-alignment   SFT, PPO, DPO, IPO, robust DPO at label noise 0 and 0.2
     python -m gpt_scratch generate            sample text from a checkpoint (or answer one question)
     python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
     python -m gpt_scratch bench               training / generation speed and MFU
@@ -194,6 +195,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     """The main parser and each stage's own parser (used for its cross-flag errors)."""
     from gpt_scratch import grade as grade_command
     from gpt_scratch.compare import DEFAULT_METHODS, method_type
+    from gpt_scratch.compare_alignment import DEFAULT_METHODS as ALIGNMENT_DEFAULTS
+    from gpt_scratch.compare_alignment import METHODS as ALIGNMENT_METHODS
     from gpt_scratch.grpo import FAMILY_WEIGHTS
     from gpt_scratch.ppo_math import AGGREGATIONS
     from gpt_scratch.world import command as data_command
@@ -401,6 +404,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     grpo.add_argument("--resume", action="store_true", help="continue from the stage folder's checkpoint")
     grpo.add_argument("--quiet", action="store_true")
 
+    aligned = stages.add_parser(
+        "compare-alignment", help="SFT, PPO, DPO and its variants from one SFT model and the same pairs, in one table")
+    aligned.add_argument("--sft", default="runs/default/sft", help="the SFT stage folder every method starts from")
+    aligned.add_argument("--data", default="runs/default/data", help="the data folder (preference pairs and questions)")
+    aligned.add_argument("--out", default="runs/alignment", help="one sub-folder per noise level and method")
+    aligned.add_argument("--preset", choices=sorted(PRESETS), default="default", help="every stage's settings")
+    aligned.add_argument("--methods", nargs="+", choices=ALIGNMENT_METHODS, default=list(ALIGNMENT_DEFAULTS),
+                         help=f"methods to run (default: {' '.join(ALIGNMENT_DEFAULTS)})")
+    aligned.add_argument("--noise", nargs="+", type=float_range(0.0, 0.5, include_high=False), default=[0.0, 0.2],
+                         help="label-noise levels of the training pairs (default 0 0.2)")
+    aligned.add_argument("--quiet", action="store_true")
+
     compare = stages.add_parser("compare", help="fine-tune with several freezing/LoRA methods and compare them")
     compare.add_argument("--base", default="runs/default/pretrain", help="the checkpoint every method starts from")
     compare.add_argument("--data", default="runs/default/data", help="folder with the sft_*.json files")
@@ -503,6 +518,8 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return grpo_command(parser, args)
     if args.stage == "compare":
         return compare_command(parser, args)
+    if args.stage == "compare-alignment":
+        return compare_alignment_command(parser, args)
     if args.stage == "grade":
         from gpt_scratch import grade as grade_command
         return grade_command.run(args)
@@ -613,6 +630,22 @@ def compare_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 PPO_FLAGS = ("steps", "batch_size", "minibatch_size", "epochs", "lr", "value_lr", "kl_coef", "kl_estimator", "kl_target",
              "clip_range", "value_clip", "gamma", "lam", "max_new_tokens", "temperature", "no_end_penalty", "grad_clip",
              "lora_rank", "lora_alpha", "eval_every", "seed", "device", "dtype")
+
+
+def compare_alignment_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    for name, values in (("--methods", args.methods), ("--noise", args.noise)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            parser.error(f"{name} names {repeated[0]} twice; give each once")
+    for folder, what in ((Path(args.sft) / "metrics.json", "--sft: an SFT stage folder (run `python -m gpt_scratch "
+                          "sft` or the main job first)"),
+                         (Path(args.data) / "manifest.json", "--data: a data folder (`python -m gpt_scratch data`)")):
+        if not folder.is_file():
+            parser.error(f"{folder} not found; {what}")
+    from gpt_scratch.compare_alignment import compare_alignment
+
+    compare_alignment(args.sft, args.data, args.out, args.methods, args.noise, args.preset, args.quiet)
+    return 0
 
 
 def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from gpt_scratch.formats import write_json
 from gpt_scratch.freeze import STRATEGIES
 from gpt_scratch.plots import plot_labelled_points
 from gpt_scratch.presets import PRESETS
@@ -48,20 +50,32 @@ def method_flags(method: str, preset: str) -> list[str]:
     return ["--freeze", name]
 
 
-def run_method(method: str, base: Path, data: Path, out: Path, preset: str, extra: list[str], quiet: bool) -> dict:
-    folder = out / method.replace(":", "_")
-    metrics_file = folder / "metrics.json"
+def run_in_process(stage: str, flags: list[str], folder: Path, quiet: bool) -> dict:
+    """`python -m gpt_scratch <stage> <flags> --out folder` in its own process, unless folder/metrics.json
+    exists; returns the metrics. Its own process: so that its peak memory is its own. The wall time of
+    the process is kept in folder/wall_seconds.json, so that a reused run still reports it.
+    """
+    metrics_file, wall_file = folder / "metrics.json", folder / "wall_seconds.json"
     if not metrics_file.is_file():
-        command = [sys.executable, "-m", "gpt_scratch", "sft", "--base", str(base), "--data", str(data),
-                   "--out", str(folder), "--preset", preset, "--skip-before", "--quiet", "--resume",
-                   *method_flags(method, preset), *extra]
+        command = [sys.executable, "-m", "gpt_scratch", stage, *flags, "--out", str(folder)]
         if not quiet:
-            print(f"[{method}] {' '.join(command[3:])}", flush=True)
+            print(f"[{folder.name}] {' '.join(command[3:])}", flush=True)
+        began = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"method {method} failed (exit {done.returncode}): {last}")
+            raise RuntimeError(f"{stage} in {folder} failed (exit {done.returncode}): {last}")
+        write_json(wall_file, {"wall_seconds": round(time.perf_counter() - began, 1)})
     metrics = json.loads(metrics_file.read_text())
+    if wall_file.is_file():
+        metrics["wall_seconds"] = json.loads(wall_file.read_text())["wall_seconds"]
+    return metrics
+
+
+def run_method(method: str, base: Path, data: Path, out: Path, preset: str, extra: list[str], quiet: bool) -> dict:
+    flags = ["--base", str(base), "--data", str(data), "--preset", preset, "--skip-before", "--quiet", "--resume",
+             *method_flags(method, preset), *extra]
+    metrics = run_in_process("sft", flags, out / method.replace(":", "_"), quiet)
     return {"method": method, **{k: metrics[k] for k in ("trainable_parameters", "total_parameters",
                                                          "trainable_share", "step_seconds", "peak_memory_mb",
                                                          "accuracy_after", "unseen_accuracy_after")},

@@ -1,0 +1,118 @@
+"""Chapter 10: every alignment method from one SFT model and the same preference pairs, side by side.
+
+    python -m gpt_scratch compare-alignment --sft runs/default/sft --data runs/default/data --out runs/alignment
+    python -m gpt_scratch compare-alignment --methods dpo ipo --noise 0 0.2 --preset tiny
+
+For each label-noise level the methods learn from the same preference pairs: at noise 0 those of
+--data, otherwise a copy of the data made by the data stage with the data folder's own settings
+and seed, so that the questions, the answers and the held-out split are the same and only the
+given share of the training labels is flipped (data_noise_<level>/ in OUT).
+
+Methods (each one process, `python -m gpt_scratch <stage>`, so that its wall time and peak memory
+are its own; a method whose folder has metrics.json is not run again):
+- ppo: a reward model is trained on the pairs first (`reward`, its time in its own column), then
+  PPO against it (`ppo`);
+- dpo, ipo, hinge, robust: `dpo --loss <method>` (robust: label smoothing from the preset).
+The SFT model itself is the first row: what every method starts from.
+
+Every row is measured the same way on the held-out questions: the judge's accuracy and
+preferred-style rate, the win-rate against the SFT model's answers (ties left out, their share
+beside it), the KL from the SFT model per answer on held-out prompts, wall time and peak memory.
+Writes OUT/alignment.md, OUT/alignment.json and OUT/alignment.png.
+"""
+
+import json
+from pathlib import Path
+
+from gpt_scratch.compare import run_in_process
+from gpt_scratch.formats import write_json
+from gpt_scratch.plots import plot_labelled_points
+from gpt_scratch.world.command import write_dataset
+
+METHODS = ("ppo", "dpo", "ipo", "hinge", "robust")
+DEFAULT_METHODS = ("ppo", "dpo", "ipo", "robust")
+
+
+def data_with_noise(data: Path, out: Path, noise: float, quiet: bool) -> Path:
+    """The preference data at this label-noise level: data itself at 0, else a copy with flipped labels."""
+    if noise == 0:
+        return data
+    folder = out / f"data_noise_{noise:g}"
+    if not (folder / "manifest.json").is_file():
+        settings = json.loads((data / "manifest.json").read_text())["settings"]
+        if not quiet:
+            print(f"[data] the same data with {noise:.0%} of the training labels flipped -> {folder}", flush=True)
+        write_dataset(folder, **{**settings, "label_noise": noise})
+    return folder
+
+
+def sft_row(sft: Path) -> dict:
+    """The SFT model's own figures: the starting point of every method."""
+    metrics = json.loads((sft / "metrics.json").read_text())
+    return {"method": "sft (the start)", "accuracy": metrics["accuracy_after"],
+            "sentence_rate": metrics["sentence_rate_after"], "win_rate": None, "tie_share": None, "kl": 0.0,
+            "wall_seconds": None, "reward_seconds": None, "peak_memory_mb": None}
+
+
+def run_alignment_method(method: str, sft: Path, data: Path, folder: Path, preset: str, quiet: bool) -> dict:
+    """One method at one noise level -> its row of the table."""
+    common = ["--sft", str(sft), "--data", str(data), "--preset", preset, "--quiet", "--resume"]
+    reward_seconds = None
+    if method == "ppo":
+        reward = run_in_process("reward", common + ["--best-of", "0"], folder / "reward", quiet)
+        reward_seconds = reward["wall_seconds"]
+        flags = ["--sft", str(sft), "--reward", str(folder / "reward"), "--data", str(data), "--preset", preset,
+                 "--quiet", "--resume"]
+        metrics = run_in_process("ppo", flags, folder / "ppo", quiet)
+    else:
+        metrics = run_in_process("dpo", common + ["--loss", "sigmoid" if method == "dpo" else method],
+                                 folder / method, quiet)
+    return {"method": method, "accuracy": metrics["accuracy_after"], "sentence_rate": metrics["sentence_rate_after"],
+            "win_rate": metrics["win_rate_vs_sft"], "tie_share": metrics["tie_share_vs_sft"],
+            "kl": metrics["kl_vs_sft"], "wall_seconds": metrics["wall_seconds"], "reward_seconds": reward_seconds,
+            "peak_memory_mb": metrics["peak_memory_mb"]}
+
+
+def format_table(rows: list[dict]) -> str:
+    """One markdown table: a row per (noise, method)."""
+    lines = ["| label noise | method | accuracy | preferred style | win-rate vs SFT (ties) | KL from SFT (nats) "
+             "| wall s | peak MB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        win = f"{r['win_rate']:.1%} ({r['tie_share']:.0%})" if r["win_rate"] is not None else "-"
+        wall = "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
+        if r["reward_seconds"] is not None:
+            wall += f" (+ {r['reward_seconds']:.0f} reward model)"
+        memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        lines.append(f"| {r['noise']:.0%} | {r['method']} | {r['accuracy']:.1%} | {r['sentence_rate']:.1%} | {win} | "
+                     f"{r['kl']:.2f} | {wall} | {memory} |")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict], path: Path) -> Path:
+    """What each method buys (win-rate against SFT) for what it costs (wall time), one point per row."""
+    markers = {0.0: "o"}
+    points = [(f"{r['method']}, noise {r['noise']:g}", r["wall_seconds"] + (r["reward_seconds"] or 0.0),
+               r["win_rate"], markers.get(r["noise"], "s")) for r in rows if r["win_rate"] is not None]
+    return plot_labelled_points(points, path, xlabel="wall seconds (PPO: + its reward model), log scale",
+                                ylabel="win-rate vs SFT (hidden rule)", title="What each method buys, at what cost",
+                                log_x=True)
+
+
+def compare_alignment(sft: str | Path, data: str | Path, out: str | Path, methods: list[str], noises: list[float],
+                      preset: str = "default", quiet: bool = False) -> list[dict]:
+    """Run (or reuse) every method at every noise level; write the table, its JSON and the plot."""
+    sft, data, out = Path(sft), Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{**sft_row(sft), "noise": 0.0}]
+    for noise in noises:
+        noisy = data_with_noise(data, out, noise, quiet)
+        for method in methods:
+            row = run_alignment_method(method, sft, noisy, out / f"noise_{noise:g}", preset, quiet)
+            rows.append({**row, "noise": noise})
+    table = format_table(rows)
+    (out / "alignment.md").write_text(table + "\n")
+    write_json(out / "alignment.json", rows)
+    plot_rows(rows, out / "alignment.png")
+    if not quiet:
+        print(table)
+    return rows

@@ -1,0 +1,65 @@
+"""compare-alignment (chapter 10): every method from one SFT model and the same pairs, at two noise levels."""
+
+import json
+
+import pytest
+
+from gpt_scratch.cli import main
+from gpt_scratch.compare_alignment import format_table
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("alignment") / "run"
+    assert main(["run", "--preset", "tiny", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def test_methods_at_two_noise_levels_in_one_table(tiny_run, tmp_path, capsys):
+    out = tmp_path / "compare"
+    assert main(["compare-alignment", "--sft", str(tiny_run / "sft"), "--data", str(tiny_run / "data"),
+                 "--out", str(out), "--preset", "tiny", "--methods", "ppo", "robust", "--noise", "0", "0.2"]) == 0
+    rows = json.loads((out / "alignment.json").read_text())
+    assert [(r["method"], r["noise"]) for r in rows] == [
+        ("sft (the start)", 0.0), ("ppo", 0.0), ("robust", 0.0), ("ppo", 0.2), ("robust", 0.2)]
+    for row in rows[1:]:
+        assert row["wall_seconds"] > 0 and row["peak_memory_mb"] > 0 and 0 <= row["win_rate"] <= 1, row
+    assert rows[1]["reward_seconds"] > 0 and rows[2]["reward_seconds"] is None  # PPO pays for its reward model
+    # The noisy copy: same questions, the given share of training labels flipped, the held-out pairs clean.
+    manifest = json.loads((out / "data_noise_0.2" / "manifest.json").read_text())
+    assert manifest["settings"]["label_noise"] == 0.2
+    for name in ("sft_test.json", "preferences_test.jsonl"):
+        assert (out / "data_noise_0.2" / name).read_bytes() == (tiny_run / "data" / name).read_bytes(), name
+    flipped = [json.loads(line)["flipped"] for line in (out / "data_noise_0.2" / "preferences_train.jsonl").open()]
+    assert 0.1 < sum(flipped) / len(flipped) < 0.3
+    robust = json.loads((out / "noise_0.2" / "robust" / "metrics.json").read_text())
+    assert robust["loss"] == "robust" and robust["label_smoothing"] > 0
+    for name in ("alignment.md", "alignment.png"):
+        assert (out / name).is_file()
+    assert "| 20% | robust |" in (out / "alignment.md").read_text()
+    capsys.readouterr()
+    mtime = (out / "noise_0" / "ppo" / "metrics.json").stat().st_mtime_ns
+    assert main(["compare-alignment", "--sft", str(tiny_run / "sft"), "--data", str(tiny_run / "data"),
+                 "--out", str(out), "--preset", "tiny", "--methods", "ppo", "--noise", "0"]) == 0
+    assert (out / "noise_0" / "ppo" / "metrics.json").stat().st_mtime_ns == mtime  # done runs are reused
+    assert json.loads((out / "alignment.json").read_text())[1]["wall_seconds"] == rows[1]["wall_seconds"]
+
+
+def test_the_table_by_hand():
+    rows = [{"method": "sft (the start)", "noise": 0.0, "accuracy": 0.9, "sentence_rate": 0.7, "win_rate": None,
+             "tie_share": None, "kl": 0.0, "wall_seconds": None, "reward_seconds": None, "peak_memory_mb": None},
+            {"method": "ppo", "noise": 0.2, "accuracy": 0.91, "sentence_rate": 1.0, "win_rate": 0.95, "tie_share": 0.7,
+             "kl": 0.84, "wall_seconds": 45.7, "reward_seconds": 52.0, "peak_memory_mb": 665.0}]
+    table = format_table(rows)
+    assert "| 0% | sft (the start) | 90.0% | 70.0% | - | 0.00 | - | - |" in table
+    assert "| 20% | ppo | 91.0% | 100.0% | 95.0% (70%) | 0.84 | 46 (+ 52 reward model) | 665 |" in table
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--methods", "dpo", "dpo"], "--methods"), (["--methods", "kto"], "--methods"), (["--noise", "0.5"], "--noise"),
+    (["--noise", "0", "0"], "--noise"), (["--preset", "huge"], "--preset"), (["--sft", "/nonexistent"], "--sft")])
+def test_bad_flags_exit_2_with_one_line(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare-alignment", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
