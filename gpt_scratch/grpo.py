@@ -57,15 +57,14 @@ from pathlib import Path
 
 import torch
 
-from gpt_scratch.checkpoint import find_checkpoint, load_model_into, load_stage_checkpoint, load_train_state, \
-    save_checkpoint
+from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import write_json
 from gpt_scratch.logprobs import token_logprobs
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import AGGREGATIONS, aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_per_token
 from gpt_scratch.rollout import Rollout, join_rows, rollout
-from gpt_scratch.train import autocast_for, check_finite_loss, pick_device
+from gpt_scratch.train import autocast_for, check_finite_loss, pick_device, resume_from
 from gpt_scratch.world.judge import is_correct, score, style_of
 from gpt_scratch.world.preferences import prompt_of
 
@@ -365,7 +364,7 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     start, history = 0, new_history()
     if resume:
-        start, history = resume_from(out_dir, policy, optimizer)
+        start, history = resume_from(out_dir, policy, optimizer, new_history)  # train.py's, with GRPO's history
     sft_answers = answer(reference, tokenizer, test_records, TEMPLATE, cfg.max_new_tokens)
     meta = {"stage": "grpo", "base": str(sft_dir), "template": TEMPLATE, "grpo_config": asdict(cfg),
             "corpus": sft_meta.get("corpus")}
@@ -434,15 +433,3 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
     return metrics
 
 
-def resume_from(out_dir: Path, policy, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    """Weights, optimizer moments and history of the last saved step, if there is one."""
-    try:
-        folder = find_checkpoint(out_dir / "checkpoint")
-    except FileNotFoundError:
-        return 0, new_history()
-    state, optimizer_state = load_train_state(folder)
-    if "step" not in state or optimizer_state is None:
-        return 0, new_history()
-    load_model_into(policy, folder)
-    optimizer.load_state_dict(optimizer_state)
-    return state["step"], state["history"]

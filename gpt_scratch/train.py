@@ -211,15 +211,19 @@ def new_history() -> dict:
     return {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": 0.0, "tokens": 0}
 
 
-def resume_from(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    """Load weights, optimizer moments and history from out_dir/checkpoint, if there is one."""
+def resume_from(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                empty_history=new_history) -> tuple[int, dict]:
+    """Load weights, optimizer moments and history from out_dir/checkpoint, if there is one.
+
+    empty_history() is the history of a run that starts from step 0 (a stage may keep other fields).
+    """
     try:
         folder = find_checkpoint(out_dir / "checkpoint")
     except FileNotFoundError:
-        return 0, new_history()
+        return 0, empty_history()
     state, optim_state = load_train_state(folder)
     if "step" not in state or optim_state is None:
-        return 0, new_history()
+        return 0, empty_history()
     load_model_into(model, folder)
     optimizer.load_state_dict(optim_state)
     return state["step"], state["history"]
