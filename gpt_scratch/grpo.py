@@ -75,12 +75,12 @@ STD_EPS = 1e-4  # keeps the division finite; irrelevant next to a 0/1 reward's s
 
 @dataclass
 class GRPOConfig:
-    steps: int = 300
+    steps: int = 100
     batch_size: int = 128  # answers per step: batch_size / group_size prompts, group_size answers each
     group_size: int = 8
     minibatch_size: int = 64  # answers per gradient step
     epochs: int = 1  # passes over each rollout batch
-    lr: float = 3e-5
+    lr: float = 5e-5
     clip_range: float = 0.2
     kl_coef: float = 0.0  # weight of the k3 KL to the SFT reference in the loss
     std: bool = True  # divide by the group's std (GRPO); False: do not (Dr. GRPO)
@@ -93,9 +93,9 @@ class GRPOConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     grad_clip: float = 1.0
-    eval_every: int = 150
+    eval_every: int = 100
     eval_samples: int = 8  # sampled answers per held-out prompt for pass@k (at least group_size)
-    save_every: int = 150
+    save_every: int = 50
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
