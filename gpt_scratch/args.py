@@ -7,10 +7,12 @@ the grader and the chapter scripts.
 
 Every error line reads `prog: error: message`, alone on stderr. A bad flag value (or a bad
 combination of flags) adds `; see --help` and exits 2; OneLineParser prints it without argparse's
-usage block. Other failures (a missing folder, an unfinished exercise) use print_error.
+usage block (under torchrun, every process exits 2 and rank 0 alone prints the line). Other
+failures (a missing folder, an unfinished exercise) use print_error.
 """
 
 import argparse
+import os
 import sys
 
 
@@ -39,6 +41,8 @@ class OneLineParser(argparse.ArgumentParser):
     """A bad flag prints one line, `prog: error: message; see --help`, and exits 2 (no usage block)."""
 
     def error(self, message: str):
+        if os.environ.get("RANK", "0") != "0":  # under torchrun every process meets the same bad flag: rank 0 says so
+            self.exit(2)
         self.exit(2, error_line(self.prog, f"{message}; see --help") + "\n")
 
 
