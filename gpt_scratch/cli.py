@@ -30,7 +30,7 @@ from pathlib import Path
 
 from gpt_scratch import distributed
 from gpt_scratch.args import (OneLineParser, float_range, int_range, non_negative_int, positive_float, positive_int,
-                              print_error)
+                              print_error, yield_to_rank_0)
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.tokenizer import Tokenizer, gpt2_tokenizer
 from gpt_scratch.train import TrainConfig
@@ -506,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_stage(stage_parser, args)
     except (FileNotFoundError, ValueError) as err:  # bad input named by the user: one line, exit 2
-        if distributed.is_main():  # every process meets the same bad input; one line says so
-            print_error(stage_parser.prog, str(err))
+        yield_to_rank_0()  # under torchrun: one line, rank 0's
+        print_error(stage_parser.prog, str(err))
         return 2
     except RuntimeError as err:  # e.g. a diverging run: one line, exit 1
         print_error(stage_parser.prog, str(err))
