@@ -6,9 +6,6 @@ The one-process runs go through cli.main in this process; the two-process runs t
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,9 +20,8 @@ from gpt_scratch.data import ExampleBatches, TokenWindows
 from gpt_scratch.model import GPT
 from gpt_scratch.train import StepLoss, TrainConfig, make_optimizer, train_step
 from gpt_scratch.world.corpus import build_world, generate_corpus
-from tiny import REPO, tiny_config, write_yes_data
+from tiny import tiny_config, torchrun, write_yes_data
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 # float32: bf16 autocast (the default on a CPU that has it) would round 1 and 2 processes further apart
 PRETRAIN = ["--preset", "tiny", "--vocab-size", "300", "--block-size", "32", "--max-steps", "12", "--eval-every", "4",
             "--save-every", "4", "--warmup-steps", "2", "--batch-size", "8", "--grad-accum", "2", "--device", "cpu",
@@ -48,14 +44,6 @@ def crash_at_step_6(model, optimizer, get_batch, step, *args):
 train_module.train_step = crash_at_step_6
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def torchrun(*argv) -> subprocess.CompletedProcess:
-    """Two processes of `python -m gpt_scratch argv...` (or of a script, argv[0] ending in .py)."""
-    target = [str(argv[0])] if str(argv[0]).endswith(".py") else ["-m", "gpt_scratch", str(argv[0])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([*TORCHRUN, *target, *map(str, argv[1:])], capture_output=True, text=True, env=env,
-                          timeout=180)
 
 
 def history(folder) -> dict:
