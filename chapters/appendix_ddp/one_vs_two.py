@@ -9,7 +9,9 @@ It writes a corpus of --corpus-chars characters from the embedded world into out
 with the same flags, --batch-size being the global batch (each process reads half of it), and
 prints the train loss of both every --print-every steps, the validation losses, the largest
 difference, and how long each took. Both run in float32: bf16 autocast would round the two
-apart by more than the order of the additions does.
+apart by more than the order of the additions does. Even so, over a few hundred steps at a high
+learning rate the curves drift apart by rounding alone (the gradients are added in another
+order); one process on one thread and on two drifts apart as much (see README.md).
 """
 
 import argparse
