@@ -54,7 +54,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def add_train_flags(parser: argparse.ArgumentParser, stage: str) -> None:
     group = parser.add_argument_group(f"training (default: from --preset's {stage} settings)")
     group.add_argument("--max-steps", type=positive_int, help="optimizer steps")
-    group.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
+    group.add_argument("--batch-size", type=positive_int,
+                       help="sequences per micro-batch (under torchrun: of all the processes together)")
     group.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
     group.add_argument("--lr", type=positive_float, help="peak learning rate")
     group.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (<= --max-steps)")
