@@ -7,11 +7,14 @@ the grader and the chapter scripts.
 
 Every error line reads `prog: error: message`, alone on stderr. A bad flag value (or a bad
 combination of flags) adds `; see --help` and exits 2; OneLineParser prints it without argparse's
-usage block. Other failures (a missing folder, an unfinished exercise) use print_error.
+usage block (under torchrun, rank 0's line: see yield_to_rank_0). Other failures (a missing
+folder, an unfinished exercise) use print_error.
 """
 
 import argparse
+import os
 import sys
+import time
 
 
 def error_line(prog: str, message: str) -> str:
@@ -22,6 +25,16 @@ def error_line(prog: str, message: str) -> str:
 def print_error(prog: str, message: str) -> None:
     """Print error_line(prog, message) to stderr."""
     print(error_line(prog, message), file=sys.stderr)
+
+
+def yield_to_rank_0() -> None:
+    """Under torchrun every process meets the same bad input and exits 2: let rank 0's line be the one printed.
+
+    torchrun stops all the processes as soon as one exits. So the other ranks wait a moment before
+    they print the same line and exit: by then rank 0 has printed and exited, and they are stopped.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        time.sleep(5)
 
 
 def exercise_not_done(prog: str, err: NotImplementedError) -> int:
@@ -39,6 +52,7 @@ class OneLineParser(argparse.ArgumentParser):
     """A bad flag prints one line, `prog: error: message; see --help`, and exits 2 (no usage block)."""
 
     def error(self, message: str):
+        yield_to_rank_0()
         self.exit(2, error_line(self.prog, f"{message}; see --help") + "\n")
 
 

@@ -18,19 +18,25 @@
 
 Every flag is checked by argparse (choices=, typed ranges) and against the other flags, before
 any file is read; a bad value exits with code 2 and one line saying what is allowed.
+
+pretrain, sft, reward and dpo also train in several processes, one model (distributed.py):
+    torchrun --standalone --nproc_per_node=2 -m gpt_scratch pretrain --corpus data/corpus.txt
+--batch-size (and sft's --replay) is then the global batch, shared out over the processes.
 """
 
 import argparse
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from gpt_scratch import distributed
 from gpt_scratch.args import (OneLineParser, float_range, int_range, non_negative_int, positive_float, positive_int,
-                              print_error)
+                              print_error, yield_to_rank_0)
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.tokenizer import Tokenizer, gpt2_tokenizer
 from gpt_scratch.train import TrainConfig
 
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
+MULTI_PROCESS_STAGES = ("pretrain", "sft", "reward", "dpo")  # the stages that train under torchrun
 TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip",
                "eval_every", "save_every", "seed", "device", "dtype")
 
@@ -48,7 +54,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def add_train_flags(parser: argparse.ArgumentParser, stage: str) -> None:
     group = parser.add_argument_group(f"training (default: from --preset's {stage} settings)")
     group.add_argument("--max-steps", type=positive_int, help="optimizer steps")
-    group.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
+    group.add_argument("--batch-size", type=positive_int,
+                       help="sequences per micro-batch (under torchrun: of all the processes together)")
     group.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
     group.add_argument("--lr", type=positive_float, help="peak learning rate")
     group.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (<= --max-steps)")
@@ -167,8 +174,22 @@ def check_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage
     cfg = train_config(args, stage)
     if cfg.warmup_steps > cfg.max_steps:
         parser.error(f"--warmup-steps {cfg.warmup_steps} is larger than --max-steps {cfg.max_steps}")
+    check_splits(parser, "--batch-size", cfg.batch_size)
     check_device(parser, args.device)
     return cfg
+
+
+def check_splits(parser: argparse.ArgumentParser, flag: str, value: int) -> None:
+    """Under torchrun a batch is shared out over the processes: its size must be a multiple of their number."""
+    processes = distributed.world_size()
+    if value % processes != 0:
+        parser.error(f"{flag} {value} cannot be split over {processes} processes: use a multiple of {processes}")
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """Under torchrun, once every flag is checked: join the other processes (main() leaves at the end)."""
+    from gpt_scratch.train import pick_device
+    distributed.start(pick_device(args.device))
 
 
 def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -478,14 +499,22 @@ def main(argv: list[str] | None = None) -> int:
     parser, stage_parsers = build_parser()
     args = parser.parse_args(argv)
     stage_parser = stage_parsers[args.stage]
+    if distributed.world_size() > 1:
+        if args.stage not in MULTI_PROCESS_STAGES:
+            stage_parser.error(f"{args.stage} does not run in several processes: run it without torchrun "
+                               f"(only {', '.join(MULTI_PROCESS_STAGES)} train under torchrun)")
+        args.quiet = args.quiet or not distributed.is_main()  # one progress bar and one report: rank 0's
     try:
         return run_stage(stage_parser, args)
     except (FileNotFoundError, ValueError) as err:  # bad input named by the user: one line, exit 2
+        yield_to_rank_0()  # under torchrun: one line, rank 0's
         print_error(stage_parser.prog, str(err))
         return 2
     except RuntimeError as err:  # e.g. a diverging run: one line, exit 1
         print_error(stage_parser.prog, str(err))
         return 1
+    finally:
+        distributed.stop()
 
 
 def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -495,6 +524,7 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.stage == "pretrain":
         check_model_and_train(parser, args, "pretrain")
         tokenizer = pretrain_tokenizer(parser, args)
+        join_processes(args)
         from gpt_scratch.pretrain import pretrain
         vocab = args.vocab_size or PRESETS[args.preset]["vocab_size"]
         pretrain(args.corpus, args.out, model_settings(args), train_config(args, "pretrain"), vocab,
@@ -566,10 +596,12 @@ def sft_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         replay = 0  # e.g. an imported GPT-2: it names no pretraining text to rehearse
         if not args.quiet:
             print("replay off: the base names no pretraining corpus (give --replay-corpus FILE to rehearse one)")
+    check_splits(parser, "--replay", replay)  # the replayed windows are shared out like the batch
     if args.max_length is not None and args.max_length > config.block_size:
         parser.error(f"--max-length {args.max_length} is longer than the base model's context "
                      f"(block_size {config.block_size}); use at most {config.block_size}")
     tuning = tuning_from(parser, args, config.n_layer)
+    join_processes(args)
     sft(args.base, args.data, args.out, train_config(args, "sft"), args.template, args.loss_on == "answer",
         args.n_train, args.max_length, args.n_eval, resume=args.resume, quiet=args.quiet, tuning=tuning,
         score_before=not args.skip_before, replay=replay, replay_corpus=args.replay_corpus)
@@ -584,6 +616,7 @@ def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("--best-of-prompts needs best-of-n: give --best-of N with N > 0")
     from gpt_scratch.reward import reward_stage
 
+    join_processes(args)
     reward_stage(args.sft, args.data, args.out, cfg, args.margin, args.center_coef, args.n_train, args.n_eval,
                  best_of, args.best_of_prompts or settings["best_of_prompts"], args.score, args.body,
                  resume=args.resume, quiet=args.quiet)
@@ -598,6 +631,7 @@ def dpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     from gpt_scratch.dpo import dpo_stage
 
     label_smoothing = args.label_smoothing if args.label_smoothing is not None else settings["label_smoothing"]
+    join_processes(args)
     dpo_stage(args.sft, args.data, args.out, cfg, args.beta or settings["beta"], args.loss,
               label_smoothing if args.loss == "robust" else 0.0, args.lora_rank,
               args.n_train or settings.get("n_train"), args.n_eval or settings.get("n_eval"),

@@ -13,7 +13,9 @@ learns to predict the next token. Fine-tuning: each example is a prompt and an a
 targets are -100 (IGNORE, no loss) on the prompt and on padding, and padding is found by each
 row's *length*, never by its id (the pad id is the end-of-text id, which the model must learn).
 Batch number `step` is always a fixed function of (seed, step), so a resumed run sees exactly
-the batches an uninterrupted run would have seen.
+the batches an uninterrupted run would have seen. batch_size is the global batch: under torchrun
+each process keeps its own share of it (distributed.share), so the same flags draw the same
+batches whatever the number of processes.
 """
 
 import random
@@ -24,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from gpt_scratch import distributed
 from gpt_scratch.templates import encode_example
 from gpt_scratch.tokenizer import Tokenizer
 
@@ -67,11 +70,14 @@ class TokenWindows:
         return chunks[:, :-1], chunks[:, 1:]
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows for one (micro) step; the same step always gives the same batch."""
+        """Random windows for one (micro) step; the same step always gives the same batch.
+
+        Under torchrun: this process's share of the batch (every process draws the same starts).
+        """
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 101 + micro_step)
         n_starts = len(self.ids) - self.block_size
         starts = torch.randint(0, n_starts, (self.batch_size,), generator=generator)
-        return self.windows_at(starts)
+        return self.windows_at(distributed.share(starts))
 
     def evenly_spaced_batches(self, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed set of windows spread over the whole stream: the validation set."""
@@ -158,9 +164,14 @@ class ExampleBatches:
         return self.orders[epoch]
 
     def batch(self, step: int, micro_step: int = 0) -> tuple:
+        """The (micro) step's examples made into a batch; under torchrun, this process's share of them.
+
+        The share is taken from the list of examples, before make_batch: a batch of pairs puts all
+        chosen rows before all rejected ones, and cutting its rows would split pairs apart.
+        """
         first = (step * self.grad_accum + micro_step) * self.batch_size
         chosen = []
-        for position in range(first, first + self.batch_size):
+        for position in distributed.share(range(first, first + self.batch_size)):
             epoch, index = divmod(position, len(self.examples))
             chosen.append(self.examples[self.order(epoch)[index]])
         return self.make_batch(chosen)

@@ -52,6 +52,9 @@ What the stage does:
    accuracy and preferred-style rate (the judge), win-rate against the SFT model's answers, and the KL
    from the SFT model on held-out prompts (rollout.answer_kl), plus the implicit rewards' accuracy on
    held-back pairs. A preference file of your own (--data FILE) has no judge: then only the latter.
+
+Under torchrun (distributed.py) every process trains on its share of each batch of pairs, and so
+computes the reference log-probabilities of its own shares; rank 0 alone measures and writes files.
 """
 
 import time
@@ -62,6 +65,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from gpt_scratch import distributed
 from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint, save_checkpoint
 from gpt_scratch.data import Encoded, ExampleBatches, collate
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
@@ -209,6 +213,7 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
 
     lora_rank: train LoRA adapters (alpha = 2 * rank, on attention and MLP) instead of every weight; the
     stage folder then also gets adapter/, and the checkpoint holds the merged model, as sft does.
+    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
@@ -227,7 +232,8 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
     batches = ExampleBatches(train_pairs, cfg.batch_size, cfg.grad_accum, make_batch, cfg.seed)
     val_xy = [make_batch(val_pairs[i:i + cfg.batch_size]) for i in range(0, len(val_pairs), cfg.batch_size)]
 
-    sft_answers = answer(policy, tokenizer, records, TEMPLATE) if records else []  # the SFT model, before training
+    # The SFT model's answers, before training: for the measures, which rank 0 alone takes
+    sft_answers = answer(policy, tokenizer, records, TEMPLATE) if records and distributed.is_main() else []
     if lora_rank is not None:
         torch.manual_seed(cfg.seed)  # LoRA's random A matrices depend on the seed only
         add_lora(policy, lora_rank, 2.0 * lora_rank)
@@ -275,6 +281,8 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
             "label_smoothing": label_smoothing, "lora_rank": lora_rank, "corpus": sft_meta.get("corpus")}
     history = train(policy, tokenizer, get_batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet,
                     loss_fn=loss_fn, on_eval=measure)
+    if not distributed.is_main():  # rank 0 writes the files
+        return {}
     if lora_rank is not None:
         save_adapter(policy, out_dir / "adapter", base=str(sft_dir))
         remove_lora(policy)  # merge the adapters into the weights: an ordinary GPT for the next stage

@@ -11,6 +11,9 @@ Writes into the stage folder:
     tokenizer.tiktoken, tokenizer.json   the tokenizer (trained on the corpus, or GPT-2's)
     checkpoint/                          the model (see checkpoint.py), resumable
     loss.png, samples.txt, metrics.json  metrics.json is written last: it marks the stage done
+
+Under torchrun (distributed.py) every process trains on its share of each batch and rank 0
+alone writes these files.
 """
 
 import json
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from gpt_scratch import distributed
 from gpt_scratch.formats import write_json
 from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
 from gpt_scratch.generate import generate_text
@@ -30,6 +34,17 @@ SAMPLE_PROMPTS = ["Once upon a time", "The cat", "3 plus 4 is"]
 
 
 def tokenizer_for(text: str, out_dir: Path, vocab_size: int, resume: bool, quiet: bool) -> Tokenizer:
+    """The stage's BPE tokenizer (see train_or_reuse_tokenizer). Under torchrun rank 0 makes and saves
+    it, and the other ranks load its files."""
+    if not distributed.is_main():
+        distributed.barrier()  # until rank 0 has saved it
+        return Tokenizer.load(out_dir)
+    tokenizer = train_or_reuse_tokenizer(text, out_dir, vocab_size, resume, quiet)
+    distributed.barrier()
+    return tokenizer
+
+
+def train_or_reuse_tokenizer(text: str, out_dir: Path, vocab_size: int, resume: bool, quiet: bool) -> Tokenizer:
     """Train a BPE tokenizer on the corpus, or, when resuming, reuse the one the interrupted run saved."""
     if resume and (out_dir / "tokenizer.tiktoken").is_file():
         tokenizer = Tokenizer.load(out_dir)
@@ -46,7 +61,8 @@ def tokenizer_for(text: str, out_dir: Path, vocab_size: int, resume: bool, quiet
 def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, train_cfg: TrainConfig,
              vocab_size: int | None, val_fraction: float = 0.05, resume: bool = False, quiet: bool = False,
              tokenizer: Tokenizer | None = None) -> dict:
-    """Run the whole stage; return its metrics (also written to out_dir/metrics.json).
+    """Run the whole stage; return its metrics (also written to out_dir/metrics.json; under torchrun
+    by rank 0, and the other ranks return {}).
 
     tokenizer: a ready tokenizer (GPT-2's) to use as it is; without one, a BPE tokenizer of
     vocab_size tokens is trained on the corpus.
@@ -58,7 +74,7 @@ def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, trai
     out_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
         tokenizer = tokenizer_for(text, out_dir, vocab_size, resume, quiet)
-    else:
+    elif distributed.is_main():
         tokenizer.save(out_dir)  # beside the checkpoint's copy, as a trained one is
     train_ids, val_ids = split_train_val(tokenizer.encode(text), val_fraction)
     config = GPTConfig(vocab_size=tokenizer.n_vocab, **model_settings)
@@ -77,6 +93,8 @@ def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, trai
 
     history = train(model, tokenizer, train_windows.batch, val_windows.evenly_spaced_batches(8), train_cfg,
                     out_dir, meta={"stage": "pretrain", "corpus": str(corpus)}, resume=resume, quiet=quiet)
+    if not distributed.is_main():  # rank 0 writes the samples and the metrics
+        return {}
 
     samples = generate_text(model, tokenizer, SAMPLE_PROMPTS, max_new_tokens=40, temperature=0.8, top_k=40,
                             seed=train_cfg.seed)

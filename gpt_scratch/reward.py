@@ -32,6 +32,9 @@ The ideas of the chapter:
    and the SFT body frozen, so that log p stays the SFT model's. The head learns what the
    likelihood does not know (the preferred style); logprob_weight learns how much to trust the
    likelihood. `--score head --body trained` is the classic reward model, for comparison.
+
+Under torchrun (distributed.py) every process trains on its share of each batch of pairs; rank 0
+alone measures the model and writes the files.
 """
 
 import random
@@ -42,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpt_scratch import distributed
 from gpt_scratch.best_of_n import best_of_n_curves, plot_best_of_n
 from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint
 from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, pad_batch
@@ -219,6 +223,7 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
 
     score: "head" (the head at the last real token) or "head+logprob" (plus a learned multiple of
     log p(answer | prompt)); body: "frozen" (only the head learns) or "trained" (the whole model).
+    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
     """
     if score not in SCORES or body not in BODIES:
         raise ValueError(f"score must be one of {SCORES} and body one of {BODIES}, not {score!r} and {body!r}")
@@ -256,6 +261,8 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             "margin": margin, "center_coef": center_coef, "corpus": sft_meta.get("corpus")}
     history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume,
                     quiet=quiet, loss_fn=loss_fn)
+    if not distributed.is_main():  # rank 0 measures the model and writes the files
+        return {}
 
     began = time.perf_counter()
     rule, baseline, (r_chosen, r_rejected) = measure_against_rule(model, tokenizer, test_pairs, records_by_id,

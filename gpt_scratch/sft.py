@@ -20,6 +20,9 @@ The ideas of the chapter:
    Only the embedded world's data folder has the judge's answers. Any other instruction file
    (Alpaca, say, with an imported GPT-2) is trained on except for a held-out slice, and the
    stage reports that slice's loss and the model's first answers to it, with no judge.
+
+Under torchrun (distributed.py) every process trains on its share of each batch (and of the
+replayed windows); rank 0 alone judges the model and writes the files.
 """
 
 import random
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from gpt_scratch import distributed
 from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
 # encode_records, collate (data.py) and answer, evaluate (evaluate.py) are imported here for the chapter too
 from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records,  # noqa: F401
@@ -136,6 +140,7 @@ def sft(base: str | Path, data: str | Path, out_dir: str | Path, cfg: TrainConfi
     replay_corpus (default: the corpus the base model was pretrained on); 0 turns replay off.
     With LoRA, the stage folder also gets adapter/ (the small adapter file), and the checkpoint
     holds the merged model: a plain GPT that the next stage loads like any other.
+    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
     """
     tuning = tuning or Tuning()
     data, out_dir = Path(data), Path(out_dir)
@@ -159,7 +164,8 @@ def sft(base: str | Path, data: str | Path, out_dir: str | Path, cfg: TrainConfi
         corpus = replay_corpus or base_meta.get("corpus")
         rehearse = replay_windows(tokenizer, corpus, model.config.block_size, replay, cfg.seed).batch
 
-    before = evaluate(model, tokenizer, test_records, template)[0] if score_before and test_records else None
+    main = distributed.is_main()  # the judge, the reports and the metrics: rank 0's work
+    before = evaluate(model, tokenizer, test_records, template)[0] if main and score_before and test_records else None
     torch.manual_seed(cfg.seed)  # LoRA's random A matrices depend on the seed only, not on what ran before
     tuning.apply(model)
     trainable, total = count_parameters(model)
@@ -173,6 +179,8 @@ def sft(base: str | Path, data: str | Path, out_dir: str | Path, cfg: TrainConfi
             "tuning": tuning.describe(), "replay": replay, "corpus": base_meta.get("corpus")}
     history = train(model, tokenizer, batches.batch, val_batches, cfg, out_dir, meta=meta, resume=resume, quiet=quiet,
                     replay=rehearse)
+    if not main:
+        return {}
     if tuning.lora_rank is not None:
         save_adapter(model, out_dir / "adapter", base=str(base))
         remove_lora(model)  # merge the adapters into the weights: an ordinary GPT again

@@ -25,6 +25,10 @@ before it stays as it was, and no checkpoint is ever written from weights that a
 An optional replay(step, micro_step) -> (x, y) gives a second batch each step, of other text,
 whose mean loss is added to the first one's. Fine-tuning uses it to keep rehearsing the
 pretraining text, so that the model does not forget what it read there (see sft.py).
+
+Under torchrun (distributed.py) the same loop trains in several processes: each reads its share
+of every batch (get_batch and replay give it), DDP averages the gradients, the logged losses
+are the means over the processes, and only rank 0 validates and writes files.
 """
 
 import contextlib
@@ -37,6 +41,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from gpt_scratch import distributed
 from gpt_scratch.checkpoint import find_checkpoint, load_model_into, load_train_state, save_checkpoint
 from gpt_scratch.model import lm_loss
 from gpt_scratch.plots import plot_losses
@@ -170,34 +175,59 @@ def evaluate_loss(model: torch.nn.Module, batches: list[Batch], device: torch.de
     return sum(losses) / len(losses)
 
 
+class StepLoss(torch.nn.Module):
+    """The loss of one micro-batch as a module, so that DDP can wrap the whole of it.
+
+    DDP only sees what runs inside its forward, and loss functions do not always call
+    model(...) (reward.py reads model.gpt.body(...) and the head): so the module DDP wraps is
+    this one, whose forward is the loss. forward(batch, replay_batch) -> (loss, replay loss
+    (0.0 without replay), logged numbers).
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn = next_token_loss) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Batch, replay_batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor | float, dict]:
+        loss, stats = loss_and_stats(self.loss_fn(self.model, batch))
+        extra = 0.0 if replay_batch is None else next_token_loss(self.model, replay_batch)
+        return loss, extra, stats
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callable[[int, int], Batch],
                step: int, cfg: TrainConfig, device: torch.device,
                replay: Callable[[int, int], Batch] | None = None,
-               loss_fn: LossFn = next_token_loss) -> tuple[float, int, dict[str, float]]:
+               loss_fn: LossFn = next_token_loss,
+               ddp: torch.nn.parallel.DistributedDataParallel | None = None) -> tuple[float, int, dict[str, float]]:
     """One optimizer step over cfg.grad_accum micro-batches; returns (loss, tokens seen, logged numbers).
 
     The loss returned is get_batch's alone; with replay, the replayed text's next-token loss is
     added before backward but not reported, so that the loss curve stays comparable.
     A loss that is not finite stops the run (TrainingDiverged) before it touches the weights.
+    ddp: StepLoss(model, loss_fn) wrapped in DistributedDataParallel, when several processes
+    train together (the numbers returned are then this process's; train() averages them).
     """
-    torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks depend on the step only
+    # Dropout masks depend on the step (and, with several processes, on the rank: each rank's share of
+    # the batch gets masks of its own, as the rows of one big batch would; rank 0's are a lone process's).
+    torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * distributed.rank())
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
+    step_loss = ddp if ddp is not None else StepLoss(model, loss_fn)
     total_loss, tokens, logged = 0.0, 0, {}
     for micro_step in range(cfg.grad_accum):
         batch = to_device(get_batch(step, micro_step), device)
-        with autocast_for(device, cfg.dtype):
-            loss, stats = loss_and_stats(loss_fn(model, batch))
-            loss = loss / cfg.grad_accum
-            extra = 0.0
-            if replay is not None:
-                replay_batch = to_device(replay(step, micro_step), device)
-                extra = next_token_loss(model, replay_batch) / cfg.grad_accum
-                tokens += replay_batch[0].numel()
-        check_finite_loss(loss + extra, step, cfg.lr, cfg.grad_clip)
-        (loss + extra).backward()
+        replay_batch = to_device(replay(step, micro_step), device) if replay is not None else None
+        # DDP averages the gradients over the processes in backward. Between micro-batches they only
+        # need adding up here, so every backward but the step's last skips the exchange (no_sync).
+        last = micro_step == cfg.grad_accum - 1
+        with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
+            with autocast_for(device, cfg.dtype):
+                loss, extra, stats = step_loss(batch, replay_batch)
+                loss, extra = loss / cfg.grad_accum, extra / cfg.grad_accum
+            check_finite_loss(loss + extra, step, cfg.lr, cfg.grad_clip)
+            (loss + extra).backward()
         total_loss += loss.item()
-        tokens += batch[0].numel()
+        tokens += batch[0].numel() + (replay_batch[0].numel() if replay_batch is not None else 0)
         for name, value in stats.items():
             logged[name] = logged.get(name, 0.0) + float(value) / cfg.grad_accum
     if cfg.grad_clip > 0:  # clip after backward, before the step
@@ -247,13 +277,18 @@ def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Bat
     """Train, writing out_dir/checkpoint/ and out_dir/loss.png; return the loss history.
 
     model is a GPT, or a GPTWithHead (heads.py) whose head is saved beside it.
+    Under torchrun, get_batch and replay give this process's share of each batch; the history's
+    losses and numbers are the means over the processes, its tokens their sum; only rank 0
+    validates, runs on_eval and writes files (the history of the other ranks lacks those parts).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
-    start, history = resume_from(out_dir, model, optimizer) if resume else (0, new_history())
+    start, history = resume_from(out_dir, model, optimizer) if resume else (0, new_history())  # every rank alike
+    ddp = distributed.wrap(StepLoss(model, loss_fn)) if distributed.world_size() > 1 else None
+    main = distributed.is_main()
     meta = {**(meta or {}), "train_config": asdict(cfg)}
 
     def save(step: int) -> None:
@@ -263,13 +298,19 @@ def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Bat
         state = {"step": step, "history": history}
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, {**meta, "step": step}, state, optimizer)
 
-    if on_eval is not None and start == 0:  # the measures before training: where the curves start
+    # Validation and on_eval run on rank 0 alone: the validation batches are not shared out, so every
+    # rank would compute the very same numbers. The others wait for it at the next gradient exchange.
+    if main and on_eval is not None and start == 0:  # the measures before training: where the curves start
         record_eval(history, 0, model, on_eval)
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=quiet,
                desc=out_dir.name, mininterval=1.0)
     for step in bar:
         began = time.perf_counter()
-        loss, tokens, logged = train_step(model, optimizer, get_batch, step, cfg, device, replay, loss_fn)
+        loss, tokens, logged = train_step(model, optimizer, get_batch, step, cfg, device, replay, loss_fn, ddp)
+        # Each rank measured its share of the batch: the whole batch's loss is their mean (every share
+        # is the same size), its tokens their sum. One process: the numbers as they are.
+        loss, tokens = distributed.mean_over_ranks(loss), round(distributed.sum_over_ranks(tokens))
+        logged = {name: distributed.mean_over_ranks(value) for name, value in logged.items()}
         history["seconds"] += time.perf_counter() - began
         history["tokens"] += tokens
         history["step"].append(step)
@@ -277,16 +318,18 @@ def train(model: torch.nn.Module, tokenizer, get_batch: Callable[[int, int], Bat
         for name, value in logged.items():
             history.setdefault(name, []).append(value)
         last = step == cfg.max_steps - 1
-        if val_batches and ((step + 1) % cfg.eval_every == 0 or last):
+        if main and val_batches and ((step + 1) % cfg.eval_every == 0 or last):
             history["val_step"].append(step)
             history["val_loss"].append(evaluate_loss(model, val_batches, device, cfg.dtype, loss_fn))
-        if on_eval is not None and ((step + 1) % cfg.eval_every == 0 or last):
+        if main and on_eval is not None and ((step + 1) % cfg.eval_every == 0 or last):
             record_eval(history, step + 1, model, on_eval)
         val = history["val_loss"][-1] if history["val_loss"] else float("nan")
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=f"{history['tokens'] / history['seconds']:.0f}")
-        if (step + 1) % cfg.save_every == 0 and not last:
+        if main and (step + 1) % cfg.save_every == 0 and not last:
             save(step + 1)
-    if start < cfg.max_steps or not (out_dir / "checkpoint").exists():
+    if main and (start < cfg.max_steps or not (out_dir / "checkpoint").exists()):
         save(cfg.max_steps)
-    plot_losses(history, out_dir / "loss.png", title=out_dir.name)
+    if main:
+        plot_losses(history, out_dir / "loss.png", title=out_dir.name)
+    distributed.barrier()  # the other ranks go on once the checkpoint is written: what follows may read it
     return history

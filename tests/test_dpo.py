@@ -18,6 +18,7 @@ from gpt_scratch.lora import add_lora
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig
+from tiny import torchrun
 
 TEXT = "Is 3 a number? yes. Is a cat a number? no. The answer is yes. The answer is no. " * 20
 LN2 = math.log(2)
@@ -349,3 +350,20 @@ def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys):
     assert main([arg for arg in base if arg != "--quiet"] + ["--out", str(tmp_path / "loud")]) == 0
     out = capsys.readouterr().out
     assert "dpo step 0/6: held-out accuracy" in out and "DPO: held-out accuracy" in out and "KL from SFT" in out
+
+
+def test_two_processes_train_the_policy_one_process_trains(tmp_path, folders):
+    """Under torchrun each rank takes 2 of a step's 4 pairs and computes their reference log-probabilities
+    itself; the logged numbers are the means over the ranks, and rank 0 alone measures and writes."""
+    args = ["dpo", "--sft", folders["sft"], "--data", folders["data"], "--preset", "tiny", "--max-steps", "4",
+            "--batch-size", "4", "--warmup-steps", "1", "--eval-every", "2", "--n-eval", "4", "--device", "cpu",
+            "--dtype", "float32", "--quiet"]
+    assert main([*map(str, args), "--out", str(tmp_path / "one")]) == 0
+    result = torchrun(*args, "--out", tmp_path / "two")
+    assert result.returncode == 0, result.stderr
+    one, two = history_of(tmp_path / "one"), history_of(tmp_path / "two")
+    assert one.keys() == two.keys() and one["eval_step"] == two["eval_step"] == [0, 2, 4]
+    for name, values in one.items():
+        if isinstance(values, list) and name not in ("step", "val_step", "eval_step"):
+            torch.testing.assert_close(torch.tensor(two[name]), torch.tensor(values), msg=name)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -1,6 +1,9 @@
 """Tiny configs shared by the tests: models of a few thousand parameters keep the suite fast."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from gpt_scratch.model import GPTConfig
@@ -24,3 +27,13 @@ def write_yes_data(folder, n_train=64, n_test=16):
     for split, n in (("train", n_train), ("val", 8), ("test", n_test)):
         (folder / f"sft_{split}.json").write_text(json.dumps(records(n, split)))
     return folder
+
+
+def torchrun(*argv) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m gpt_scratch argv...` (or a script: argv[0] ending in .py),
+    with this checkout's gpt_scratch; CPU processes, gloo."""
+    target = [str(argv[0])] if str(argv[0]).endswith(".py") else ["-m", "gpt_scratch", str(argv[0])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run([*launcher, *target, *map(str, argv[1:])], capture_output=True, text=True, env=env,
+                          timeout=180)
