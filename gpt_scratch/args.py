@@ -33,7 +33,8 @@ def yield_to_rank_0() -> None:
     torchrun stops all the processes as soon as one exits. So the other ranks wait a moment before
     they print the same line and exit: by then rank 0 has printed and exited, and they are stopped.
     """
-    if os.environ.get("RANK", "0") != "0":
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun sets WORLD_SIZE and RANK
+    if several_processes and os.environ.get("RANK", "0") != "0":
         time.sleep(5)
 
 

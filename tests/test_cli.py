@@ -20,7 +20,7 @@ import gpt_scratch.train as train_module
 from gpt_scratch.cli import build_parser, main
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.world.corpus import build_world, generate_corpus
-from tiny import REPO
+from tiny import REPO, write_world_corpus
 
 STAGES = ("run", "data", "pretrain", "sft", "reward", "ppo", "dpo", "grpo", "compare", "generate", "chat", "bench", "grade")
 # Every model and training flag, each set to a value that differs from the tiny preset's.
@@ -68,9 +68,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(generate_corpus(build_world(0), 30_000, 0), encoding="utf-8")
-    return path
+    return write_world_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

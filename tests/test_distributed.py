@@ -19,8 +19,7 @@ from gpt_scratch.cli import main
 from gpt_scratch.data import ExampleBatches, TokenWindows
 from gpt_scratch.model import GPT
 from gpt_scratch.train import StepLoss, TrainConfig, make_optimizer, train_step
-from gpt_scratch.world.corpus import build_world, generate_corpus
-from tiny import tiny_config, torchrun, write_yes_data
+from tiny import tiny_config, torchrun, write_world_corpus, write_yes_data
 
 # float32: bf16 autocast (the default on a CPU that has it) would round 1 and 2 processes further apart
 PRETRAIN = ["--preset", "tiny", "--vocab-size", "300", "--block-size", "32", "--max-steps", "12", "--eval-every", "4",
@@ -71,9 +70,7 @@ def two_processes(monkeypatch):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(generate_corpus(build_world(0), 30_000, 0), encoding="utf-8")
-    return path
+    return write_world_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

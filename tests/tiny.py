@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gpt_scratch.model import GPTConfig
+from gpt_scratch.world.corpus import build_world, generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_TIKTOKEN = REPO.parent / "shared" / "data" / "gpt2.tiktoken"  # reference data beside the clone
@@ -16,6 +17,13 @@ def tiny_config(**overrides) -> GPTConfig:
     settings = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16)
     settings.update(overrides)
     return GPTConfig(**settings)
+
+
+def write_world_corpus(folder, characters=30_000):
+    """A small corpus of the embedded world (seed 0) in folder/corpus.txt: enough text for a tiny pretraining."""
+    path = folder / "corpus.txt"
+    path.write_text(generate_corpus(build_world(0), characters, 0), encoding="utf-8")
+    return path
 
 
 def write_yes_data(folder, n_train=64, n_test=16):
