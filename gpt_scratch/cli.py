@@ -19,9 +19,10 @@
 Every flag is checked by argparse (choices=, typed ranges) and against the other flags, before
 any file is read; a bad value exits with code 2 and one line saying what is allowed.
 
-pretrain, sft, reward and dpo also train in several processes, one model (distributed.py):
+pretrain, sft, reward, dpo, ppo and grpo also train in several processes, one model (distributed.py):
     torchrun --standalone --nproc_per_node=2 -m gpt_scratch pretrain --corpus data/corpus.txt
---batch-size (and sft's --replay) is then the global batch, shared out over the processes.
+--batch-size (and sft's --replay, the RL stages' --minibatch-size) is then the global batch,
+shared out over the processes.
 """
 
 import argparse
@@ -36,7 +37,7 @@ from gpt_scratch.tokenizer import Tokenizer, gpt2_tokenizer
 from gpt_scratch.train import TrainConfig
 
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
-MULTI_PROCESS_STAGES = ("pretrain", "sft", "reward", "dpo")  # the stages that train under torchrun
+MULTI_PROCESS_STAGES = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")  # the stages that train under torchrun
 TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip",
                "eval_every", "save_every", "seed", "device", "dtype")
 
@@ -186,10 +187,11 @@ def check_splits(parser: argparse.ArgumentParser, flag: str, value: int) -> None
         parser.error(f"{flag} {value} cannot be split over {processes} processes: use a multiple of {processes}")
 
 
-def join_processes(args: argparse.Namespace) -> None:
-    """Under torchrun, once every flag is checked: join the other processes (main() leaves at the end)."""
+def join_processes(args: argparse.Namespace, device: str | None = None) -> None:
+    """Under torchrun, once every flag is checked: join the other processes (main() leaves at the end).
+    device: the device setting when it is not args.device (e.g. one a preset gives)."""
     from gpt_scratch.train import pick_device
-    distributed.start(pick_device(args.device))
+    distributed.start(pick_device(device or args.device))
 
 
 def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -695,7 +697,10 @@ def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error("--lora-alpha needs --lora-rank (LoRA is off without a rank)")
     if args.kl_target is not None and args.kl_coef == 0:
         parser.error("--kl-target needs --kl-coef > 0 (the adaptive controller scales the coefficient)")
+    check_splits(parser, "--batch-size", settings["batch_size"])
+    check_splits(parser, "--minibatch-size", settings["minibatch_size"])
     check_device(parser, args.device)
+    join_processes(args)
     ppo_stage(args.sft, args.reward, args.data, args.out, PPOConfig(**settings), n_eval, resume=args.resume,
               quiet=args.quiet)
     return 0
@@ -726,7 +731,13 @@ def grpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         parser.error("--max-resample needs --dynamic-sampling (without it nothing is resampled)")
     if args.weight_sample is not None and settings["family_weights"] != "sft-error":
         parser.error("--weight-sample needs --family-weights sft-error (uniform weights measure nothing)")
+    groups, processes = settings["batch_size"] // settings["group_size"], distributed.world_size()
+    if groups % processes != 0:  # each process rolls out whole groups
+        parser.error(f"--batch-size {settings['batch_size']} / --group-size {settings['group_size']} = {groups} groups "
+                     f"per step cannot be split over {processes} processes: use a multiple of {processes} groups")
+    check_splits(parser, "--minibatch-size", settings["minibatch_size"])
     check_device(parser, settings["device"])
+    join_processes(args, settings["device"])
     grpo_stage(args.sft, args.data, args.out, GRPOConfig(**settings), n_eval, resume=args.resume, quiet=args.quiet)
     return 0
 

@@ -108,6 +108,25 @@ def mean_over_ranks(x: float) -> float:
     return x if world_size() == 1 else sum_over_ranks(x) / world_size()
 
 
+def mean_of_each(values: dict[str, float]) -> dict[str, float]:
+    """Each number's mean over the ranks, in one exchange (the dict itself for one process).
+
+    Every rank must pass the same names in the same order, e.g. a step's metrics:
+    {"loss": 0.5, "reward": 1.0} on rank 0 and {"loss": 0.7, "reward": 0.0} on rank 1 -> {"loss": 0.6, "reward": 0.5}.
+    """
+    if world_size() == 1:
+        return values
+    numbers = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device_of_group())
+    dist.all_reduce(numbers)
+    return {name: total / world_size() for name, total in zip(values, numbers.tolist())}
+
+
+def seed_of_rank(seed: int) -> int:
+    """A seed of this rank's own, so that the ranks do not draw the same random numbers: the seed
+    itself on rank 0 (and so for one process), a large distinct offset on each other rank."""
+    return seed + 1_000_000_007 * rank()
+
+
 def device_of_group() -> torch.device:
     """Where the group's tensors must be: NCCL only moves GPU tensors, gloo CPU ones."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -46,6 +46,13 @@ pass@1 rises from 84% to 88.5%, greedy accuracy only from 94.1% to 94.7%; the he
 questions unlike any training one (other number pairs, words never asked about), which no reward on
 the training prompts reaches. Every random choice is a function of (seed, step), so a resumed run
 takes exactly the steps an uninterrupted one would have taken.
+
+Under torchrun (distributed.py) each of the N processes draws and rolls out its own
+batch_size / group_size / N groups (whole groups: the baseline needs all G answers of a prompt),
+with random numbers of its own (distributed.seed_of_rank), and takes minibatch_size / N of them per
+gradient step; DDP averages the gradients, so with the default aggregation (a mean over answers)
+the update is the one a single process makes on the whole batch. The logged numbers are the means
+over the processes; rank 0 alone measures held-out and writes files.
 """
 
 import copy
@@ -57,6 +64,7 @@ from pathlib import Path
 
 import torch
 
+from gpt_scratch import distributed
 from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import write_json
@@ -181,24 +189,31 @@ def draw_records(by_family: dict[str, list[dict]], n: int, seed: str, weights: d
     return [rng.choice(by_family[family]) for family in chosen]
 
 
+def draw_seed(cfg: GRPOConfig, step: int, attempt: int) -> str:
+    """The seed of one draw of prompts; under torchrun each rank draws its own groups (ranks > 0 add their number)."""
+    seed = f"{cfg.seed}:{step}:{attempt}"
+    return seed if distributed.rank() == 0 else f"{seed}:rank {distributed.rank()}"
+
+
 def collect_groups(policy, tokenizer, by_family: dict[str, list[dict]], weights: dict[str, float] | None,
                    cfg: GRPOConfig, step: int) -> tuple[Rollout, list[dict], torch.Tensor, dict]:
-    """(batch, its records, rewards, stats): batch_size / group_size groups of group_size answers.
+    """(batch, its records, rewards, stats): batch_size / group_size groups of group_size answers
+    (under torchrun: this rank's share of them).
 
     Without dynamic sampling, one rollout. With it, a group whose rewards are all equal is set aside
     and fresh prompts are rolled out in its place, at most max_resample times; if groups are still
     missing then, set-aside ones fill the batch (their advantages are 0). The stats describe the
     first rollout, which is the policy's performance on fresh prompts whatever the filter keeps.
     """
-    n_groups, size = cfg.batch_size // cfg.group_size, cfg.group_size
+    n_groups, size = cfg.batch_size // cfg.group_size // distributed.world_size(), cfg.group_size
     kept, spare = [], []  # (rollout, rows, records, rewards) of informative and of all-equal groups
     stats, sampled = {}, 0
     for attempt in range(1 + (cfg.max_resample if cfg.dynamic_sampling else 0)):
         wanted = n_groups - len(kept) if cfg.dynamic_sampling else n_groups
-        chosen = draw_records(by_family, wanted, f"{cfg.seed}:{step}:{attempt}", weights)
+        chosen = draw_records(by_family, wanted, draw_seed(cfg, step, attempt), weights)
         records = [record for record in chosen for _ in range(size)]  # each prompt G times, one after another
         batch = rollout(policy, tokenizer, [prompt_of(r) for r in records], cfg.max_new_tokens, cfg.temperature,
-                        seed=(cfg.seed * 1_000_003 + step) * 16 + attempt)
+                        seed=distributed.seed_of_rank((cfg.seed * 1_000_003 + step) * 16 + attempt))
         rewards, correct = judge_rewards(records, batch, cfg.format_reward)
         sampled += len(records)
         groups = rewards.view(-1, size)
@@ -225,8 +240,14 @@ def collect_groups(policy, tokenizer, by_family: dict[str, list[dict]], weights:
 # One step ----------------------------------------------------------------------------------------------------
 
 def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], weights: dict[str, float] | None,
-              cfg: GRPOConfig, optimizer: torch.optim.Optimizer, step: int, device: torch.device) -> dict:
-    """One GRPO step on fresh groups of answers; returns its metrics."""
+              cfg: GRPOConfig, optimizer: torch.optim.Optimizer, step: int, device: torch.device,
+              ddp: torch.nn.Module | None = None) -> dict:
+    """One GRPO step on fresh groups of answers; returns its metrics.
+
+    ddp: under torchrun, the policy wrapped in DistributedDataParallel (distributed.wrap): the
+    gradient steps run through it, so that backward averages the gradients over the processes.
+    """
+    trained = ddp if ddp is not None else policy
     batch, _, rewards, stats = collect_groups(policy, tokenizer, by_family, weights, cfg, step)
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
     with torch.no_grad(), autocast_for(device, cfg.dtype):
@@ -236,12 +257,13 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
     token_advantages = advantages[:, None].expand_as(old_logp)  # every token of an answer shares its advantage
 
     order = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    world = distributed.world_size()  # each rank's minibatch is its share of the global one
     logged: dict[str, list[float]] = {}
     for _ in range(cfg.epochs):
-        for rows in torch.randperm(len(batch.prompts), generator=order).split(cfg.minibatch_size):
+        for rows in torch.randperm(len(batch.prompts), generator=order).split(cfg.minibatch_size // world):
             rows = rows.to(device)
             with autocast_for(device, cfg.dtype):
-                logits = policy(x[rows])
+                logits = trained(x[rows])
                 logp = token_logprobs(logits, y[rows])
                 policy_loss, clip_stats = clipped_policy_loss(logp, old_logp[rows], token_advantages[rows], mask[rows],
                                                               cfg.clip_range, cfg.aggregation, cfg.max_new_tokens)
@@ -262,12 +284,14 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
                                 ("ratio", clip_stats["ratio_mean"])):
                 logged.setdefault(name, []).append(float(value.detach()))
     kl = kl_per_token(old_logp, ref_logp, mask, "k3")
-    return {
+    sampled = distributed.sum_over_ranks(stats.pop("answers_sampled"))
+    metrics = distributed.mean_of_each({  # under torchrun: the means over the ranks (the same on every rank)
         **stats, **{name: sum(values) / len(values) for name, values in logged.items()},
         "ratio_first_minibatch": logged["ratio"][0],
         "kl": (kl * mask).sum(dim=1).mean().item(),  # k3 nats per answer, to the SFT reference
         "response_length": mask.sum(dim=1).float().mean().item(),
-    }
+    })
+    return {**metrics, "answers_sampled": int(sampled)}
 
 
 # Held-out measures -------------------------------------------------------------------------------------------
@@ -339,7 +363,10 @@ def plot_history(history: dict, group_size: int, path: Path) -> Path:
 
 def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: GRPOConfig,
                n_eval: int | None = None, resume: bool = False, quiet: bool = False) -> dict:
-    """The whole stage: policy and frozen reference from SFT, GRPO against the judge; returns the metrics."""
+    """The whole stage: policy and frozen reference from SFT, GRPO against the judge; returns the metrics.
+
+    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
+    """
     began = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,22 +392,24 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
     start, history = 0, new_history()
     if resume:
         start, history = resume_from(out_dir, policy, optimizer, new_history)  # train.py's, with GRPO's history
-    sft_answers = answer(reference, tokenizer, test_records, TEMPLATE, cfg.max_new_tokens)
+    ddp = distributed.wrap(policy) if distributed.world_size() > 1 else None
+    main = distributed.is_main()  # rank 0 alone measures held-out and writes files
+    sft_answers = answer(reference, tokenizer, test_records, TEMPLATE, cfg.max_new_tokens) if main else []
     meta = {"stage": "grpo", "base": str(sft_dir), "template": TEMPLATE, "grpo_config": asdict(cfg),
             "corpus": sft_meta.get("corpus")}
 
     judged = None
-    if start == 0:
+    if start == 0 and main:
         judged = record_eval(history, 0, judge_policy(policy, tokenizer, test_records, sft_answers, cfg))
         history["before"] = {"families": judged["scores"]["families"], "passes": judged["passes"]}
     for step in range(start, cfg.steps):
         step_began = time.perf_counter()
-        metrics = grpo_step(policy, reference, tokenizer, by_family, weights, cfg, optimizer, step, device)
+        metrics = grpo_step(policy, reference, tokenizer, by_family, weights, cfg, optimizer, step, device, ddp=ddp)
         history["seconds"] += time.perf_counter() - step_began
         history["step"].append(step + 1)
         for name, value in metrics.items():
             history.setdefault(name, []).append(value)
-        evaluated = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
+        evaluated = main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps)
         if evaluated:
             judged = record_eval(history, step + 1, judge_policy(policy, tokenizer, test_records, sft_answers, cfg))
         if not quiet:
@@ -390,10 +419,12 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
                   + (f"; held-out accuracy {history['eval_accuracy'][-1]:.1%}, pass@1 "
                      f"{history['eval_pass_at_1'][-1]:.1%}, pass@{cfg.group_size} {history['eval_pass_at_g'][-1]:.1%}"
                      if evaluated else ""), flush=True)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(out_dir / "checkpoint", policy, tokenizer, {**meta, "step": step + 1},
                             {"step": step + 1, "history": history}, optimizer)
 
+    if not main:
+        return {}
     final = judged if start < cfg.steps else judge_policy(policy, tokenizer, test_records, sft_answers, cfg)
     plot_history(history, cfg.group_size, out_dir / "grpo.png")
     before = history["before"]

@@ -21,8 +21,16 @@ value loss then cannot pull the policy's features around, and it learns at its o
 the SFT model and never changes. With lora_rank set, the policy is the SFT model with LoRA
 adapters (only they train) and the reference is that same model with its adapters switched off
 (lora.adapters_off): no second copy of the weights; at the end the adapters are saved in adapter/
-and merged, so checkpoint/ is an ordinary GPT like every other stage's. Every random choice is a function of (seed, step), so a resumed
-run takes exactly the steps an uninterrupted one would have taken.
+and merged, so checkpoint/ is an ordinary GPT like every other stage's. Every random choice is a
+function of (seed, step), so a resumed run takes exactly the steps an uninterrupted one would have
+taken.
+
+Under torchrun (distributed.py) each of the N processes rolls out, scores and trains on its own
+batch_size / N of a step's prompts, with random numbers of its own (distributed.seed_of_rank), in
+minibatches of minibatch_size / N; the policy and the value model are each wrapped in DDP, which
+averages their gradients over the processes. Each process whitens the advantages of its own share
+(as TRL's PPO trainer does), and the adaptive KL controller steps on the KL averaged over them, so
+it keeps one coefficient everywhere. Rank 0 alone measures held-out and writes files.
 """
 
 import copy
@@ -33,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from gpt_scratch import distributed
 from gpt_scratch.checkpoint import (find_checkpoint, load_model_into, load_stage_checkpoint, load_train_state,
                                     load_with_head, save_checkpoint)
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
@@ -86,8 +95,10 @@ class PPOConfig:
 
 
 def step_prompts(records: list[dict], cfg: PPOConfig, step: int) -> list[str]:
-    """The training prompts of one step: a sample that depends on (seed, step) only."""
-    return [prompt_of(r) for r in random.Random(f"{cfg.seed}:{step}").sample(records, cfg.batch_size)]
+    """The training prompts of one step: a sample that depends on (seed, step) only (under torchrun,
+    this rank's share of it)."""
+    sample = random.Random(f"{cfg.seed}:{step}").sample(records, cfg.batch_size)
+    return [prompt_of(r) for r in distributed.share(sample, "rollout batch")]
 
 
 def reference_logprobs(reference, policy, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -99,9 +110,16 @@ def reference_logprobs(reference, policy, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithHead, tokenizer, prompts: list[str],
-             cfg: PPOConfig, kl_coef: float, optimizers: tuple, step: int, device: torch.device) -> dict:
-    """One PPO step on a fresh rollout of the prompts; returns its metrics, named as the field names them."""
-    batch = rollout(policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 1_000_003 + step)
+             cfg: PPOConfig, kl_coef: float, optimizers: tuple, step: int, device: torch.device,
+             ddp: tuple | None = None) -> dict:
+    """One PPO step on a fresh rollout of the prompts; returns its metrics, named as the field names them.
+
+    ddp: under torchrun, (policy, value model) each wrapped in DistributedDataParallel (distributed.wrap):
+    the gradient steps run through them, so that backward averages the gradients over the processes.
+    """
+    trained_policy, trained_value = ddp if ddp is not None else (policy, value_model)
+    batch = rollout(policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature,
+                    seed=distributed.seed_of_rank(cfg.seed * 1_000_003 + step))
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
     with torch.no_grad(), autocast_for(device, cfg.dtype):
         old_logp = token_logprobs(policy(x), y)
@@ -117,15 +135,16 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
     policy_optimizer, value_optimizer = optimizers
     order = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     logged: dict[str, list[float]] = {}
+    minibatch = cfg.minibatch_size // distributed.world_size()  # each rank's share of the global minibatch
     for _ in range(cfg.epochs):
-        for rows in torch.randperm(len(prompts), generator=order).split(cfg.minibatch_size):
+        for rows in torch.randperm(len(prompts), generator=order).split(minibatch):
             rows = rows.to(device)
             with autocast_for(device, cfg.dtype):
-                logits = policy(x[rows])
+                logits = trained_policy(x[rows])
                 policy_loss, stats = clipped_policy_loss(token_logprobs(logits, y[rows]), old_logp[rows],
                                                          advantages[rows], mask[rows], cfg.clip_range)
-                value_loss, value_clipfrac = clipped_value_loss(value_model(x[rows]), old_values[rows], returns[rows],
-                                                                mask[rows], cfg.value_clip)
+                value_loss, value_clipfrac = clipped_value_loss(trained_value(x[rows]), old_values[rows],
+                                                                returns[rows], mask[rows], cfg.value_clip)
             check_finite_loss(policy_loss + value_loss, step, cfg.lr, cfg.grad_clip)
             policy_optimizer.zero_grad(set_to_none=True)
             value_optimizer.zero_grad(set_to_none=True)
@@ -140,7 +159,7 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
                                 ("clipfrac", stats["clip_fraction"]), ("approxkl", stats["approx_kl"]),
                                 ("ratio", stats["ratio_mean"]), ("value_clipfrac", value_clipfrac)):
                 logged.setdefault(name, []).append(float(value.detach()))
-    return {
+    return distributed.mean_of_each({  # under torchrun: the means over the ranks (the same on every rank)
         "score": scores.mean().item(), "kl": (kl * mask).sum(dim=1).mean().item(),
         "non_score_reward": non_score_reward.mean().item(),
         "rlhf_reward": (scores + non_score_reward).mean().item(),
@@ -148,7 +167,7 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
         "ratio_first_minibatch": logged["ratio"][0],
         "response_length": mask.sum(dim=1).float().mean().item(), "ended": batch.ended.float().mean().item(),
         "kl_coef": kl_coef,
-    }
+    })
 
 
 def judge_policy(policy, tokenizer, records: list[dict], sft_answers: list[str]) -> dict:
@@ -187,7 +206,10 @@ def new_history() -> dict:
 
 def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: PPOConfig,
               n_eval: int | None = None, resume: bool = False, quiet: bool = False) -> dict:
-    """The whole stage: policy, value model and reference from SFT, PPO against the reward model; returns metrics."""
+    """The whole stage: policy, value model and reference from SFT, PPO against the reward model; returns metrics.
+
+    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -213,8 +235,12 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
     start, history = 0, new_history()
     if resume:
         start, history = resume_from(out_dir, policy, value_model, optimizers, kl_controller)
-    with adapters_off(policy):  # a no-op for a policy without LoRA; the SFT model's own answers
-        sft_answers = answer(policy if reference is None else reference, tokenizer, test_records, TEMPLATE)
+    ddp = (distributed.wrap(policy), distributed.wrap(value_model)) if distributed.world_size() > 1 else None
+    main = distributed.is_main()  # rank 0 alone measures held-out and writes files
+    sft_answers = []
+    if main:
+        with adapters_off(policy):  # a no-op for a policy without LoRA; the SFT model's own answers
+            sft_answers = answer(policy if reference is None else reference, tokenizer, test_records, TEMPLATE)
     meta = {"stage": "ppo", "base": str(sft_dir), "reward": str(reward_dir), "template": TEMPLATE,
             "ppo_config": asdict(cfg), "corpus": sft_meta.get("corpus")}
 
@@ -225,18 +251,18 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
                         {"step": step}, optimizers[1])
 
     judged = None
-    if start == 0:
+    if start == 0 and main:
         judged = record_eval(history, 0, judge_policy(policy, tokenizer, test_records, sft_answers))
     for step in range(start, cfg.steps):
         began = time.perf_counter()
-        metrics = ppo_step(policy, value_model, reference, reward_model, tokenizer,
-                           step_prompts(train_records, cfg, step), cfg, kl_controller.value, optimizers, step, device)
+        metrics = ppo_step(policy, value_model, reference, reward_model, tokenizer, step_prompts(train_records, cfg, step),
+                           cfg, kl_controller.value, optimizers, step, device, ddp=ddp)
         kl_controller.update(metrics["kl"], cfg.batch_size)
         history["seconds"] += time.perf_counter() - began
         history["step"].append(step + 1)
         for name, value in metrics.items():
             history.setdefault(name, []).append(value)
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             judged = record_eval(history, step + 1, judge_policy(policy, tokenizer, test_records, sft_answers))
         if not quiet:
             print(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.2f} kl {metrics['kl']:.3f} "
@@ -244,9 +270,11 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
                   + (f"; held-out accuracy {history['eval_accuracy'][-1]:.1%}, preferred style "
                      f"{history['eval_sentence_rate'][-1]:.1%}, win-rate {history['eval_win_rate'][-1]:.1%}"
                      if history["eval_step"][-1] == step + 1 else ""), flush=True)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             save(step + 1)
 
+    if not main:
+        return {}
     if cfg.lora_rank is not None and start < cfg.steps:
         save_adapter(policy, out_dir / "adapter", base=str(sft_dir))
         remove_lora(policy)  # merge: checkpoint/ holds an ordinary GPT, as every stage's does

@@ -17,7 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from gpt_scratch import distributed
 from gpt_scratch.cli import main
 from gpt_scratch.data import ExampleBatches, TokenWindows
+from gpt_scratch.grpo import GRPOConfig, draw_seed
 from gpt_scratch.model import GPT
+from gpt_scratch.ppo import PPOConfig, step_prompts
 from gpt_scratch.train import StepLoss, TrainConfig, make_optimizer, train_step
 from tiny import tiny_config, torchrun, write_world_corpus, write_yes_data
 
@@ -92,6 +94,8 @@ def test_one_process_needs_no_process_group(monkeypatch):
     items = [1, 2, 3]
     assert distributed.share(items) == items and distributed.share(range(5)) == range(5)
     assert distributed.mean_over_ranks(2.5) == 2.5 and distributed.sum_over_ranks(7) == 7
+    assert distributed.mean_of_each({"loss": 0.5, "reward": 1.0}) == {"loss": 0.5, "reward": 1.0}
+    assert distributed.seed_of_rank(123) == 123  # one process samples as it always did
     model = GPT(tiny_config())
     assert distributed.wrap(model) is model
     distributed.start(torch.device("cpu"))
@@ -112,6 +116,21 @@ def test_share_gives_each_rank_its_contiguous_part(two_processes, monkeypatch):
         distributed.share([1, 2, 3, 4])
     with pytest.raises(ValueError, match=r"^a replay batch of 1 cannot"):
         distributed.share([1], what="replay batch")
+
+
+def test_rl_stages_give_each_rank_its_own_prompts_and_random_numbers(two_processes, monkeypatch):
+    """PPO: each rank rolls out its half of the step's sample; GRPO: each rank draws its own groups.
+    Both sample with a seed of the rank's own, so two ranks never draw the same random numbers."""
+    records = [{"instruction": f"Is {i} a number?", "input": "", "family": "facts"} for i in range(20)]
+    cfg = PPOConfig(batch_size=8, minibatch_size=4)
+    whole = step_prompts(records, cfg, step=3)  # one process
+    assert distributed.seed_of_rank(123) == 123 and draw_seed(GRPOConfig(), 3, 0) == "0:3:0"
+    two_processes(0)
+    first = step_prompts(records, cfg, step=3)
+    assert first == whole[:4] and distributed.seed_of_rank(123) == 123 and draw_seed(GRPOConfig(), 3, 0) == "0:3:0"
+    two_processes(1)
+    assert step_prompts(records, cfg, step=3) == whole[4:]
+    assert distributed.seed_of_rank(123) == 123 + 1_000_000_007 and draw_seed(GRPOConfig(), 3, 0) == "0:3:0:rank 1"
 
 
 def test_batch_sources_split_the_global_batch_between_the_ranks(two_processes, monkeypatch):
@@ -232,7 +251,13 @@ def error_lines(err: str) -> list[str]:
     (["pretrain", "--batch-size", "3"], "pretrain: error: --batch-size 3 cannot be split over 2 processes: use a "
                                         "multiple of 2; see --help"),
     (["reward", "--batch-size", "5"], "reward: error: --batch-size 5 cannot be split over 2 processes"),
-    (["ppo", "--preset", "tiny"], "ppo: error: ppo does not run in several processes: run it without torchrun"),
+    (["ppo", "--preset", "tiny", "--batch-size", "6", "--minibatch-size", "3"],
+     "ppo: error: --minibatch-size 3 cannot be split over 2 processes: use a multiple of 2"),
+    (["grpo", "--preset", "tiny", "--batch-size", "12", "--group-size", "4", "--minibatch-size", "4"],
+     "grpo: error: --batch-size 12 / --group-size 4 = 3 groups per step cannot be split over 2 processes: use a "
+     "multiple of 2 groups"),
+    (["grpo", "--preset", "tiny", "--batch-size", "12", "--group-size", "3", "--minibatch-size", "3"],
+     "grpo: error: --minibatch-size 3 cannot be split over 2 processes"),
     (["generate"], "generate: error: generate does not run in several processes"),
 ])
 def test_what_two_processes_cannot_do_is_one_line_and_exit_2(capsys, two_processes, tmp_path, argv, message):

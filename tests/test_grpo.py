@@ -24,6 +24,7 @@ from gpt_scratch.ppo_math import aggregate_loss, clipped_policy_loss
 from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
+from tiny import fingerprint_script, torchrun
 
 GARBAGE = 1e4
 TOL = 1e-12
@@ -319,10 +320,10 @@ def test_resume_continues_with_exactly_the_uninterrupted_steps(tmp_path, folders
     grpo_stage(folders["sft"], folders["data"], tmp_path / "full", small(), quiet=True)
     real_step = grpo_module.grpo_step
 
-    def crash_at_step_3(*args):
+    def crash_at_step_3(*args, **kwargs):
         if args[-2] == 3:
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(grpo_module, "grpo_step", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -411,3 +412,44 @@ def test_flags_reach_the_stage(tmp_path, folders, reward_by_length):
     metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())
     assert set(metrics["family_weights"]) == {"facts", "larger"}
     assert sum(metrics["family_weights"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+REWARD_BY_LENGTH = """
+def text_reward(records, batch, format_reward):
+    correct = torch.tensor([len(response) % 2 == 0 for response in batch.responses])
+    return correct.float(), correct
+
+stage.judge_rewards = text_reward
+"""
+
+
+def test_two_processes_train_one_policy_and_resume_exactly(tmp_path, folders, monkeypatch):
+    """Under torchrun each rank rolls out 1 of a step's 2 groups of 4 answers (2 answers of each minibatch
+    of 4): DDP keeps the ranks' policies equal after every step; a run cut after step 2 and resumed takes
+    the uninterrupted run's steps exactly, on both ranks (the rollouts are a function of seed, step and rank)."""
+    args = ["grpo", "--sft", folders["sft"], "--data", folders["data"], "--preset", "tiny", "--steps", "4",
+            "--batch-size", "8", "--group-size", "4", "--minibatch-size", "4", "--epochs", "2", "--lr", "1e-3",
+            "--max-new-tokens", "4", "--eval-every", "2", "--eval-samples", "4", "--n-eval", "4",  # tiny: save every 2
+            "--device", "cpu", "--dtype", "float32", "--quiet"]
+    script = tmp_path / "fingerprint.py"
+    script.write_text(fingerprint_script("grpo", REWARD_BY_LENGTH))  # a reward that differs within a group
+    fingerprints = {}
+    for run, crash in (("full", "0"), ("cut", "3")):
+        monkeypatch.setenv("FINGERPRINTS", str(tmp_path / run))
+        monkeypatch.setenv("CRASH_AT_CALL", crash)
+        (tmp_path / run).mkdir()
+        result = torchrun(script, *args, "--out", tmp_path / run / "out")
+        assert (result.returncode == 0) == (crash == "0"), result.stderr
+        if crash != "0":  # cut at step 3: resume from the checkpoint of step 2
+            monkeypatch.setenv("CRASH_AT_CALL", "0")
+            result = torchrun(script, *args, "--out", tmp_path / run / "out", "--resume")
+            assert result.returncode == 0, result.stderr
+        fingerprints[run] = [(tmp_path / run / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    full, cut = fingerprints["full"], fingerprints["cut"]
+    assert len(full[0]) == 4 and full[0] == full[1] and len(set(full[0])) == 4  # equal on both ranks; they moved
+    assert cut == full  # steps 1-2, then the resumed steps 3-4
+    histories = [json.loads((tmp_path / run / "out" / "history.json").read_text()) for run in ("full", "cut")]
+    assert histories[0]["eval_step"] == [0, 2, 4] and histories[0]["ratio_first_minibatch"] == [1.0] * 4
+    assert histories[0]["answers_sampled"] == [8] * 4  # summed over the ranks
+    for name in ("reward", "loss", "kl", "eval_accuracy", "eval_pass_at_1"):
+        assert histories[1][name] == histories[0][name], name

@@ -15,7 +15,7 @@ from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.ppo import PPOConfig, ppo_stage, ppo_step, step_prompts
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import write_yes_data
+from tiny import fingerprint_script, torchrun, write_yes_data
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,10 @@ def test_resume_continues_with_exactly_the_uninterrupted_steps(tmp_path, folders
     ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "full", small(), quiet=True)
     real_step = ppo_module.ppo_step
 
-    def crash_at_step_3(*args):
+    def crash_at_step_3(*args, **kwargs):
         if args[-2] == 3:
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(ppo_module, "ppo_step", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -152,3 +152,26 @@ def test_a_lora_policy_uses_its_own_base_as_the_reference(tmp_path, folders):
                       quiet=True)  # resuming a finished LoRA run loads the merged policy and judges it the same
     assert again["accuracy_after"] == first["accuracy_after"] and again["win_rate_vs_sft"] == first["win_rate_vs_sft"]
     assert first["kl_vs_sft"] != 0 and again["kl_vs_sft"] == first["kl_vs_sft"]  # against SFT, not itself (k1: any sign)
+
+
+def test_two_processes_train_one_policy_and_rank_0_writes(tmp_path, folders, monkeypatch):
+    """Under torchrun each rank rolls out, scores and trains on 4 of a step's 8 prompts (2 of each
+    minibatch of 4): DDP keeps both ranks' policy and value model equal after every step, and rank 0
+    alone writes what one process writes."""
+    args = ["ppo", "--sft", folders["sft"], "--reward", folders["reward"], "--data", folders["data"], "--preset", "tiny",
+            "--steps", "2", "--batch-size", "8", "--minibatch-size", "4", "--epochs", "2", "--lr", "1e-3",
+            "--max-new-tokens", "4", "--eval-every", "2", "--n-eval", "4", "--device", "cpu", "--dtype", "float32",
+            "--quiet"]
+    assert main([*map(str, args), "--out", str(tmp_path / "one")]) == 0
+    script = tmp_path / "fingerprint.py"
+    script.write_text(fingerprint_script("ppo"))
+    monkeypatch.setenv("FINGERPRINTS", str(tmp_path))
+    result = torchrun(script, *args, "--out", tmp_path / "two")
+    assert result.returncode == 0, result.stderr
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(ranks[0]) == 2 and ranks[0] == ranks[1] and ranks[0][0] != ranks[0][1]  # equal, and they moved
+    history = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert history["step"] == [1, 2] and history["eval_step"] == [0, 2]
+    assert history["ratio_first_minibatch"] == [1.0, 1.0] and history["kl"][0] == 0.0  # on both ranks
+    written = [sorted(str(p.relative_to(tmp_path / run)) for p in (tmp_path / run).rglob("*")) for run in ("one", "two")]
+    assert written[0] == written[1]

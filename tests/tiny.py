@@ -45,3 +45,34 @@ def torchrun(*argv) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run([*launcher, *target, *map(str, argv[1:])], capture_output=True, text=True, env=env,
                           timeout=180)
+
+
+def fingerprint_script(module: str, before_main: str = "") -> str:
+    """A script for torchrun: `python -m gpt_scratch` whose RL stage (module ppo or grpo) writes, after
+    every step, a hash of the weights of each rank's models (the policy, and the value model or the
+    reference) to $FINGERPRINTS/rank<N>.txt; with $CRASH_AT_CALL = n it exits at its n-th step instead.
+    before_main: more lines to run first (e.g. a monkeypatch)."""
+    return f"""
+import hashlib, os, sys
+from pathlib import Path
+import torch
+import gpt_scratch.{module} as stage
+from gpt_scratch import distributed
+from gpt_scratch.cli import main
+
+real_step, calls = stage.{module}_step, []
+
+def step_and_fingerprint(policy, other, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == int(os.environ.get("CRASH_AT_CALL", "0")):
+        sys.exit(3)
+    metrics = real_step(policy, other, *args, **kwargs)
+    weights = b"".join(p.detach().numpy().tobytes() for model in (policy, other) for p in model.parameters())
+    with open(Path(os.environ["FINGERPRINTS"]) / f"rank{{distributed.rank()}}.txt", "a") as file:
+        file.write(hashlib.sha256(weights).hexdigest() + "\\n")
+    return metrics
+
+stage.{module}_step = step_and_fingerprint
+{before_main}
+sys.exit(main(sys.argv[1:]))
+"""
