@@ -78,3 +78,18 @@ def test_cli_rejects_zero_steps():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "--steps" in result.stderr
+
+
+def test_best_rates_warm_up_once_then_time_the_runs_in_turn_and_keep_each_ones_best(monkeypatch):
+    clock = iter([0.0, 1.0, 1.0, 3.0, 3.0, 3.5, 3.5, 4.5])  # (start, end): a 1 s, b 2 s, a 0.5 s, b 1 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    calls = []
+
+    def run(name: str):
+        def make_tokens() -> int:
+            calls.append(name)
+            return 10
+        return make_tokens
+
+    assert bench.best_rates({"a": run("a"), "b": run("b")}, torch.device("cpu"), repeats=2) == {"a": 20.0, "b": 10.0}
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # the untimed warm-ups, then two rounds in turn
