@@ -2,6 +2,8 @@
 
     tiny     a few thousand parameters: tests and the notebooks' fast mode (seconds)
     default  ~1M parameters: the course's main run on a 2-core laptop CPU (minutes)
+    fast     the default with a narrower model (0.56M) and fewer steps: for a CPU that trains in
+             float32 (no bf16 hardware), where the default takes about twice as long
     gpt2     GPT-2 small's shape (124M): for a GPU owner scaling the same code up
 
 "tokenizer" says where pretraining gets its tokenizer: "train" learns a BPE tokenizer of
@@ -94,4 +96,18 @@ PRESETS: dict[str, dict] = {
                 "eval_every": 250, "save_every": 250, "beta": 0.1, "label_smoothing": 0.1, "n_train": None,
                 "n_eval": 500},
     },
+}
+
+# fast: the default's data and stages, a narrower model (n_embd 96 instead of 128: 0.56M parameters)
+# and fewer pretraining and fine-tuning steps. Measured on a 2-core AMD EPYC in float32 (no bf16
+# hardware), `python -m gpt_scratch run --preset fast` on a fresh folder: 20 min 40 s for every stage
+# (the default: about 39), pretraining + SFT 549 s, held-out accuracy 90.5% after SFT (the default
+# 93.2%), 92.9% after GRPO. With 1400 SFT steps it was 89.6%; 2400 pretraining + 2000 SFT steps of
+# this model reached 94.5%, but in 11.5 minutes.
+PRESETS["fast"] = {
+    **PRESETS["default"],
+    "model": {**PRESETS["default"]["model"], "n_embd": 96},
+    "pretrain": {**PRESETS["default"]["pretrain"], "max_steps": 2000},
+    "sft": {**PRESETS["default"]["sft"], "max_steps": 1800},
+    "lora": {**PRESETS["default"]["lora"], "max_steps": 1800},
 }

@@ -427,3 +427,25 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     assert (tmp_path / "pretrain" / "metrics.json").read_bytes() == metrics_bytes
     assert (tmp_path / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == weights_written
     assert f"| final_val_loss | {metrics['final_val_loss']} |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_float32_cpu_running_the_default_preset_is_told_of_the_fast_one(monkeypatch):
+    import gpt_scratch.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "native_bf16", lambda device: False)
+    advice = pipeline.float32_advice("default", "cpu")
+    assert advice.startswith("note: this CPU has no bf16 hardware, so training runs in float32") and \
+        "--preset fast" in advice
+    assert pipeline.float32_advice("fast", "cpu") is None and pipeline.float32_advice("tiny", "cpu") is None
+    monkeypatch.setattr(pipeline, "native_bf16", lambda device: True)
+    assert pipeline.float32_advice("default", "cpu") is None
+
+
+def test_the_fast_preset_is_the_default_with_a_narrower_model_and_fewer_steps():
+    from gpt_scratch.presets import PRESETS
+    fast, default = PRESETS["fast"], PRESETS["default"]
+    assert fast["model"] == {**default["model"], "n_embd": 96}
+    assert [stage for stage in default if fast[stage] != default[stage]] == ["model", "pretrain", "sft", "lora"]
+    for stage in ("pretrain", "sft", "lora"):
+        assert fast[stage]["max_steps"] < default[stage]["max_steps"]
+        assert {k: v for k, v in fast[stage].items() if k != "max_steps"} == \
+            {k: v for k, v in default[stage].items() if k != "max_steps"}
