@@ -230,7 +230,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     run = stages.add_parser("run", help="the whole pipeline on the embedded default, with a report")
     run.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
-    run.add_argument("--preset", choices=sorted(PRESETS), default="default", help="size of everything")
+    run.add_argument("--preset", choices=["auto", *sorted(PRESETS)], default="auto",
+                     help="size of everything; auto: default, or fast on a CPU without bf16 hardware (float32)")
     run.add_argument("--seed", type=non_negative_int, default=0, help="seed for data and training")
     run.add_argument("--corpus", help="train on this text file instead of the generated corpus")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
@@ -569,7 +570,7 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.stage == "run":
         check_device(parser, args.device)
-        if args.gpt2_vocab is not None and PRESETS[args.preset]["tokenizer"] != "gpt2":
+        if args.gpt2_vocab is not None and (args.preset == "auto" or PRESETS[args.preset]["tokenizer"] != "gpt2"):
             parser.error(f"--gpt2-vocab is for --preset gpt2; the {args.preset} preset trains its tokenizer")
         if args.corpus is not None and not Path(args.corpus).is_file():  # found now, not after the data stage
             raise FileNotFoundError(f"corpus file {args.corpus} not found; give a UTF-8 text file or leave out "

@@ -1,13 +1,18 @@
 """The main job: every stage of the course, one after another, ending in a report card.
 
-    python -m gpt_scratch run                   # runs/default, the default preset
+    python -m gpt_scratch run                   # runs/default; preset auto: default, or fast on a float32 CPU
+    python -m gpt_scratch run --preset default  # the course's reference model, on any machine
     python -m gpt_scratch run --preset tiny     # seconds: a smoke test of the whole path
-    python -m gpt_scratch run --preset fast     # a CPU without bf16 hardware: a narrower model, half the time
     python -m gpt_scratch run --preset gpt2 --corpus my_text.txt   # a GPU: GPT-2 small, GPT-2's tokenizer
 
 Each stage writes its own folder under the run folder and reads only the previous stage's
 folder. A stage whose metrics.json exists is done and skipped; a stage that was interrupted
 resumes from its last checkpoint. The report (report.md) is rewritten at the end.
+
+The preset "auto" (run's default) is "default" wherever training computes in bf16 (a CPU with
+AVX-512 BF16 or AMX, a GPU) and "fast" on a CPU without bf16 hardware, where training runs in
+float32 and the default preset would take about twice as long. The run folder records the preset
+it was started with (run.json), so a resumed run carries on with the same one.
 """
 
 import json
@@ -16,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
+from gpt_scratch.files import write_atomic
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.train import TrainConfig, native_bf16, pick_device
 
@@ -35,17 +41,53 @@ def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool)
     return metrics
 
 
-def float32_advice(preset: str, device: str) -> str | None:
-    """A line for a CPU without bf16 hardware running the default preset, else None.
+def trains_in_float32(device: str) -> bool:
+    """Is the device a CPU without bf16 hardware, so that training runs in float32?"""
+    chosen = pick_device(device)
+    return chosen.type == "cpu" and not native_bf16(chosen)
 
-    There training runs in float32, about three times as slow as under bf16 autocast; the fast
+
+def choose_preset(asked: str, device: str, run_dir: Path) -> str:
+    """The preset a run uses: the run folder's own (run.json) if it has one, else the one asked for,
+    with "auto" -> "fast" on a CPU that trains in float32 and "default" elsewhere.
+
+    A folder started with one preset and resumed with another would mix two models' stages, so
+    an explicit preset other than the folder's is refused.
+    """
+    record = run_dir / "run.json"
+    if record.is_file():
+        try:
+            started_with = json.loads(record.read_text())["preset"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{record} is damaged (it should be {{\"preset\": NAME}}); delete it if you know "
+                             f"the preset the run was started with and pass --preset NAME") from None
+        if started_with not in PRESETS:
+            raise ValueError(f"{record} names an unknown preset {started_with!r}; known: {', '.join(sorted(PRESETS))}")
+        if asked not in ("auto", started_with):
+            raise ValueError(f"{run_dir} was started with --preset {started_with}; resume it with --preset "
+                             f"{started_with} (or auto), or give a new --out for --preset {asked}")
+        return started_with
+    if asked != "auto":
+        return asked
+    return "fast" if trains_in_float32(device) else "default"
+
+
+def preset_note(asked: str, preset: str, device: str) -> str | None:
+    """One line on the preset chosen for a CPU that trains in float32, else None.
+
+    There training runs at about a third of the speed it reaches under bf16 autocast; the fast
     preset trades a few points of accuracy for half the time. Figures: the README's "Measured here".
     """
-    chosen = pick_device(device)
-    if preset != "default" or chosen.type != "cpu" or native_bf16(chosen):
+    if preset not in ("default", "fast") or not trains_in_float32(device):
         return None
-    return ("note: this CPU has no bf16 hardware, so training runs in float32: on a 2-core one the default preset "
-            "takes about 39 minutes (93.2% held-out accuracy after SFT); --preset fast, a narrower model, 21 (90.5%)")
+    times = ("on a 2-core one the default preset takes about 39 minutes (93.2% held-out accuracy after SFT), "
+             "the fast preset, a narrower model, about 21 (90.5%)")
+    if preset == "fast" and asked == "auto":
+        return (f"preset auto -> fast: this CPU has no bf16 hardware, so training runs in float32: {times}; "
+                f"--preset default runs the course's reference model")
+    if preset == "default":
+        return f"note: this CPU has no bf16 hardware, so training runs in float32: {times}"
+    return None
 
 
 def stage_train_config(preset: str, stage: str, seed: int, device: str) -> TrainConfig:
@@ -115,7 +157,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus: str | None = None,
+def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: str | None = None,
                  device: str = "auto", quiet: bool = False, gpt2_vocab: str | None = None) -> dict[str, dict]:
     from gpt_scratch.dpo import dpo_stage
     from gpt_scratch.grpo import GRPOConfig, grpo_stage
@@ -126,15 +168,17 @@ def run_pipeline(out: str | Path, preset: str = "default", seed: int = 0, corpus
     from gpt_scratch.tokenizer import gpt2_tokenizer
     from gpt_scratch.world.command import ensure_default_data
 
+    run_dir = Path(out)
+    asked, preset = preset, choose_preset(preset, device, run_dir)
     settings = PRESETS[preset]
     # The gpt2 preset pretrains with GPT-2's tokenizer (plus the chat tokens the later stages use).
     # It is loaded first: without its vocabulary the run stops here, before anything is written.
     tokenizer = gpt2_tokenizer(gpt2_vocab, chat_tokens=True) if settings["tokenizer"] == "gpt2" else None
-    advice = float32_advice(preset, device)
-    if advice and not quiet:
-        print(advice, flush=True)
-    run_dir = Path(out)
+    note = preset_note(asked, preset, device)
+    if note and not quiet:
+        print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "run.json", json.dumps({"preset": preset}) + "\n")
     results: dict[str, dict] = {}
     began = time.perf_counter()
 

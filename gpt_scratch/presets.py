@@ -3,7 +3,8 @@
     tiny     a few thousand parameters: tests and the notebooks' fast mode (seconds)
     default  ~1M parameters: the course's main run on a 2-core laptop CPU (minutes)
     fast     the default with a narrower model (0.56M) and fewer steps: for a CPU that trains in
-             float32 (no bf16 hardware), where the default takes about twice as long
+             float32 (no bf16 hardware), where the default takes about twice as long; the main
+             job's --preset auto picks it there (pipeline.choose_preset)
     gpt2     GPT-2 small's shape (124M): for a GPU owner scaling the same code up
 
 "tokenizer" says where pretraining gets its tokenizer: "train" learns a BPE tokenizer of

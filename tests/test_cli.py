@@ -427,17 +427,44 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     assert (tmp_path / "pretrain" / "metrics.json").read_bytes() == metrics_bytes
     assert (tmp_path / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == weights_written
     assert f"| final_val_loss | {metrics['final_val_loss']} |" in (tmp_path / "report.md").read_text()
+    assert read_json(tmp_path / "run.json") == {"preset": "tiny"}
+
+    code, out, err = run_cli(capsys, "run", "--preset", "default", "--out", tmp_path)  # not on top of tiny's stages
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "was started with --preset tiny" in err
 
 
-def test_a_float32_cpu_running_the_default_preset_is_told_of_the_fast_one(monkeypatch):
+@pytest.mark.parametrize("bf16, expected", [(True, "default"), (False, "fast")])
+def test_preset_auto_is_fast_on_a_cpu_that_trains_in_float32(monkeypatch, tmp_path, bf16, expected):
     import gpt_scratch.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "native_bf16", lambda device: False)
-    advice = pipeline.float32_advice("default", "cpu")
-    assert advice.startswith("note: this CPU has no bf16 hardware, so training runs in float32") and \
-        "--preset fast" in advice
-    assert pipeline.float32_advice("fast", "cpu") is None and pipeline.float32_advice("tiny", "cpu") is None
-    monkeypatch.setattr(pipeline, "native_bf16", lambda device: True)
-    assert pipeline.float32_advice("default", "cpu") is None
+    monkeypatch.setattr(pipeline, "native_bf16", lambda device: bf16)
+    assert pipeline.choose_preset("auto", "cpu", tmp_path) == expected
+    for name in ("default", "fast", "tiny"):  # a preset asked for by name is kept
+        assert pipeline.choose_preset(name, "cpu", tmp_path) == name
+    note = pipeline.preset_note("auto", expected, "cpu")
+    if bf16:
+        assert note is None and pipeline.preset_note("default", "default", "cpu") is None
+    else:
+        assert note.startswith("preset auto -> fast: this CPU has no bf16 hardware, so training runs in float32")
+        assert "--preset default" in note
+        assert pipeline.preset_note("default", "default", "cpu").startswith("note: this CPU has no bf16 hardware")
+        assert pipeline.preset_note("fast", "fast", "cpu") is None and pipeline.preset_note("tiny", "tiny", "cpu") is None
+
+
+def test_a_run_folder_keeps_its_preset(monkeypatch, tmp_path):
+    import gpt_scratch.pipeline as pipeline
+    (tmp_path / "run.json").write_text('{"preset": "default"}')
+    monkeypatch.setattr(pipeline, "native_bf16", lambda device: False)  # auto alone would pick fast here
+    assert pipeline.choose_preset("auto", "cpu", tmp_path) == "default"
+    assert pipeline.choose_preset("default", "cpu", tmp_path) == "default"
+    with pytest.raises(ValueError, match=r"was started with --preset default; resume it with --preset default"):
+        pipeline.choose_preset("fast", "cpu", tmp_path)
+    (tmp_path / "run.json").write_text('{"preset": "huge"}')
+    with pytest.raises(ValueError, match=r"names an unknown preset 'huge'"):
+        pipeline.choose_preset("auto", "cpu", tmp_path)
+    (tmp_path / "run.json").write_text('{"preset": "def')
+    with pytest.raises(ValueError, match=r"run.json is damaged"):
+        pipeline.choose_preset("auto", "cpu", tmp_path)
 
 
 def test_the_fast_preset_is_the_default_with_a_narrower_model_and_fewer_steps():
