@@ -30,6 +30,7 @@ What follows from that:
   torch.distributed at all: a plain `python -m gpt_scratch` run is exactly what it was.
 """
 
+import gc
 import os
 
 import torch
@@ -71,8 +72,16 @@ def start(device: torch.device) -> None:
 
 
 def stop() -> None:
-    """Leave the process group (if one was started)."""
+    """Leave the process group (if one was started).
+
+    The garbage collector runs first: a DistributedDataParallel wrapper sits in reference cycles,
+    so it can outlive the stage that made it, holding on to the process group. Left for the
+    interpreter's shutdown, the group's last reference went with it there, and a gloo process
+    aborted now and then ("terminate called without an active exception", 3 of 15 two-process
+    GRPO test runs on a 2-core Xeon).
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
