@@ -182,7 +182,8 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
     results: dict[str, dict] = {}
     began = time.perf_counter()
 
-    data_dir = ensure_default_data(run_dir / "data", seed=seed, corpus_mb=settings["corpus_mb"], quiet=quiet)
+    data_dir = ensure_default_data(run_dir / "data", seed=seed, corpus_mb=settings["corpus_mb"], quiet=quiet,
+                                   **settings["tasks"])
     corpus_path = Path(corpus) if corpus else data_dir / "corpus.txt"
 
     results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(

@@ -7,6 +7,9 @@
              job's --preset auto picks it there (pipeline.choose_preset)
     gpt2     GPT-2 small's shape (124M): for a GPU owner scaling the same code up
 
+"corpus_mb" and "tasks" size the generated data: the corpus in megabytes, and the instruction
+tasks of each split (the preference pairs are made from them).
+
 "tokenizer" says where pretraining gets its tokenizer: "train" learns a BPE tokenizer of
 vocab_size tokens on the corpus (chapter 1); "gpt2" takes GPT-2's own 50,257 tokens (plus the
 chat template's two), as no generated corpus holds enough different words for 50,000 merges.
@@ -22,6 +25,7 @@ PRESETS: dict[str, dict] = {
         "tokenizer": "train",
         "vocab_size": 400,
         "corpus_mb": 0.1,
+        "tasks": {"n_train": 2000, "n_val": 100, "n_test": 200},  # instruction tasks (and so preference pairs)
         "pretrain": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
                      "save_every": 10},
         "sft": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
@@ -43,6 +47,7 @@ PRESETS: dict[str, dict] = {
         "tokenizer": "train",
         "vocab_size": 1024,
         "corpus_mb": 3.0,
+        "tasks": {"n_train": 20_000, "n_val": 500, "n_test": 1_000},
         # A small model takes a high learning rate: at 1e-2 the base model knew the people's
         # facts where at 2e-3 it knew half of them (same steps). Fine-tuning replays 2 windows
         # of the corpus per step, so that the model keeps what pretraining taught it.
@@ -81,6 +86,7 @@ PRESETS: dict[str, dict] = {
         "tokenizer": "gpt2",
         "vocab_size": 50257,  # GPT-2's (bench.py sizes the model with it); not trained: see "tokenizer"
         "corpus_mb": 100.0,
+        "tasks": {"n_train": 20_000, "n_val": 500, "n_test": 1_000},
         "pretrain": {"max_steps": 5000, "batch_size": 16, "grad_accum": 8, "lr": 6e-4, "warmup_steps": 300,
                      "eval_every": 250, "save_every": 500},
         "sft": {"max_steps": 2000, "batch_size": 16, "lr": 3e-5, "warmup_steps": 100, "eval_every": 250,

@@ -2,6 +2,7 @@
 preference rule and the `data` command. Answers are re-computed here independently of tasks.py."""
 
 import argparse
+import json
 import random
 import re
 from itertools import combinations
@@ -384,13 +385,17 @@ def test_bad_flags_exit_2(bad):
 def test_ensure_default_data_generates_once(tmp_path):
     out = tmp_path / "data"
     (tmp_path / "data.partial").mkdir()  # left over by an interrupted run
-    assert command.ensure_default_data(out, seed=0, corpus_mb=0.02, quiet=True) == out
+    sizes = {"corpus_mb": 0.02, "n_train": 300, "n_val": 20, "n_test": 40}
+    assert command.ensure_default_data(out, seed=0, quiet=True, **sizes) == out
     assert all((out / name).is_file() for name in command.FILES) and not (tmp_path / "data.partial").exists()
+    assert len(json.loads((out / "sft_train.json").read_text())) == 300
     stamp = (out / "corpus.txt").stat().st_mtime_ns
-    command.ensure_default_data(out, seed=0, corpus_mb=0.02, quiet=True)
+    command.ensure_default_data(out, seed=0, quiet=True, **sizes)
     assert (out / "corpus.txt").stat().st_mtime_ns == stamp  # not generated again
     with pytest.raises(ValueError, match="seed 1"):
-        command.ensure_default_data(out, seed=1, corpus_mb=0.02, quiet=True)
+        command.ensure_default_data(out, seed=1, quiet=True, **sizes)
+    with pytest.raises(ValueError, match="400/20/40 tasks"):  # other sizes: not this folder's data
+        command.ensure_default_data(out, seed=0, quiet=True, **{**sizes, "n_train": 400})
 
 
 def test_majority_baseline_answers_each_familys_commonest_training_answer():

@@ -119,20 +119,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_default_data(out_dir: str | Path, seed: int = 0, corpus_mb: float = 3.0, quiet: bool = False) -> Path:
-    """The default data in out_dir, generated only if it is not there yet.
+def ensure_default_data(out_dir: str | Path, seed: int = 0, corpus_mb: float = 3.0, quiet: bool = False,
+                        n_train: int = DEFAULTS["n_train"], n_val: int = DEFAULTS["n_val"],
+                        n_test: int = DEFAULTS["n_test"]) -> Path:
+    """The default data (with these sizes) in out_dir, generated only if it is not there yet.
 
     Everything is written into out_dir.partial first and renamed at the end, so an interrupted
     run never leaves half a dataset behind (the next call starts the partial folder again).
     """
     out = Path(out_dir)
-    settings = {**DEFAULTS, "seed": seed, "corpus_mb": corpus_mb}
+    settings = {**DEFAULTS, "seed": seed, "corpus_mb": corpus_mb, "n_train": n_train, "n_val": n_val, "n_test": n_test}
     manifest = out / "manifest.json"
     if out.exists():
         if manifest.is_file() and json.loads(manifest.read_text())["settings"] == settings:
             return out
-        raise ValueError(f"{out} exists but does not hold the data for seed {seed} and corpus_mb {corpus_mb}; "
-                         f"delete it or choose another folder")
+        raise ValueError(f"{out} exists but does not hold the data for seed {seed}, corpus_mb {corpus_mb} and "
+                         f"{n_train}/{n_val}/{n_test} tasks; delete it or choose another folder")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     summary = write_dataset(partial, **settings)
