@@ -322,27 +322,26 @@ def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys):
         (6, "sigmoid", 0.1, None, None)
     assert plain["train_pairs"] == 47 and plain["test_examples"] == 8 and history["eval_step"] == [0, 3, 6]
     assert meta["train_config"]["batch_size"] == 4 and meta["train_config"]["lr"] == 1e-3
-    assert run("loss", "--loss", "ipo")[0]["loss"] == "ipo"
-    assert run("hinge", "--loss", "hinge")[0]["loss"] == "hinge"
+    # Flags that do not interact share a run (fewer runs, the same checks).
+    ipo = run("ipo", "--loss", "ipo", "--beta", "0.3", "--n-train", "20", "--n-eval", "5")[0]
+    assert (ipo["loss"], ipo["beta"], ipo["train_pairs"], ipo["test_examples"]) == ("ipo", 0.3, 19, 5)
+    hinge = run("hinge", "--loss", "hinge", "--lr", "0.05", "--dtype", "bfloat16", "--device", "cpu")
+    assert hinge[0]["loss"] == "hinge" and hinge[1]["train_config"]["lr"] == 0.05
+    assert hinge[1]["train_config"]["dtype"] == "bfloat16"  # the last --dtype wins
+    assert hinge[1]["train_config"]["device"] == "cpu"
     robust = run("robust", "--loss", "robust")[0]
     assert robust["loss"] == "robust" and robust["label_smoothing"] == 0.1  # the preset's
-    assert run("smoothing", "--loss", "robust", "--label-smoothing", "0.2")[0]["label_smoothing"] == 0.2
-    assert run("beta", "--beta", "0.3")[0]["beta"] == 0.3
+    smoothing = run("smoothing", "--loss", "robust", "--label-smoothing", "0.2", "--batch-size", "2", "--grad-accum", "2")
+    assert smoothing[0]["label_smoothing"] == 0.2
+    assert smoothing[1]["train_config"]["batch_size"] == 2 and smoothing[1]["train_config"]["grad_accum"] == 2
     lora = run("lora", "--lora-rank", "2")
     assert lora[0]["lora_rank"] == 2 and (tmp_path / "lora" / "adapter").is_dir()
-    assert run("n_train", "--n-train", "20")[0]["train_pairs"] == 19
-    assert run("n_eval", "--n-eval", "5")[0]["test_examples"] == 5
-    steps = run("steps", "--max-steps", "4", "--eval-every", "2")
+    steps = run("steps", "--max-steps", "4", "--eval-every", "2", "--warmup-steps", "0", "--weight-decay", "0.5",
+                "--grad-clip", "0", "--save-every", "5")
     assert steps[0]["steps"] == 4 and steps[2]["eval_step"] == [0, 2, 4]
-    assert run("lr", "--lr", "0.05")[1]["train_config"]["lr"] == 0.05
-    batch = run("batch", "--batch-size", "2", "--grad-accum", "2")
-    assert batch[1]["train_config"]["batch_size"] == 2 and batch[1]["train_config"]["grad_accum"] == 2
+    assert (steps[1]["train_config"]["warmup_steps"], steps[1]["train_config"]["weight_decay"],
+            steps[1]["train_config"]["grad_clip"], steps[1]["train_config"]["save_every"]) == (0, 0.5, 0.0, 5)
     assert run("seed", "--seed", "3")[2]["train_loss"] != history["train_loss"]
-    warm = run("warm", "--warmup-steps", "0", "--weight-decay", "0.5", "--grad-clip", "0", "--save-every", "5")[1]
-    assert (warm["train_config"]["warmup_steps"], warm["train_config"]["weight_decay"],
-            warm["train_config"]["grad_clip"], warm["train_config"]["save_every"]) == (0, 0.5, 0.0, 5)
-    assert run("bf16", "--dtype", "bfloat16")[1]["train_config"]["dtype"] == "bfloat16"  # the last --dtype wins
-    assert run("cpu", "--device", "cpu")[1]["train_config"]["device"] == "cpu"
     before = (tmp_path / "plain" / "checkpoint" / "model.safetensors").read_bytes()
     resumed = run("plain", "--resume")  # the run is complete: nothing is trained again
     assert resumed[2] == history and (tmp_path / "plain" / "checkpoint" / "model.safetensors").read_bytes() == before

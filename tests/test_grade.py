@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from gpt_scratch import grade as grade_module
+from gpt_scratch.cli import main as cli_main
 from gpt_scratch.grade import REPO, Result, chapters_with_exercises, exercises_of, format_report, grade
 
 
@@ -129,28 +130,34 @@ def test_exercise_checks_name_their_input():
                     f"{where}: use checks.close / checks.expect_raises, which name the call"
 
 
-def test_command_line(tmp_path):
+def test_command_line(tmp_path, capsys):
+    # One real process, end to end; the errors in this process (test_cli checks real exit codes).
     done = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--chapter", "2", "--solutions"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "total" in done.stdout and "Traceback" not in done.stdout + done.stderr
     n = len(exercises_of(2))
     assert f"{n}/{n}" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--chapter", "99"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2
-    assert bad.stderr.splitlines() == [bad.stderr.strip()], "one line"
-    assert bad.stderr.startswith("python -m gpt_scratch grade: error: argument --chapter: invalid choice: '99'")
-    missing = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--dir", str(tmp_path / "nobody")],
-                             cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+    def run_cli(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = cli_main(["grade", *argv])
+        except SystemExit as stop:
+            code = stop.code
+        return (code, *capsys.readouterr())
+
+    code, _, err = run_cli("--chapter", "99")
+    assert code == 2
+    assert err.splitlines() == [err.strip()], "one line"
+    assert err.startswith("python -m gpt_scratch grade: error: argument --chapter: invalid choice: '99'")
+    code, _, err = run_cli("--dir", str(tmp_path / "nobody"))
+    assert code == 2 and "is not a folder" in err
     # A folder without the chapter: the same one-line format, from the grader itself.
-    empty = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--dir", str(tmp_path), "--chapter", "2"],
-                           cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert empty.returncode == 2 and empty.stdout == ""
-    assert empty.stderr.splitlines() == [f"python -m gpt_scratch grade: error: {tmp_path} has no ch02/ folder; pass "
-                                         "the folder that holds ch01/, ch02/, ... or choose another --chapter; "
-                                         "see --help"]
+    code, out, err = run_cli("--dir", str(tmp_path), "--chapter", "2")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"python -m gpt_scratch grade: error: {tmp_path} has no ch02/ folder; pass "
+                                "the folder that holds ch01/, ch02/, ... or choose another --chapter; see --help"]
 
 
 def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
