@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import os
 import re
+import runpy
 import subprocess
 import sys
 from functools import cache
@@ -264,7 +265,21 @@ def script_process(folder: str, script: str, *argv: str) -> subprocess.Completed
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_untouched_exercise_as_a_program_exits_1_with_one_line(script):
+def test_untouched_exercise_as_a_program_exits_1_with_one_line(script, capsys, monkeypatch):
+    """Each script run as __main__ (its `sys.exit(main())` line), in this process: a new Python
+    for each would spend seconds importing torch; one real process below checks the rest."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / "exercises" / script), *SCRIPTS[script]["base"]])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / "exercises" / script), run_name="__main__")
+    out, err = capsys.readouterr()
+    assert stop.value.code == 1
+    assert len(err.splitlines()) == 1 and NOT_DONE.fullmatch(err.strip()), err
+    assert "Traceback" not in out + err
+
+
+def test_an_untouched_exercise_in_its_own_process_exits_1_with_one_line():
+    script = "ch03/ex1_gpt.py"  # imports torch and the package from the clone, as a student runs it
     done = script_process("exercises", script, *SCRIPTS[script]["base"])
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and NOT_DONE.fullmatch(done.stderr.strip()), done.stderr
