@@ -263,17 +263,15 @@ def test_every_reward_flag_takes_effect(capsys, tmp_path, sft_folder):
 
     plain, plain_meta = run("plain")
     assert plain["steps"] == 20 and plain["train_pairs"] == 39 and "best_of_n_table" in plain  # the tiny preset
-    assert run("steps", "--max-steps", "6")[0]["steps"] == 6
-    assert run("n_train", "--n-train", "20")[0]["train_pairs"] == 19
-    assert run("n_eval", "--n-eval", "5")[0]["test_pairs"] == 5
-    assert run("margin", "--margin", "0.5")[1]["margin"] == 0.5
-    assert run("center", "--center-coef", "0.1")[1]["center_coef"] == 0.1
-    assert "best_of_n_table" not in run("no_bon", "--best-of", "0")[0]
-    curves = json.loads((run("bon", "--best-of", "2", "--best-of-prompts", "3")[0] and
-                         (tmp_path / "bon" / "best_of_n.json").read_text()))
-    assert curves["n"] == [1, 2] and curves["prompts"] == 3
-    assert run("lr", "--lr", "0.05")[1]["train_config"]["lr"] == 0.05
-    assert run("batch", "--batch-size", "4")[1]["train_config"]["batch_size"] == 4
+    # Flags that do not interact share a run (fewer runs, the same checks).
+    steps, steps_meta = run("steps", "--max-steps", "6", "--n-train", "20", "--n-eval", "5", "--lr", "0.05",
+                            "--batch-size", "4")
+    assert (steps["steps"], steps["train_pairs"], steps["test_pairs"]) == (6, 19, 5)
+    assert steps_meta["train_config"]["lr"] == 0.05 and steps_meta["train_config"]["batch_size"] == 4
+    margin, margin_meta = run("margin", "--margin", "0.5", "--center-coef", "0.1", "--best-of", "0")
+    assert margin_meta["margin"] == 0.5 and margin_meta["center_coef"] == 0.1 and "best_of_n_table" not in margin
     assert plain_meta["score"] == "head+logprob" and plain_meta["body"] == "frozen"
-    assert run("score", "--score", "head")[1]["score"] == "head"
+    bon_meta = run("bon", "--best-of", "2", "--best-of-prompts", "3", "--score", "head")[1]
+    curves = json.loads((tmp_path / "bon" / "best_of_n.json").read_text())
+    assert curves["n"] == [1, 2] and curves["prompts"] == 3 and bon_meta["score"] == "head"
     assert run("body", "--body", "trained")[1]["body"] == "trained"
