@@ -77,8 +77,8 @@ def stop() -> None:
     The garbage collector runs first: a DistributedDataParallel wrapper sits in reference cycles,
     so it can outlive the stage that made it, holding on to the process group. Left for the
     interpreter's shutdown, the group's last reference went with it there, and a gloo process
-    aborted now and then ("terminate called without an active exception", 3 of 15 two-process
-    GRPO test runs on a 2-core Xeon).
+    aborted now and then ("terminate called without an active exception", 4 of 19 two-process
+    GRPO test runs on a 2-core Xeon; 0 of 10 with the collection first).
     """
     if dist.is_initialized():
         gc.collect()
