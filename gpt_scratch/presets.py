@@ -111,9 +111,11 @@ PRESETS: dict[str, dict] = {
 # written-out attention and 1800 SFT steps at lr 1e-3: 20 min 40 s for every stage (the default: about
 # 39), pretraining + SFT 549 s, held-out accuracy 90.5% after SFT (the default 93.2%), 92.9% after GRPO.
 # That margin was thin: the same runs in float32 on a Xeon scored 89.1-89.6%. SFT at lr 2e-3 for 2000
-# steps scored 90.3-92.7% on three base models (mean 91.6%; lr 1e-3 and 1800 steps scored 89.3% on two of them),
-# and SDPA's steps took 12-20% less time (interleaved, float32), which pays for the 200 more steps
-# (the README's "Measured here"). The model computes the same attention either way (test_model).
+# steps scored 90.3-92.7% on three base models pretrained with the default seed (89.3% on two of them
+# at lr 1e-3 and 1800 steps), but 87.1% on one pretrained with seed 1 (validation loss 0.62, not
+# 0.57): 2000 pretraining steps leave this model seed-dependent. SDPA's steps took 12-20% less time
+# (interleaved, float32), which pays for the 200 more SFT steps (the README's "Measured here").
+# The model computes the same attention either way (test_model).
 PRESETS["fast"] = {
     **PRESETS["default"],
     "model": {**PRESETS["default"]["model"], "n_embd": 96, "attention": "sdpa"},
