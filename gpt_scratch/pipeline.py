@@ -81,7 +81,7 @@ def preset_note(asked: str, preset: str, device: str) -> str | None:
     if preset not in ("default", "fast") or not trains_in_float32(device):
         return None
     times = ("on a 2-core one the default preset takes about 39 minutes (93.2% held-out accuracy after SFT), "
-             "the fast preset, a narrower model, about 21 (90-93%)")
+             "the fast preset, a narrower model, about 21 (92-94%)")
     if preset == "fast" and asked == "auto":
         return (f"preset auto -> fast: this CPU has no bf16 hardware, so training runs in float32: {times}; "
                 f"--preset default runs the course's reference model")
