@@ -112,10 +112,10 @@ PRESETS: dict[str, dict] = {
 # took 20 min 40 s for every stage, pretraining + SFT 549 s, 90.5% held-out accuracy after SFT (the
 # default 93.2%). In float32 on a Xeon the same scored 89.1-89.6%, and SFT at lr 2e-3 for 2000 steps
 # 90.3-92.7%, but only 87.1% on a base pretrained with seed 1: after 2000 steps its validation loss was
-# 0.62, not 0.57. 2200 pretraining steps: 92.3% (seed 1), 93.6-93.7% (seeds 0
-# and 3). SDPA's 12-20% shorter steps (interleaved, float32) pay for the extra steps; the model computes
-# the same attention either way (test_model). LoRA on the narrower model learns faster at lr 1e-2: 64.6%,
-# 64.0% and 68.1% on three such bases, against 54.7%, 57.0% and 69.0% at the default's 3e-3.
+# 0.62, not 0.57. 2200 pretraining steps: 92.3% (seed 1), 93.6-93.7% (seeds 0 and 3). SDPA's 12-20%
+# shorter steps (interleaved, float32) pay for the extra steps; the model computes the same attention
+# either way (test_model). LoRA on the narrower model learns faster at lr 1e-2: 64.6%, 64.0% and 68.1%
+# on three such bases, against 54.7%, 57.0% and 69.0% at the default's 3e-3.
 PRESETS["fast"] = {
     **PRESETS["default"],
     "model": {**PRESETS["default"]["model"], "n_embd": 96, "attention": "sdpa"},
