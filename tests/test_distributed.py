@@ -1,8 +1,10 @@
 """Several processes, one training run (distributed.py): torchrun with 2 CPU processes (gloo) trains
 the same model as one process, writes the files once, resumes, and refuses what it cannot split.
 
-The one-process runs go through cli.main in this process; the two-process runs through a real
-`python -m torch.distributed.run --standalone --nproc_per_node=2 -m gpt_scratch ...`.
+The one-process runs go through cli.main in this process; the two-process runs as two ranks forked
+with torch already imported (tiny.two_ranks: what torchrun tells our code, without its new Pythons),
+and once through a real `python -m torch.distributed.run --standalone --nproc_per_node=2 -m gpt_scratch ...`
+(the DDP appendix's test trains through real torchrun too).
 """
 
 import json
@@ -21,7 +23,7 @@ from gpt_scratch.grpo import GRPOConfig, draw_seed
 from gpt_scratch.model import GPT
 from gpt_scratch.ppo import PPOConfig, step_prompts
 from gpt_scratch.train import StepLoss, TrainConfig, make_optimizer, train_step
-from tiny import tiny_config, torchrun, write_world_corpus, write_yes_data
+from tiny import tiny_config, torchrun, two_ranks, write_world_corpus, write_yes_data
 
 # float32: bf16 autocast (the default on a CPU that has it) would round 1 and 2 processes further apart
 PRETRAIN = ["--preset", "tiny", "--vocab-size", "300", "--block-size", "32", "--max-steps", "12", "--eval-every", "4",
@@ -80,7 +82,7 @@ def pretrained(corpus, tmp_path_factory):
     """The same pretraining in 1 process and in 2: {"one": folder, "two": folder}."""
     root = tmp_path_factory.mktemp("pretrain")
     assert main(["pretrain", "--corpus", str(corpus), "--out", str(root / "one"), *PRETRAIN]) == 0
-    result = torchrun("pretrain", "--corpus", corpus, "--out", root / "two", *PRETRAIN)
+    result = two_ranks("pretrain", "--corpus", corpus, "--out", root / "two", *PRETRAIN)
     assert result.returncode == 0, result.stderr
     return {"one": root / "one", "two": root / "two"}
 
@@ -183,7 +185,7 @@ def test_no_sync_exchanges_the_gradients_once_per_step(tmp_path, monkeypatch):
         torch.testing.assert_close(p, q, msg=name)
 
 
-# --- two processes under torchrun ------------------------------------------------------------------
+# --- two processes (ranks 0 and 1) ------------------------------------------------------------------
 
 def test_two_processes_train_the_model_one_process_trains(pretrained):
     """The same global batch (8 windows, 2 micro-batches): each rank reads 4 windows of each micro-batch."""
@@ -206,10 +208,10 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_one(corpus, pretrain
     script = tmp_path / "crash_at_step_6.py"
     script.write_text(CRASH_AT_STEP_6)
     args = ["pretrain", "--corpus", corpus, "--out", tmp_path / "cut", *PRETRAIN]
-    assert torchrun(script, *args).returncode != 0
+    assert two_ranks(script, *args).returncode != 0
     assert json.loads((tmp_path / "cut" / "checkpoint" / "train_state.json").read_text())["step"] == 4
     assert not (tmp_path / "cut" / "metrics.json").exists()
-    result = torchrun(*args, "--resume")  # every rank loads the checkpoint of step 4
+    result = two_ranks(*args, "--resume")  # every rank loads the checkpoint of step 4
     assert result.returncode == 0, result.stderr
     resumed, full = history(tmp_path / "cut"), history(pretrained["two"])
     assert resumed["step"] == full["step"] and resumed["val_step"] == full["val_step"]
@@ -227,7 +229,7 @@ def test_sft_in_two_processes_equals_gradient_accumulation_in_one(pretrained, tm
     data = write_yes_data(tmp_path / "data", n_train=48, n_test=8)
     common = ["sft", "--base", pretrained["one"], "--data", data, *SFT]
     assert main([*map(str, common), "--out", str(tmp_path / "one"), "--batch-size", "4", "--grad-accum", "2"]) == 0
-    result = torchrun(*common, "--out", tmp_path / "two", "--batch-size", "8")
+    result = two_ranks(*common, "--out", tmp_path / "two", "--batch-size", "8")
     assert result.returncode == 0, result.stderr
     one, two = history(tmp_path / "one"), history(tmp_path / "two")
     assert_close_numbers(two["train_loss"], one["train_loss"])

@@ -18,7 +18,7 @@ from gpt_scratch.lora import add_lora
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig
-from tiny import torchrun
+from tiny import two_ranks
 
 TEXT = "Is 3 a number? yes. Is a cat a number? no. The answer is yes. The answer is no. " * 20
 LN2 = math.log(2)
@@ -352,13 +352,14 @@ def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys):
 
 
 def test_two_processes_train_the_policy_one_process_trains(tmp_path, folders):
-    """Under torchrun each rank takes 2 of a step's 4 pairs and computes their reference log-probabilities
-    itself; the logged numbers are the means over the ranks, and rank 0 alone measures and writes."""
+    """In two processes (ranks 0 and 1, as torchrun starts them) each rank takes 2 of a step's 4 pairs
+    and computes their reference log-probabilities itself; the logged numbers are the means over the
+    ranks, and rank 0 alone measures and writes."""
     args = ["dpo", "--sft", folders["sft"], "--data", folders["data"], "--preset", "tiny", "--max-steps", "4",
             "--batch-size", "4", "--warmup-steps", "1", "--eval-every", "2", "--n-eval", "4", "--device", "cpu",
             "--dtype", "float32", "--quiet"]
     assert main([*map(str, args), "--out", str(tmp_path / "one")]) == 0
-    result = torchrun(*args, "--out", tmp_path / "two")
+    result = two_ranks(*args, "--out", tmp_path / "two")
     assert result.returncode == 0, result.stderr
     one, two = history_of(tmp_path / "one"), history_of(tmp_path / "two")
     assert one.keys() == two.keys() and one["eval_step"] == two["eval_step"] == [0, 2, 4]

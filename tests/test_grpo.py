@@ -24,7 +24,7 @@ from gpt_scratch.ppo_math import aggregate_loss, clipped_policy_loss
 from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import fingerprint_script, torchrun
+from tiny import fingerprint_script, two_ranks
 
 GARBAGE = 1e4
 TOL = 1e-12
@@ -424,9 +424,10 @@ stage.judge_rewards = text_reward
 
 
 def test_two_processes_train_one_policy_and_resume_exactly(tmp_path, folders, monkeypatch):
-    """Under torchrun each rank rolls out 1 of a step's 2 groups of 4 answers (2 answers of each minibatch
-    of 4): DDP keeps the ranks' policies equal after every step; a run cut after step 2 and resumed takes
-    the uninterrupted run's steps exactly, on both ranks (the rollouts are a function of seed, step and rank)."""
+    """In two processes (ranks 0 and 1, as torchrun starts them) each rank rolls out 1 of a step's 2
+    groups of 4 answers (2 answers of each minibatch of 4): DDP keeps the ranks' policies equal after
+    every step; a run cut after step 2 and resumed takes the uninterrupted run's steps exactly, on both
+    ranks (the rollouts are a function of seed, step and rank)."""
     args = ["grpo", "--sft", folders["sft"], "--data", folders["data"], "--preset", "tiny", "--steps", "4",
             "--batch-size", "8", "--group-size", "4", "--minibatch-size", "4", "--epochs", "2", "--lr", "1e-3",
             "--max-new-tokens", "4", "--eval-every", "2", "--eval-samples", "4", "--n-eval", "4",  # tiny: save every 2
@@ -438,11 +439,11 @@ def test_two_processes_train_one_policy_and_resume_exactly(tmp_path, folders, mo
         monkeypatch.setenv("FINGERPRINTS", str(tmp_path / run))
         monkeypatch.setenv("CRASH_AT_CALL", crash)
         (tmp_path / run).mkdir()
-        result = torchrun(script, *args, "--out", tmp_path / run / "out")
+        result = two_ranks(script, *args, "--out", tmp_path / run / "out")
         assert (result.returncode == 0) == (crash == "0"), result.stderr
         if crash != "0":  # cut at step 3: resume from the checkpoint of step 2
             monkeypatch.setenv("CRASH_AT_CALL", "0")
-            result = torchrun(script, *args, "--out", tmp_path / run / "out", "--resume")
+            result = two_ranks(script, *args, "--out", tmp_path / run / "out", "--resume")
             assert result.returncode == 0, result.stderr
         fingerprints[run] = [(tmp_path / run / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     full, cut = fingerprints["full"], fingerprints["cut"]

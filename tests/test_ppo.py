@@ -15,7 +15,7 @@ from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.ppo import PPOConfig, ppo_stage, ppo_step, step_prompts
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import fingerprint_script, torchrun, write_yes_data
+from tiny import fingerprint_script, two_ranks, write_yes_data
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +155,9 @@ def test_a_lora_policy_uses_its_own_base_as_the_reference(tmp_path, folders):
 
 
 def test_two_processes_train_one_policy_and_rank_0_writes(tmp_path, folders, monkeypatch):
-    """Under torchrun each rank rolls out, scores and trains on 4 of a step's 8 prompts (2 of each
-    minibatch of 4): DDP keeps both ranks' policy and value model equal after every step, and rank 0
-    alone writes what one process writes."""
+    """In two processes (ranks 0 and 1, as torchrun starts them) each rank rolls out, scores and trains
+    on 4 of a step's 8 prompts (2 of each minibatch of 4): DDP keeps both ranks' policy and value model
+    equal after every step, and rank 0 alone writes what one process writes."""
     args = ["ppo", "--sft", folders["sft"], "--reward", folders["reward"], "--data", folders["data"], "--preset", "tiny",
             "--steps", "2", "--batch-size", "8", "--minibatch-size", "4", "--epochs", "2", "--lr", "1e-3",
             "--max-new-tokens", "4", "--eval-every", "2", "--n-eval", "4", "--device", "cpu", "--dtype", "float32",
@@ -166,7 +166,7 @@ def test_two_processes_train_one_policy_and_rank_0_writes(tmp_path, folders, mon
     script = tmp_path / "fingerprint.py"
     script.write_text(fingerprint_script("ppo"))
     monkeypatch.setenv("FINGERPRINTS", str(tmp_path))
-    result = torchrun(script, *args, "--out", tmp_path / "two")
+    result = two_ranks(script, *args, "--out", tmp_path / "two")
     assert result.returncode == 0, result.stderr
     ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert len(ranks[0]) == 2 and ranks[0] == ranks[1] and ranks[0][0] != ranks[0][1]  # equal, and they moved
