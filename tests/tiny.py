@@ -53,51 +53,55 @@ def torchrun(*argv) -> subprocess.CompletedProcess:
                           timeout=180)
 
 
-# The ranks of two_ranks() are forked from one server process per pytest worker that has imported
-# these once. gpt_scratch.cli imports torch and every stage; torch._dynamo is imported by the first
-# optimizer a process builds (torch.optim wraps add_param_group with it): 1-3 s of CPU on its own.
-FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["gpt_scratch.cli", "torch._dynamo"])
+def forkserver() -> multiprocessing.context.BaseContext:
+    """The processes of two_ranks() are forked from one server process (per pytest worker) that has
+    imported these once: gpt_scratch.cli imports torch and every stage; torch._dynamo is imported by
+    the first optimizer a process builds (torch.optim wraps add_param_group with it), 1-3 s of CPU."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["gpt_scratch.cli", "torch._dynamo"])  # takes effect when the server starts
+    return context
 
 
 def two_ranks(*argv) -> subprocess.CompletedProcess:
     """`python -m gpt_scratch argv...` (or a script: argv[0] ending in .py) as ranks 0 and 1 of 2: what
     torchrun does for our code (tell each process RANK, LOCAL_RANK, WORLD_SIZE and where the group
     meets, MASTER_ADDR and MASTER_PORT), without torchrun's three new Pythons: each would spend
-    ~5 s of CPU importing torch, most of a tiny run. The ranks are forked from FORKSERVER instead,
+    ~5 s of CPU importing torch, most of a tiny run. The ranks are forked from forkserver() instead,
     with this process's environment and working directory. returncode: the first failing rank's
     exit code (0 when both succeed); stdout and stderr: rank 0's, then rank 1's. A rank still running
     10 s after the other failed is stopped (it would wait for its peer forever), as torchrun does.
     test_distributed.py and the DDP appendix's test still run the real torchrun."""
+    argv = [str(arg) for arg in argv]
     with socket.socket() as probe:  # a free port for the group to meet on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="two-ranks-") as folder:
         logs = [(Path(folder) / f"rank{rank}.out", Path(folder) / f"rank{rank}.err") for rank in (0, 1)]
-        ranks = []
+        processes = []
         for rank in (0, 1):
             env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            ranks.append(FORKSERVER.Process(target=run_rank, args=([str(a) for a in argv], env, os.getcwd(), *logs[rank])))
-            ranks[-1].start()
-        wait_for_ranks(ranks, timeout=180)
-        codes = [rank.exitcode for rank in ranks]
-        return subprocess.CompletedProcess(
-            ["two_ranks", *map(str, argv)], next((code for code in codes if code != 0), 0),
-            "".join(out.read_text() for out, _ in logs), "".join(err.read_text() for _, err in logs))
+            process = forkserver().Process(target=run_rank, args=(argv, env, os.getcwd(), *logs[rank]))
+            process.start()
+            processes.append(process)
+        wait_for_all(processes, timeout=180)
+        codes = [process.exitcode for process in processes]
+        return subprocess.CompletedProcess(["two_ranks", *argv], next((code for code in codes if code != 0), 0),
+                                           "".join(out.read_text() for out, _ in logs),
+                                           "".join(err.read_text() for _, err in logs))
 
 
-def wait_for_ranks(ranks: list, timeout: float) -> None:
-    """Wait until every rank has exited; once one has failed, give the others 10 s more, then stop them."""
+def wait_for_all(processes: list, timeout: float) -> None:
+    """Wait until every process has exited; once one has failed, give the others 10 s more, then stop them."""
     deadline = time.monotonic() + timeout
-    while any(rank.is_alive() for rank in ranks) and time.monotonic() < deadline:
-        multiprocessing.connection.wait([rank.sentinel for rank in ranks if rank.is_alive()], timeout=1)
-        if any(rank.exitcode not in (None, 0) for rank in ranks):
+    while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
+        multiprocessing.connection.wait([process.sentinel for process in processes if process.is_alive()], timeout=1)
+        if any(process.exitcode not in (None, 0) for process in processes):
             deadline = min(deadline, time.monotonic() + 10)
-    for rank in ranks:
-        if rank.is_alive():
-            rank.kill()
-        rank.join()
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+        process.join()
 
 
 def run_rank(argv: list[str], env: dict, cwd: str, out: Path, err: Path) -> None:
@@ -117,9 +121,10 @@ def run_rank(argv: list[str], env: dict, cwd: str, out: Path, err: Path) -> None
 
 
 def fingerprint_script(module: str, before_main: str = "") -> str:
-    """A script for two_ranks (or torchrun): `python -m gpt_scratch` whose RL stage (module ppo or grpo) writes, after
-    every step, a hash of the weights of each rank's models (the policy, and the value model or the
-    reference) to $FINGERPRINTS/rank<N>.txt; with $CRASH_AT_CALL = n it exits at its n-th step instead.
+    """A script for two_ranks (or torchrun): `python -m gpt_scratch` whose RL stage (module ppo or grpo)
+    writes, after every step, a hash of the weights of each rank's models (the policy, and the value
+    model or the reference) to $FINGERPRINTS/rank<N>.txt; with $CRASH_AT_CALL = n it exits at its n-th
+    step instead.
     before_main: more lines to run first (e.g. a monkeypatch)."""
     return f"""
 import hashlib, os, sys
