@@ -70,7 +70,8 @@ def two_ranks(*argv) -> subprocess.CompletedProcess:
     with this process's environment and working directory. returncode: the first failing rank's
     exit code (0 when both succeed); stdout and stderr: rank 0's, then rank 1's. A rank still running
     10 s after the other failed is stopped (it would wait for its peer forever), as torchrun does.
-    test_distributed.py and the DDP appendix's test still run the real torchrun."""
+    A forked rank ends with os._exit (multiprocessing's way), skipping the interpreter's shutdown;
+    test_distributed.py and the DDP appendix's test still run the real torchrun, shutdown included."""
     argv = [str(arg) for arg in argv]
     with socket.socket() as probe:  # a free port for the group to meet on
         probe.bind(("127.0.0.1", 0))
