@@ -76,13 +76,14 @@ def two_ranks(*argv) -> subprocess.CompletedProcess:
     with socket.socket() as probe:  # a free port for the group to meet on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    context = forkserver()
     with tempfile.TemporaryDirectory(prefix="two-ranks-") as folder:
         logs = [(Path(folder) / f"rank{rank}.out", Path(folder) / f"rank{rank}.err") for rank in (0, 1)]
         processes = []
         for rank in (0, 1):
             env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            process = forkserver().Process(target=run_rank, args=(argv, env, os.getcwd(), *logs[rank]))
+            process = context.Process(target=run_rank, args=(argv, env, os.getcwd(), *logs[rank]))
             process.start()
             processes.append(process)
         wait_for_all(processes, timeout=180)
