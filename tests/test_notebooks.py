@@ -2,17 +2,25 @@
 
     python -m pytest -q tests/test_notebooks.py
 
-Every chapters/*/*.ipynb is executed in a fresh Jupyter kernel by nbclient, with the notebook's
-own folder as working directory and GPT_SCRATCH_FAST=1 in the kernel's environment, so each
-notebook uses its small sizes and takes seconds. A new chapter's notebook is picked up by the
-glob, no list to update. A cell that raises fails the test with that cell's source and error.
+Every chapters/*/*.ipynb runs in fast mode (GPT_SCRATCH_FAST=1: each notebook uses its small
+sizes and takes seconds), with the notebook's own folder as working directory. A new chapter's
+notebook is picked up by the glob, no list to update. A cell that raises fails the test with that
+cell's number and traceback.
 
-The second test reads the committed files without running them: every code cell that has source
+Where they run: one notebook in a real Jupyter kernel started by nbclient, as a student runs it.
+The others in an IPython shell set up as that kernel sets up its own (the notebook's folder first on
+sys.path, matplotlib's inline backend drawing every figure), in a process forked from one that has
+already imported torch, the package and IPython (tests/tiny.py's forkserver): a new kernel spends
+~6 s of CPU on those imports, and waits between cells, for each notebook.
+
+The last tests read the committed files without running them: every code cell that has source
 must have outputs, so a notebook cannot be committed unexecuted (run it in full mode and save it,
 e.g. with nbclient, or "Restart kernel and run all" in Jupyter).
 """
 
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,34 +29,77 @@ import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
+from tiny import forkserver
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "chapters").glob("*/*.ipynb"))
+IN_A_KERNEL = REPO / "chapters" / "ch01_tokenization" / "ch01.ipynb"  # the quickest; the others fork
 NOTEBOOK_TIMEOUT_S = 240  # for the whole notebook in fast mode (each takes well under a minute)
+INLINE = "module://matplotlib_inline.backend_inline"  # the backend a Jupyter kernel draws with
+# One thread: fast mode's models are tiny, and on a busy machine (other tests, other jobs) two
+# threads that keep waiting for each other can make a step many times slower.
+FAST_ENV = {"GPT_SCRATCH_FAST": "1", "OMP_NUM_THREADS": "1"}
 
 
 def notebook_id(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
-def test_notebook_runs_in_fast_mode(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPT_SCRATCH_FAST", "1")  # the kernel inherits this process's environment
-    # One thread: fast mode's models are tiny, and on a busy machine (other tests, other jobs) two
-    # threads that keep waiting for each other can make a step many times slower.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(path, as_version=4)
+def test_a_notebook_runs_in_a_real_jupyter_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in FAST_ENV.items():
+        monkeypatch.setenv(name, value)  # the kernel inherits this process's environment
+    nb = nbformat.read(IN_A_KERNEL, as_version=4)
     deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
     # nbclient's timeout is per cell; giving each cell the time left makes it a per-notebook limit.
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
-        resources={"metadata": {"path": str(path.parent)}})
+        resources={"metadata": {"path": str(IN_A_KERNEL.parent)}})
     try:
         client.execute()
     except CellTimeoutError as err:
-        pytest.fail(f"{notebook_id(path)} ran past its {NOTEBOOK_TIMEOUT_S} s limit in fast mode:\n{err}",
+        pytest.fail(f"{notebook_id(IN_A_KERNEL)} ran past its {NOTEBOOK_TIMEOUT_S} s limit in fast mode:\n{err}",
                     pytrace=False)
     except CellExecutionError as err:  # the message holds the failing cell's source and traceback
-        pytest.fail(f"{notebook_id(path)}: a cell failed in fast mode:\n{err}", pytrace=False)
+        pytest.fail(f"{notebook_id(IN_A_KERNEL)}: a cell failed in fast mode:\n{err}", pytrace=False)
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p != IN_A_KERNEL], ids=notebook_id)
+def test_notebook_runs_in_fast_mode(path: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="notebook-") as folder:
+        log = Path(folder) / "cells.log"
+        process = forkserver().Process(target=run_cells, args=(path, {**os.environ, **FAST_ENV}, log))
+        process.start()
+        process.join(NOTEBOOK_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            pytest.fail(f"{notebook_id(path)} ran past its {NOTEBOOK_TIMEOUT_S} s limit in fast mode", pytrace=False)
+        if process.exitcode != 0:
+            output = log.read_text()[-6000:]  # the end: the failing cell's number and its traceback
+            pytest.fail(f"{notebook_id(path)} failed in fast mode (exit {process.exitcode}):\n{output}", pytrace=False)
+
+
+def run_cells(path: Path, env: dict, log: Path) -> None:
+    """In a forked process: every code cell of the notebook in order, in an IPython shell set up as a
+    Jupyter kernel sets up its own; all output goes to `log`; exit 1 at the first cell that raises."""
+    from IPython.core.interactiveshell import InteractiveShell
+    import matplotlib
+    from matplotlib_inline.backend_inline import configure_inline_support
+
+    os.environ.clear()
+    os.environ.update(env, MPLBACKEND=INLINE)  # the kernel's backend, for any process a cell starts too
+    os.chdir(path.parent)
+    sys.path.insert(0, "")  # the working directory first, as in a kernel: a notebook imports its chapter's scripts
+    with open(log, "w") as file:  # the file descriptors themselves, so C++ output is kept too
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    matplotlib.use(INLINE)
+    shell = InteractiveShell.instance(colors="NoColor")
+    configure_inline_support(shell, INLINE)  # each cell's figures drawn (PNG) and closed when it ends
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "code" and not shell.run_cell(cell.source, store_history=True).success:
+            print(f"\ncell {index} raised (its traceback above):\n{cell.source}")
+            sys.exit(1)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
@@ -65,3 +116,4 @@ def test_committed_notebook_has_outputs(path: Path) -> None:
 
 def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "no chapters/*/*.ipynb found"
+    assert IN_A_KERNEL in NOTEBOOKS, f"{notebook_id(IN_A_KERNEL)}: the notebook run in a real kernel is missing"
