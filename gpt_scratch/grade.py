@@ -8,10 +8,11 @@
 
 Each exercise has one test in tests/exercises/test_chNN.py, named test_ex_<chapter>_<number>_<task>
 and worth one point. The grader runs pytest on those files in a subprocess with
-GPT_SCRATCH_EXERCISES=<folder> (the tests import the student's scripts from there by path),
-reads each test's outcome from pytest's JUnit XML report and prints one row per exercise:
-pass, fail (with the first line of the reason) or unfinished (the function still raises
-NotImplementedError). Tracebacks stay hidden unless you ask for them with --verbose.
+GPT_SCRATCH_EXERCISES=<folder> (the tests import the student's scripts from there by path) and
+pytest's own plugins only (no plugin installed beside it changes a grade), reads each test's
+outcome from pytest's JUnit XML report and prints one row per exercise: pass, fail (with the
+first line of the reason) or unfinished (the function still raises NotImplementedError).
+Tracebacks stay hidden unless you ask for them with --verbose.
 An exercise that runs longer than --timeout seconds fails on its own; the others still count.
 The exit status is 0 whenever grading worked, whatever the score; otherwise one line,
 `prog: error: message`, says why (2: a bad flag or folder, 1: pytest could not run).
@@ -139,6 +140,9 @@ def run_tests(folder: Path, chapters: list[int], timeout: int, verbose: bool, re
                "-o", "addopts=", "-q", "--tb=short", "--rootdir", str(REPO)]
     env = dict(os.environ, GPT_SCRATCH_EXERCISES=str(folder.resolve()), GPT_SCRATCH_EXERCISE_TIMEOUT=str(timeout),
                PYTHONDONTWRITEBYTECODE="1",  # leave no __pycache__ in the graded folder
+               # pytest's own plugins only: the grade must not depend on what else is installed (and
+               # loading every installed plugin costs seconds of each grading)
+               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),  # tiny tensors: one thread is fastest
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     n_tests = sum(len(exercises_of(chapter)) for chapter in chapters)

@@ -130,6 +130,20 @@ def test_exercise_checks_name_their_input():
                     f"{where}: use checks.close / checks.expect_raises, which name the call"
 
 
+def test_a_plugin_installed_beside_pytest_does_not_change_the_grade(tmp_path, monkeypatch):
+    """An installed pytest plugin (found through its entry point, as pip installs one) that would stop
+    every test run: the grader runs pytest with its own plugins only, so chapter 1 still gets full marks."""
+    (tmp_path / "stop_every_run.py").write_text(
+        "def pytest_configure(config):\n    raise RuntimeError('a plugin the grader should not load')\n")
+    metadata = tmp_path / "stop_every_run-1.0.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: stop-every-run\nVersion: 1.0\n")
+    (metadata / "entry_points.txt").write_text("[pytest11]\nstop_every_run = stop_every_run\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the grader's pytest finds the plugin's metadata there
+    results = grade(REPO / "solutions", [1])
+    assert results and {r.status for r in results} == {"pass"}, [(r.label, r.reason) for r in results]
+
+
 def test_command_line(tmp_path, capsys):
     # One real process, end to end; the errors in this process (test_cli checks real exit codes).
     done = subprocess.run([sys.executable, "-m", "gpt_scratch", "grade", "--chapter", "2", "--solutions"],
