@@ -24,12 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib
 import nbclient
 import nbformat
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from matplotlib_inline.backend_inline import configure_inline_support
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-from tiny import forkserver
+from tiny import forkserver, settle_forked_process
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "chapters").glob("*/*.ipynb"))
@@ -66,39 +69,31 @@ def test_a_notebook_runs_in_a_real_jupyter_kernel(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p != IN_A_KERNEL], ids=notebook_id)
 def test_notebook_runs_in_fast_mode(path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="notebook-") as folder:
-        log = Path(folder) / "cells.log"
-        process = forkserver().Process(target=run_cells, args=(path, {**os.environ, **FAST_ENV}, log))
+        out, err = Path(folder) / "stdout.txt", Path(folder) / "stderr.txt"
+        env = {**os.environ, **FAST_ENV, "MPLBACKEND": INLINE}  # the kernel's backend, also for what a cell starts
+        process = forkserver().Process(target=run_cells, args=(path, env, out, err))
         process.start()
         process.join(NOTEBOOK_TIMEOUT_S)
         if process.is_alive():
             process.kill()
             process.join()
             pytest.fail(f"{notebook_id(path)} ran past its {NOTEBOOK_TIMEOUT_S} s limit in fast mode", pytrace=False)
-        if process.exitcode != 0:
-            output = log.read_text()[-6000:]  # the end: the failing cell's number and its traceback
-            pytest.fail(f"{notebook_id(path)} failed in fast mode (exit {process.exitcode}):\n{output}", pytrace=False)
+        if process.exitcode != 0:  # the end of the output: the failing cell's traceback, number and source
+            pytest.fail(f"{notebook_id(path)} failed in fast mode (exit {process.exitcode}):\n"
+                        f"{err.read_text()[-3000:]}\n{out.read_text()[-6000:]}", pytrace=False)
 
 
-def run_cells(path: Path, env: dict, log: Path) -> None:
+def run_cells(path: Path, env: dict, out: Path, err: Path) -> None:
     """In a forked process: every code cell of the notebook in order, in an IPython shell set up as a
-    Jupyter kernel sets up its own; all output goes to `log`; exit 1 at the first cell that raises."""
-    from IPython.core.interactiveshell import InteractiveShell
-    import matplotlib
-    from matplotlib_inline.backend_inline import configure_inline_support
-
-    os.environ.clear()
-    os.environ.update(env, MPLBACKEND=INLINE)  # the kernel's backend, for any process a cell starts too
-    os.chdir(path.parent)
+    Jupyter kernel sets up its own; output into the files; exit 1 at the first cell that raises."""
+    settle_forked_process(env, path.parent, out, err)
     sys.path.insert(0, "")  # the working directory first, as in a kernel: a notebook imports its chapter's scripts
-    with open(log, "w") as file:  # the file descriptors themselves, so C++ output is kept too
-        os.dup2(file.fileno(), 1)
-        os.dup2(file.fileno(), 2)
     matplotlib.use(INLINE)
     shell = InteractiveShell.instance(colors="NoColor")
     configure_inline_support(shell, INLINE)  # each cell's figures drawn (PNG) and closed when it ends
     for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
         if cell.cell_type == "code" and not shell.run_cell(cell.source, store_history=True).success:
-            print(f"\ncell {index} raised (its traceback above):\n{cell.source}")
+            print(f"\ncell {index} raised (its traceback above):\n{cell.source}")  # the shell printed the traceback
             sys.exit(1)
 
 

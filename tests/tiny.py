@@ -111,18 +111,24 @@ def wait_for_all(processes: list, timeout: float) -> None:
 
 def run_rank(argv: list[str], env: dict, cwd: str, out: Path, err: Path) -> None:
     """One rank (in a forked process): the command line with its output in files; its exit code is the process's."""
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    for stream, path in ((1, out), (2, err)):  # the file descriptors themselves, so C++ output is kept too
-        with open(path, "w") as file:
-            os.dup2(file.fileno(), stream)
+    settle_forked_process(env, cwd, out, err)
     if argv[0].endswith(".py"):
         sys.argv = argv
         runpy.run_path(argv[0], run_name="__main__")  # the script ends with sys.exit(main(...))
     else:
         from gpt_scratch.cli import main
         sys.exit(main(argv))
+
+
+def settle_forked_process(env: dict, cwd: str | Path, out: Path, err: Path) -> None:
+    """In a process forked from forkserver(): the caller's environment and working directory (the
+    server's are those of when it started), and stdout and stderr into these files."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for stream, path in ((1, out), (2, err)):  # the file descriptors themselves, so C++ output is kept too
+        with open(path, "w") as file:
+            os.dup2(file.fileno(), stream)
 
 
 def fingerprint_script(module: str, before_main: str = "") -> str:
