@@ -11,20 +11,24 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa: E402
-
-from gpt_scratch import gpt2  # noqa: E402
-from gpt_scratch.gpt2 import GPT2_SIZES, download_gpt2, load_hf_gpt2, save_hf_gpt2  # noqa: E402
-from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
+from gpt_scratch import gpt2
+from gpt_scratch.gpt2 import GPT2_SIZES, download_gpt2, load_hf_gpt2, save_hf_gpt2
+from gpt_scratch.model import GPT, GPTConfig
 
 VOCAB = 100
 
 
-def tiny_hf_config(**overrides) -> GPT2Config:
+@pytest.fixture(scope="module")
+def hf():
+    """transformers, imported by the tests that compare with it: its GPT-2 classes take ~4 s of CPU to
+    import, which a module-level import would make every pytest worker pay while collecting."""
+    return pytest.importorskip("transformers")
+
+
+def tiny_hf_config(hf, **overrides):
     settings = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
                     bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
-    return GPT2Config(**{**settings, **overrides})
+    return hf.GPT2Config(**{**settings, **overrides})
 
 
 def randomize(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,10 +50,10 @@ def our_logits(model: GPT, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
+def hf_folder(hf, tmp_path_factory):
     """A tiny random GPT2LMHeadModel saved the way the hub stores GPT-2."""
     torch.manual_seed(0)
-    model = randomize(GPT2LMHeadModel(tiny_hf_config()))
+    model = randomize(hf.GPT2LMHeadModel(tiny_hf_config(hf)))
     folder = tmp_path_factory.mktemp("hf_gpt2")
     model.save_pretrained(folder, safe_serialization=True)
     return folder, model
@@ -81,10 +85,10 @@ def test_conv1d_weights_are_transposed_and_lm_head_tied(hf_folder):
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
-def test_weights_without_transformer_prefix_load(tmp_path, ids):
+def test_weights_without_transformer_prefix_load(hf, tmp_path, ids):
     """GPT2Model (no LM head) saves 'h.0.attn...' instead of 'transformer.h.0.attn...'."""
     torch.manual_seed(2)
-    hf_body = randomize(GPT2Model(tiny_hf_config()))
+    hf_body = randomize(hf.GPT2Model(tiny_hf_config(hf)))
     hf_body.save_pretrained(tmp_path, safe_serialization=True)
     assert not any(k.startswith("transformer.") for k in load_file(str(tmp_path / "model.safetensors")))
     model = load_hf_gpt2(tmp_path)
@@ -93,9 +97,9 @@ def test_weights_without_transformer_prefix_load(tmp_path, ids):
         torch.testing.assert_close(model.body(ids), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_untied_lm_head_loads(tmp_path, ids):
+def test_untied_lm_head_loads(hf, tmp_path, ids):
     torch.manual_seed(3)
-    hf_model = randomize(GPT2LMHeadModel(tiny_hf_config(tie_word_embeddings=False)))
+    hf_model = randomize(hf.GPT2LMHeadModel(tiny_hf_config(hf, tie_word_embeddings=False)))
     assert not torch.equal(hf_model.lm_head.weight, hf_model.transformer.wte.weight)
     hf_model.save_pretrained(tmp_path, safe_serialization=True)
     model = load_hf_gpt2(tmp_path)
@@ -105,7 +109,7 @@ def test_untied_lm_head_loads(tmp_path, ids):
 
 
 @pytest.mark.parametrize("tie_weights", [True, False])
-def test_saved_model_loads_in_transformers_with_same_logits(tmp_path, ids, tie_weights):
+def test_saved_model_loads_in_transformers_with_same_logits(hf, tmp_path, ids, tie_weights):
     torch.manual_seed(4)
     config = GPTConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=4, n_embd=32, tie_weights=tie_weights)
     model = randomize(GPT(config))
@@ -115,7 +119,7 @@ def test_saved_model_loads_in_transformers_with_same_logits(tmp_path, ids, tie_w
     assert saved["model_type"] == "gpt2" and saved["architectures"] == ["GPT2LMHeadModel"]
     assert saved["tie_word_embeddings"] is tie_weights and saved["eos_token_id"] == VOCAB - 1
 
-    hf_model, info = GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
+    hf_model, info = hf.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     torch.testing.assert_close(hf_logits(hf_model.eval(), ids), our_logits(model, ids), atol=1e-5, rtol=1e-5)
 

@@ -18,6 +18,7 @@ must have outputs, so a notebook cannot be committed unexecuted (run it in full 
 e.g. with nbclient, or "Restart kernel and run all" in Jupyter).
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -25,12 +26,9 @@ import time
 from pathlib import Path
 
 import matplotlib
-import nbclient
-import nbformat
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from matplotlib_inline.backend_inline import configure_inline_support
-from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from tiny import forkserver, settle_forked_process
 
@@ -48,7 +46,18 @@ def notebook_id(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
+def cells_of(path: Path) -> list[dict]:
+    """The notebook's cells, read as the JSON it is, each source joined into one string. nbformat is
+    imported only by the tests that need it: with jsonschema it takes ~3 s of CPU, which every pytest
+    worker would pay while collecting this file."""
+    return [{**cell, "source": "".join(cell["source"])} for cell in json.loads(path.read_text())["cells"]]
+
+
 def test_a_notebook_runs_in_a_real_jupyter_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbclient
+    import nbformat
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
     for name, value in FAST_ENV.items():
         monkeypatch.setenv(name, value)  # the kernel inherits this process's environment
     nb = nbformat.read(IN_A_KERNEL, as_version=4)
@@ -91,20 +100,20 @@ def run_cells(path: Path, env: dict, out: Path, err: Path) -> None:
     matplotlib.use(INLINE)
     shell = InteractiveShell.instance(colors="NoColor")
     configure_inline_support(shell, INLINE)  # each cell's figures drawn (PNG) and closed when it ends
-    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
-        if cell.cell_type == "code" and not shell.run_cell(cell.source, store_history=True).success:
-            print(f"\ncell {index} raised (its traceback above):\n{cell.source}")  # the shell printed the traceback
+    for index, cell in enumerate(cells_of(path)):
+        if cell["cell_type"] == "code" and not shell.run_cell(cell["source"], store_history=True).success:
+            print(f"\ncell {index} raised (its traceback above):\n{cell['source']}")  # the shell printed the traceback
             sys.exit(1)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
 def test_committed_notebook_has_outputs(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
-    empty = [index for index, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and cell.source.strip() and not cell.get("outputs")]
+    cells = cells_of(path)
+    empty = [index for index, cell in enumerate(cells)
+             if cell["cell_type"] == "code" and cell["source"].strip() and not cell.get("outputs")]
     assert not empty, (f"{notebook_id(path)}: code cells {empty} have no outputs; execute the notebook "
                        f"top to bottom (full mode) and save it with its outputs before committing")
-    errors = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
+    errors = [index for index, cell in enumerate(cells) if cell["cell_type"] == "code"
               and any(output.get("output_type") == "error" for output in cell.get("outputs", []))]
     assert not errors, f"{notebook_id(path)}: code cells {errors} were saved with an error output"
 
@@ -112,3 +121,13 @@ def test_committed_notebook_has_outputs(path: Path) -> None:
 def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "no chapters/*/*.ipynb found"
     assert IN_A_KERNEL in NOTEBOOKS, f"{notebook_id(IN_A_KERNEL)}: the notebook run in a real kernel is missing"
+
+
+def test_committed_notebooks_are_valid_version_4_notebooks() -> None:
+    """What Jupyter checks when it opens one (nbformat's schema): a cell with a wrong field fails here."""
+    import nbformat
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+        assert nb.nbformat == 4, f"{notebook_id(path)}: nbformat {nb.nbformat}, not 4"
+        nbformat.validate(nb)

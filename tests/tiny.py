@@ -61,7 +61,7 @@ def forkserver() -> multiprocessing.context.BaseContext:
     what a notebook runs in."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["gpt_scratch.cli", "torch._dynamo", "IPython.core.interactiveshell",
-                                    "matplotlib_inline.backend_inline", "nbformat"])  # when the server starts
+                                    "matplotlib_inline.backend_inline"])  # when the server starts
     return context
 
 
