@@ -1,11 +1,14 @@
 """compare-alignment (chapter 10): every method from one SFT model and the same pairs, at two noise levels."""
 
 import json
+import subprocess
 
 import pytest
 
 from gpt_scratch.cli import main
+from gpt_scratch.compare import run_in_process
 from gpt_scratch.compare_alignment import format_table
+from tiny import cli_in_a_forked_process
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,10 @@ def tiny_run(tmp_path_factory):
     return run
 
 
-def test_methods_at_two_noise_levels_in_one_table(tiny_run, tmp_path, capsys):
+def test_methods_at_two_noise_levels_in_one_table(tiny_run, tmp_path, capsys, monkeypatch):
+    # Each method's process forked from one that has imported torch (the command line is the same;
+    # the test below runs a real new Python).
+    monkeypatch.setattr(subprocess, "run", cli_in_a_forked_process)
     out = tmp_path / "compare"
     common = ["compare-alignment", "--sft", str(tiny_run / "sft"), "--data", str(tiny_run / "data"), "--out", str(out),
               "--preset", "tiny"]
@@ -53,6 +59,18 @@ def test_methods_at_two_noise_levels_in_one_table(tiny_run, tmp_path, capsys):
     assert again[1]["reward_seconds"] > 0 and 0 <= again[1]["win_rate"] <= 1  # PPO pays for its reward model
     assert (out / "noise_0" / "robust" / "metrics.json").stat().st_mtime_ns == mtime  # done runs are reused
     assert again[2]["wall_seconds"] == rows[1]["wall_seconds"]
+
+
+def test_a_method_runs_as_python_m_gpt_scratch_and_its_failure_is_one_line(tmp_path):
+    """run_in_process for real, in a new Python: a stage that fails is named with its folder, its exit
+    code and the last line it printed; nothing is written for it."""
+    folder = tmp_path / "noise_0" / "dpo"
+    flags = ["--sft", str(tmp_path / "missing"), "--data", str(tmp_path), "--preset", "tiny", "--quiet"]
+    with pytest.raises(RuntimeError) as failure:
+        run_in_process("dpo", flags, folder, quiet=True)
+    assert str(failure.value).startswith(f"dpo in {folder} failed (exit 2): python -m gpt_scratch dpo: error: "
+                                         f"no checkpoint in {tmp_path / 'missing'}"), failure.value
+    assert not (folder / "wall_seconds.json").exists()
 
 
 def test_the_table_by_hand():

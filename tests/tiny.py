@@ -96,6 +96,23 @@ def two_ranks(*argv) -> subprocess.CompletedProcess:
                                            "".join(err.read_text() for _, err in logs))
 
 
+def cli_in_a_forked_process(command: list, **run_options) -> subprocess.CompletedProcess:
+    """A stand-in for subprocess.run([sys.executable, "-m", "gpt_scratch", stage, ...], capture_output=True,
+    text=True) (what compare and compare-alignment run each method with): the same command line and
+    environment, in a process forked from forkserver() instead of a new Python, which would spend
+    ~5 s of CPU importing torch and building its first optimizer, most of a tiny stage. A test that
+    patches it in checks the comparison; test_compare_alignment.py also runs one real process."""
+    assert [str(part) for part in command[:3]] == [sys.executable, "-m", "gpt_scratch"], command
+    assert run_options == {"capture_output": True, "text": True}, run_options
+    argv = [str(arg) for arg in command[3:]]
+    with tempfile.TemporaryDirectory(prefix="forked-cli-") as folder:
+        out, err = Path(folder) / "stdout.txt", Path(folder) / "stderr.txt"
+        process = forkserver().Process(target=run_rank, args=(argv, dict(os.environ), os.getcwd(), out, err))
+        process.start()
+        wait_for_all([process], timeout=180)
+        return subprocess.CompletedProcess(command, process.exitcode, out.read_text(), err.read_text())
+
+
 def wait_for_all(processes: list, timeout: float) -> None:
     """Wait until every process has exited; once one has failed, give the others 10 s more, then stop them."""
     deadline = time.monotonic() + timeout
@@ -110,7 +127,8 @@ def wait_for_all(processes: list, timeout: float) -> None:
 
 
 def run_rank(argv: list[str], env: dict, cwd: str, out: Path, err: Path) -> None:
-    """One rank (in a forked process): the command line with its output in files; its exit code is the process's."""
+    """One rank, or one cli_in_a_forked_process (in a forked process): the command line with its output
+    in files; its exit code is the process's."""
     settle_forked_process(env, cwd, out, err)
     if argv[0].endswith(".py"):
         sys.argv = argv
