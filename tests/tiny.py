@@ -56,10 +56,9 @@ def torchrun(*argv) -> subprocess.CompletedProcess:
 def forkserver() -> multiprocessing.context.BaseContext:
     """The processes of two_ranks(), cli_in_a_forked_process() and the notebook test are forked from
     one server process (per pytest worker) that has imported these once: gpt_scratch.cli imports
-    torch and every stage;
-    torch._dynamo is imported by the first optimizer a process builds (torch.optim wraps
-    add_param_group with it), 1-3 s of CPU; IPython's shell and matplotlib's inline backend are
-    what a notebook runs in."""
+    torch and every stage; torch._dynamo is imported by the first optimizer a process builds
+    (torch.optim wraps add_param_group with it), 1-3 s of CPU; IPython's shell and matplotlib's
+    inline backend are what a notebook runs in."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["gpt_scratch.cli", "torch._dynamo", "IPython.core.interactiveshell",
                                     "matplotlib_inline.backend_inline"])  # when the server starts
