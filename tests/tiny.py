@@ -86,7 +86,7 @@ def two_ranks(*argv) -> subprocess.CompletedProcess:
         for rank in (0, 1):
             env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            process = context.Process(target=run_rank, args=(argv, env, os.getcwd(), *logs[rank]))
+            process = context.Process(target=run_command, args=(argv, env, os.getcwd(), *logs[rank]))
             process.start()
             processes.append(process)
         wait_for_all(processes, timeout=180)
@@ -107,7 +107,7 @@ def cli_in_a_forked_process(command: list, **run_options) -> subprocess.Complete
     argv = [str(arg) for arg in command[3:]]
     with tempfile.TemporaryDirectory(prefix="forked-cli-") as folder:
         out, err = Path(folder) / "stdout.txt", Path(folder) / "stderr.txt"
-        process = forkserver().Process(target=run_rank, args=(argv, dict(os.environ), os.getcwd(), out, err))
+        process = forkserver().Process(target=run_command, args=(argv, dict(os.environ), os.getcwd(), out, err))
         process.start()
         wait_for_all([process], timeout=180)
         return subprocess.CompletedProcess(command, process.exitcode, out.read_text(), err.read_text())
@@ -126,9 +126,9 @@ def wait_for_all(processes: list, timeout: float) -> None:
         process.join()
 
 
-def run_rank(argv: list[str], env: dict, cwd: str, out: Path, err: Path) -> None:
-    """One rank, or one cli_in_a_forked_process (in a forked process): the command line with its output
-    in files; its exit code is the process's."""
+def run_command(argv: list[str], env: dict, cwd: str, out: Path, err: Path) -> None:
+    """In a forked process (a rank of two_ranks, or cli_in_a_forked_process): the command line, a script
+    or `python -m gpt_scratch`'s arguments, with its output in files; its exit code is the process's."""
     settle_forked_process(env, cwd, out, err)
     if argv[0].endswith(".py"):
         sys.argv = argv
