@@ -10,7 +10,7 @@
     python -m gpt_scratch grpo                RL with the judge as the reward, GRPO (chapter 11)
     python -m gpt_scratch dpo                 direct preference optimisation on the same pairs (chapter 10)
     python -m gpt_scratch compare             freezing strategies vs LoRA ranks, in one table
-    python -m gpt_scratch compare-alignment   SFT, PPO, DPO, IPO, robust DPO at label noise 0 and 0.2
+    python -m gpt_scratch compare-alignment   SFT, PPO, DPO, IPO, cDPO, robust DPO at label noise 0 and 0.2
     python -m gpt_scratch generate            sample text from a checkpoint (or answer one question)
     python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
     python -m gpt_scratch bench               training / generation speed and MFU
@@ -326,13 +326,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     dpo.add_argument("--out", default="runs/default/dpo", help="stage folder")
     dpo.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes (default: the preset's dpo)")
     dpo.add_argument("--loss", choices=LOSSES, default="sigmoid",
-                     help="sigmoid (default): DPO; ipo: (h - 1/(2 beta))^2; hinge: max(0, 1 - beta h); robust: DPO "
-                          "with label smoothing (see --label-smoothing)")
+                     help="sigmoid (default): DPO; ipo: (h - 1/(2 beta))^2; hinge: max(0, 1 - beta h); cdpo: "
+                          "conservative DPO, DPO with label smoothing; robust: Chowdhury et al.'s robust DPO, "
+                          "unbiased under a share --label-smoothing of flipped labels (robust is not the "
+                          "label-smoothed loss: that one is cdpo)")
     dpo.add_argument("--beta", type=positive_float,
                      help="strength of the pull towards the SFT reference: the implicit reward is beta log(pi/pi_ref) "
                           "(default: the preset's)")
     dpo.add_argument("--label-smoothing", type=float_range(0.0, 0.5, include_high=False),
-                     help="with --loss robust: the probability eps that a label is wrong, in [0, 0.5) "
+                     help="with --loss cdpo or robust: the probability eps that a label is wrong, in [0, 0.5) "
                           "(default: the preset's)")
     dpo.add_argument("--lora-rank", type=positive_int,
                      help="train LoRA adapters of this rank instead of every weight (the reference is then the "
@@ -400,6 +402,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="weight of the k3 KL to the SFT reference in the loss (0 = none)")
     grpo.add_argument("--std", action=argparse.BooleanOptionalAction, default=None,
                       help="divide each group's advantages by the group's std (GRPO); --no-std: do not (Dr. GRPO)")
+    grpo.add_argument("--population-std", action="store_true", default=None,
+                      help="the group's std divided by G (the population std) instead of G - 1 (Bessel's "
+                           "correction, as DeepSeekMath and TRL compute it: the default)")
     grpo.add_argument("--loss-agg", dest="aggregation", choices=list(AGGREGATIONS),
                       help="how token losses become one: seq-mean-token-mean (GRPO), token-mean (DAPO), "
                            "seq-mean-token-sum-norm (Dr. GRPO: each answer's sum / --max-new-tokens)")
@@ -627,16 +632,17 @@ def reward_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def dpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.label_smoothing is not None and args.loss != "robust":
-        parser.error(f"--label-smoothing only acts with --loss robust, not --loss {args.loss}")
+    from gpt_scratch.dpo import SMOOTHED, dpo_stage
+
+    if args.label_smoothing is not None and args.loss not in SMOOTHED:
+        parser.error(f"--label-smoothing only acts with --loss cdpo or robust, not --loss {args.loss}")
     cfg = check_train(parser, args, "dpo")
     settings = PRESETS[args.preset]["dpo"]
-    from gpt_scratch.dpo import dpo_stage
 
     label_smoothing = args.label_smoothing if args.label_smoothing is not None else settings["label_smoothing"]
     join_processes(args)
     dpo_stage(args.sft, args.data, args.out, cfg, args.beta or settings["beta"], args.loss,
-              label_smoothing if args.loss == "robust" else 0.0, args.lora_rank,
+              label_smoothing if args.loss in SMOOTHED else 0.0, args.lora_rank,
               args.n_train or settings.get("n_train"), args.n_eval or settings.get("n_eval"),
               resume=args.resume, quiet=args.quiet)
     return 0
@@ -708,8 +714,9 @@ def ppo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
 
 GRPO_FLAGS = ("steps", "batch_size", "group_size", "minibatch_size", "epochs", "lr", "clip_range", "kl_coef", "std",
-              "aggregation", "format_reward", "dynamic_sampling", "max_resample", "family_weights", "weight_sample",
-              "max_new_tokens", "temperature", "grad_clip", "eval_every", "eval_samples", "seed", "device", "dtype")
+              "population_std", "aggregation", "format_reward", "dynamic_sampling", "max_resample", "family_weights",
+              "weight_sample", "max_new_tokens", "temperature", "grad_clip", "eval_every", "eval_samples", "seed",
+              "device", "dtype")
 
 
 def grpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -738,8 +745,12 @@ def grpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
                      f"per step cannot be split over {processes} processes: use a multiple of {processes} groups")
     check_splits(parser, "--minibatch-size", settings["minibatch_size"])
     check_device(parser, settings["device"])
+    try:  # the config's own checks between settings, before anything is read
+        cfg = GRPOConfig(**settings)
+    except ValueError as err:
+        parser.error(str(err))
     join_processes(args, settings["device"])
-    grpo_stage(args.sft, args.data, args.out, GRPOConfig(**settings), n_eval, resume=args.resume, quiet=args.quiet)
+    grpo_stage(args.sft, args.data, args.out, cfg, n_eval, resume=args.resume, quiet=args.quiet)
     return 0
 
 

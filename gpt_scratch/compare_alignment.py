@@ -12,7 +12,8 @@ Methods (each one process, `python -m gpt_scratch <stage>`, so that its wall tim
 are its own; a method whose folder has metrics.json is not run again):
 - ppo: a reward model is trained on the pairs first (`reward`, its time in its own column), then
   PPO against it (`ppo`);
-- dpo, ipo, hinge, robust: `dpo --loss <method>` (robust: label smoothing from the preset).
+- dpo, ipo, hinge, cdpo, robust: `dpo --loss <method>` (dpo is `--loss sigmoid`; cdpo, conservative
+  DPO, and robust, Chowdhury et al.'s robust DPO, take their eps from the preset's label_smoothing).
 The SFT model itself is the first row: what every method starts from.
 
 Every row is measured the same way on the held-out questions: the judge's accuracy and
@@ -29,8 +30,8 @@ from gpt_scratch.formats import write_json
 from gpt_scratch.plots import plot_labelled_points
 from gpt_scratch.world.command import write_dataset
 
-METHODS = ("ppo", "dpo", "ipo", "hinge", "robust")
-DEFAULT_METHODS = ("ppo", "dpo", "ipo", "robust")
+METHODS = ("ppo", "dpo", "ipo", "hinge", "cdpo", "robust")
+DEFAULT_METHODS = ("ppo", "dpo", "ipo", "cdpo", "robust")
 
 
 def data_with_noise(data: Path, out: Path, noise: float, quiet: bool) -> Path:

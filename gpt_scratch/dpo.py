@@ -31,10 +31,16 @@ The variants (`loss`), all functions of the same h:
     ipo      (h - 1 / (2 beta))^2                                   IPO: aims at the margin h = 1/(2 beta) and
                                                                     stops there, where DPO pushes h up forever
     hinge    max(0, 1 - beta h)                                     SLiC's hinge: no gradient once beta h >= 1
-    robust   (1 - eps) (-log sigmoid(beta h)) + eps (-log sigmoid(-beta h))
-                                                                    label smoothing (conservative DPO): each
-                                                                    label is taken to be wrong with probability eps
-Every variant reads h from the *summed* log-probabilities, so that h means the same for all four.
+    cdpo     (1 - eps) L(h) + eps L(-h),  L(h) = -log sigmoid(beta h)
+                                                                    conservative DPO (label smoothing; TRL's
+                                                                    sigmoid with label_smoothing): each label is
+                                                                    taken to be wrong with probability eps, so
+                                                                    the loss has its minimum at a finite h
+    robust   [(1 - eps) L(h) - eps L(-h)] / (1 - 2 eps)             robust DPO (Chowdhury et al. 2024; TRL's
+                                                                    robust): an unbiased estimate of DPO's loss on
+                                                                    the clean labels when a share eps of them is
+                                                                    flipped; unlike cdpo it has no minimum
+Every variant reads h from the *summed* log-probabilities, so that h means the same for all five.
 (Some IPO implementations average over the answer's tokens instead; h is then smaller for long
 answers, and a larger beta suits it.)
 
@@ -72,6 +78,7 @@ from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memor
 from gpt_scratch.formats import load_preferences, write_json
 from gpt_scratch.logprobs import completion_logprobs
 from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
+from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.reward import encode_pairs
 from gpt_scratch.rollout import answer_kl
@@ -80,24 +87,33 @@ from gpt_scratch.world.judge import score
 from gpt_scratch.world.preferences import prompt_of
 
 TEMPLATE = "chat"  # the template SFT trained with
-LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+LOSSES = ("sigmoid", "ipo", "hinge", "cdpo", "robust")
+SMOOTHED = ("cdpo", "robust")  # the losses that read label_smoothing (eps)
+LOSS_NAMES = {"sigmoid": "DPO", "ipo": "IPO", "hinge": "SLiC's hinge", "cdpo": "conservative DPO: label smoothing",
+              "robust": "Chowdhury et al.'s robust DPO; the label-smoothed loss is cdpo"}
 
 
 def preference_loss(h: torch.Tensor, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
     """The loss of each pair (B,) from h = (log pi - log pi_ref of the chosen) - (the same of the rejected).
 
-    Example, h = 2 and beta = 0.5 (beta h = 1): sigmoid 0.3133, ipo (2 - 1)^2 = 1, hinge max(0, 1 - 1) = 0,
-    robust with eps 0.1: 0.9 * 0.3133 + 0.1 * 1.3133 = 0.4133.
+    Example, h = 2 and beta = 0.5 (beta h = 1): sigmoid 0.3133, ipo (2 - 1)^2 = 1, hinge max(0, 1 - 1) = 0;
+    with eps 0.1, cdpo 0.9 * 0.3133 + 0.1 * 1.3133 = 0.4133 and robust (0.9 * 0.3133 - 0.1 * 1.3133) / 0.8
+    = 0.1883. At h = 0 sigmoid, cdpo and robust are all ln 2.
     logsigmoid is used rather than log(sigmoid(...)), which gives -inf once sigmoid rounds to 0.
     """
+    if loss in SMOOTHED and not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5) for the {loss} loss, got {label_smoothing}")
     if loss == "sigmoid":
         return -F.logsigmoid(beta * h)
     if loss == "ipo":
         return (h - 1 / (2 * beta)) ** 2
     if loss == "hinge":
         return torch.relu(1 - beta * h)
-    if loss == "robust":
+    if loss == "cdpo":
         return (1 - label_smoothing) * -F.logsigmoid(beta * h) + label_smoothing * -F.logsigmoid(-beta * h)
+    if loss == "robust":
+        eps = label_smoothing
+        return ((1 - eps) * -F.logsigmoid(beta * h) - eps * -F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
 
 
@@ -222,6 +238,7 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
+    disable_dropout(policy)  # the loss is exactly ln 2 at step 0 only if the policy is the reference
     pairs, records = load_data(data, n_train, n_eval)
 
     # The last 2% of the pairs (at least one) are held back: the validation loss and the held-back accuracy.
@@ -273,7 +290,7 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
 
     if not quiet:
         print(f"DPO: {len(train_pairs):,} training pairs ({batches.steps_per_epoch():.0f} steps per epoch), loss "
-              f"{loss}, beta {beta}" + (f", label smoothing {label_smoothing}" if loss == "robust" else "")
+              f"{loss} ({LOSS_NAMES[loss]}), beta {beta}" + (f", label smoothing {label_smoothing}" if loss in SMOOTHED else "")
               + (f", LoRA rank {lora_rank}" if lora_rank is not None else ", every weight trained")
               + f"; reference log-probabilities of {len(steps) * cfg.batch_size:,} pairs in {reference_seconds:.1f} s")
     # 2. Training: train.py's loop, with DPO's loss and the measures above.
@@ -309,7 +326,7 @@ def stage_metrics(history: dict, records: list[dict], loss: str, beta: float, la
     """metrics.json: the settings, the held-out measures before and after, the last step's training signals."""
     last = -1
     metrics = {
-        "loss": loss, "beta": beta, "label_smoothing": label_smoothing if loss == "robust" else None,
+        "loss": loss, "beta": beta, "label_smoothing": label_smoothing if loss in SMOOTHED else None,
         "lora_rank": lora_rank, "train_pairs": n_pairs, "steps": cfg.max_steps,
         "epochs": round(cfg.max_steps / steps_per_epoch, 2),
         "first_loss": round(history["train_loss"][0], 4), "final_loss": round(history["train_loss"][last], 4),

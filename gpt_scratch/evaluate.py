@@ -29,23 +29,32 @@ from gpt_scratch.world.preferences import preference_rank
 
 
 @torch.no_grad()
-def answer(model: GPT, tokenizer: Tokenizer, records: list[dict], template: str, max_new_tokens: int = 24,
-           batch_size: int = 64, temperature: float = 0.0, seed: int | None = None) -> list[str]:
-    """The model's answers to the records' prompts (batched, each row stops at its end-of-text).
+def answer_with_ends(model: GPT, tokenizer: Tokenizer, records: list[dict], template: str, max_new_tokens: int = 24,
+                     batch_size: int = 64, temperature: float = 0.0,
+                     seed: int | None = None) -> tuple[list[str], list[bool]]:
+    """(the model's answers to the records' prompts, whether each one ended with its end-of-text).
 
-    temperature 0 (the default) is greedy; above 0 the answers are sampled, repeatably for a seed.
+    Batched; each row stops at its end-of-text, and an answer still going after max_new_tokens is cut
+    there (ended False). temperature 0 (the default) is greedy; above 0 the answers are sampled,
+    repeatably for a seed.
     """
-    responses = []
+    responses, ended = [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         prompts = [encode_prompt(tokenizer, record, template) for record in chunk]
         chunk_seed = None if seed is None else seed * 1_000_003 + start
         for ids in generate(model, prompts, max_new_tokens, temperature=temperature, eos_id=tokenizer.eot_id,
                             seed=chunk_seed):
-            if ids and ids[-1] == tokenizer.eot_id:
-                ids = ids[:-1]
-            responses.append(tokenizer.decode(ids))
-    return responses
+            finished = bool(ids) and ids[-1] == tokenizer.eot_id
+            responses.append(tokenizer.decode(ids[:-1] if finished else ids))
+            ended.append(finished)
+    return responses, ended
+
+
+def answer(model: GPT, tokenizer: Tokenizer, records: list[dict], template: str, max_new_tokens: int = 24,
+           batch_size: int = 64, temperature: float = 0.0, seed: int | None = None) -> list[str]:
+    """The model's answers to the records' prompts, as text without the end-of-text (answer_with_ends)."""
+    return answer_with_ends(model, tokenizer, records, template, max_new_tokens, batch_size, temperature, seed)[0]
 
 
 def evaluate(model: GPT, tokenizer: Tokenizer, records: list[dict], template: str,

@@ -14,14 +14,17 @@ group's own mean reward as that expectation:
     advantage_i = (reward_i - mean of the group) / (std of the group + eps)
 the same number for every token of answer i. No value model, no GAE. Worked example, G = 4 answers
 to "What is 15 minus 8?":
-    rewards [1, 0, 0, 0]  mean 0.25, std 0.433  ->  advantages [+1.73, -0.58, -0.58, -0.58]
-    rewards [1, 1, 1, 1]  (or all 0)            ->  advantages [0, 0, 0, 0]
+    rewards [1, 0, 0, 0]  mean 0.25, std 0.5  ->  advantages [+1.5, -0.5, -0.5, -0.5]
+    rewards [1, 1, 1, 1]  (or all 0)          ->  advantages [0, 0, 0, 0]
 The right answer is made more likely and each wrong one less. A group whose answers all score the
 same teaches nothing at all, however many tokens it holds: each step counts their share (and,
 with dynamic_sampling, DAPO's fix, replaces them with groups of fresh prompts, at most
 max_resample more rollouts). std=False (Dr. GRPO, Liu et al. 2025) leaves the division out,
 [+0.75, -0.25, -0.25, -0.25]: an almost unanimous group then pushes gently, instead of being blown
-up to the size of an evenly split one. The std is the group's population std (divided by G).
+up to the size of an evenly split one. The std is the group's sample std, Bessel-corrected (the
+squared deviations divided by G - 1), as DeepSeekMath's and TRL's GRPO compute it (torch.std's
+default); population_std=True divides by G instead, which makes every advantage sqrt(G / (G - 1))
+times larger: 1.155 at G = 4, 1.069 at G = 8, a difference that shrinks as the group grows.
 
 One GRPO step:
 1. Prompts: batch_size / group_size training prompts (never test ones), uniformly, or with
@@ -30,7 +33,8 @@ One GRPO step:
 2. Rollout: the prompts, each repeated G times, in one batched rollout (rollout.py).
 3. Rewards from the judge, group advantages (group_advantages).
 4. Log-probabilities of the sampled tokens under the policy that sampled them (old_logp) and under
-   the frozen SFT reference.
+   the frozen SFT reference, both at the rollout temperature (softmax(logits / temperature), the
+   distribution the answers were drawn from; the new log-probs and the entropy too).
 5. epochs passes over the batch in minibatches: ppo_math's clipped loss, aggregated as
    `aggregation` says, plus kl_coef * the k3 KL to the reference (aggregated the same way).
    kl_coef is 0 by default: a program cannot be gamed, so the KL has no reward hacking to guard
@@ -66,9 +70,10 @@ import torch
 
 from gpt_scratch import distributed
 from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
-from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
+from gpt_scratch.evaluate import answer, answer_with_ends, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import write_json
 from gpt_scratch.logprobs import token_logprobs
+from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import AGGREGATIONS, aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_per_token
 from gpt_scratch.rollout import Rollout, join_rows, rollout
@@ -92,6 +97,7 @@ class GRPOConfig:
     clip_range: float = 0.2
     kl_coef: float = 0.0  # weight of the k3 KL to the SFT reference in the loss
     std: bool = True  # divide by the group's std (GRPO); False: do not (Dr. GRPO)
+    population_std: bool = False  # that std divided by G; False: by G - 1 (Bessel), as DeepSeekMath and TRL
     aggregation: str = "seq-mean-token-mean"  # ppo_math.AGGREGATIONS
     format_reward: float = 0.0  # bonus for an answer in the preferred style (0 = correctness only)
     dynamic_sampling: bool = False  # replace groups whose rewards are all equal
@@ -121,6 +127,9 @@ class GRPOConfig:
             raise ValueError(f"family_weights must be one of {FAMILY_WEIGHTS}, not {self.family_weights!r}")
         if not 0 <= self.max_resample <= 15:
             raise ValueError(f"max_resample must be from 0 to 15, got {self.max_resample}")
+        if self.population_std and not self.std:
+            raise ValueError("population_std (--population-std) chooses how the std is computed, and std=False "
+                             "(--no-std) divides by no std at all: give one of them")
         if self.eval_samples < self.group_size:
             raise ValueError(f"eval_samples {self.eval_samples} must be at least group_size {self.group_size} "
                              f"(pass@G needs G samples)")
@@ -128,18 +137,22 @@ class GRPOConfig:
 
 # The two formulas of the chapter ------------------------------------------------------------------------------
 
-def group_advantages(rewards: torch.Tensor, group_size: int, std: bool = True, eps: float = STD_EPS) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, std: bool = True, eps: float = STD_EPS,
+                     population_std: bool = False) -> torch.Tensor:
     """Each answer's reward minus its group's mean, divided by the group's std + eps unless std is False.
 
     rewards (N,) hold N / group_size groups one after another: [group 0's G answers, group 1's, ...].
-    A group whose rewards are all equal gets exactly 0 (never 0 / 0, and no rounding residue).
-    Example (G = 4): [1, 0, 0, 0, 1, 1, 1, 1] -> [1.732, -0.577, -0.577, -0.577, 0, 0, 0, 0];
+    The std is the sample std (divided by G - 1, as DeepSeekMath and TRL), or with population_std the
+    population std (divided by G). A group whose rewards are all equal gets exactly 0 (never 0 / 0, and
+    no rounding residue).
+    Example (G = 4): [1, 0, 0, 0, 1, 1, 1, 1] -> [1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0] (std 0.5);
+    with population_std -> [1.732, -0.577, -0.577, -0.577, 0, ...] (std 0.433);
     with std=False -> [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0].
     """
     groups = rewards.float().view(-1, group_size)
     advantages = groups - groups.mean(dim=1, keepdim=True)
     if std:
-        advantages = advantages / (groups.std(dim=1, unbiased=False, keepdim=True) + eps)
+        advantages = advantages / (groups.std(dim=1, unbiased=not population_std, keepdim=True) + eps)
     all_equal = (groups == groups[:, :1]).all(dim=1, keepdim=True)
     return torch.where(all_equal, 0.0, advantages).view(-1)
 
@@ -158,10 +171,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 # Rewards and prompts -----------------------------------------------------------------------------------------
 
+def verified(record: dict, response: str, ended: bool) -> bool:
+    """The one rule of what counts as solved, for the reward and for pass@k alike: the judge calls the
+    answer correct and it ended with its end-of-text (an answer cut off at max_new_tokens never counts,
+    however right its first words)."""
+    return bool(ended) and is_correct(record, response)
+
+
 def judge_rewards(records: list[dict], batch: Rollout, format_reward: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rewards, correct), both (N,): the judge's 1/0 (an answer that never ended gets 0), plus
-    format_reward for an ended answer in the preferred style."""
-    correct = torch.tensor([bool(ended) and is_correct(record, response)
+    """(rewards, correct), both (N,): 1 for a verified answer, else 0, plus format_reward for an ended
+    answer in the preferred style."""
+    correct = torch.tensor([verified(record, response, ended)
                             for record, response, ended in zip(records, batch.responses, batch.ended)])
     styled = torch.tensor([bool(ended) and style_of(response) == "sentence"
                            for response, ended in zip(batch.responses, batch.ended)])
@@ -250,10 +270,10 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
     trained = ddp if ddp is not None else policy
     batch, _, rewards, stats = collect_groups(policy, tokenizer, by_family, weights, cfg, step)
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
-    with torch.no_grad(), autocast_for(device, cfg.dtype):
-        old_logp = token_logprobs(policy(x), y)
-        ref_logp = token_logprobs(reference(x), y)
-    advantages = group_advantages(rewards, cfg.group_size, cfg.std).to(device)
+    with torch.no_grad(), autocast_for(device, cfg.dtype):  # every log-prob under softmax(logits / T), as sampled
+        old_logp = token_logprobs(policy(x), y, cfg.temperature)
+        ref_logp = token_logprobs(reference(x), y, cfg.temperature)
+    advantages = group_advantages(rewards, cfg.group_size, cfg.std, population_std=cfg.population_std).to(device)
     token_advantages = advantages[:, None].expand_as(old_logp)  # every token of an answer shares its advantage
 
     order = torch.Generator().manual_seed(cfg.seed * 7919 + step)
@@ -264,7 +284,7 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
             rows = rows.to(device)
             with autocast_for(device, cfg.dtype):
                 logits = trained(x[rows])
-                logp = token_logprobs(logits, y[rows])
+                logp = token_logprobs(logits, y[rows], cfg.temperature)
                 policy_loss, clip_stats = clipped_policy_loss(logp, old_logp[rows], token_advantages[rows], mask[rows],
                                                               cfg.clip_range, cfg.aggregation, cfg.max_new_tokens)
                 loss = policy_loss
@@ -278,7 +298,7 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
             if cfg.grad_clip > 0:  # clip after backward, before the step
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             optimizer.step()
-            entropy = entropy_from_logits(logits.detach(), mask[rows])
+            entropy = entropy_from_logits(logits.detach(), mask[rows], cfg.temperature)
             for name, value in (("loss", loss), ("policy_loss", policy_loss), ("entropy", entropy),
                                 ("clipfrac", clip_stats["clip_fraction"]), ("approxkl", clip_stats["approx_kl"]),
                                 ("ratio", clip_stats["ratio_mean"])):
@@ -299,15 +319,16 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
 def pass_rates(policy, tokenizer, records: list[dict], cfg: GRPOConfig) -> dict:
     """pass@1 and pass@group_size from eval_samples sampled answers per record, overall and per family.
 
-    The samples use one fixed seed, so two evaluations differ only by the policy.
+    A sample passes by the reward's own rule (verified: correct and ended). The samples use one fixed
+    seed, so two evaluations differ only by the policy.
     """
     n = cfg.eval_samples
     repeated = [record for record in records for _ in range(n)]
-    sampled = answer(policy, tokenizer, repeated, TEMPLATE, cfg.max_new_tokens, batch_size=256,
-                     temperature=cfg.temperature, seed=cfg.seed + 1)
+    sampled, ended = answer_with_ends(policy, tokenizer, repeated, TEMPLATE, cfg.max_new_tokens, batch_size=256,
+                                      temperature=cfg.temperature, seed=cfg.seed + 1)
     rows: dict[str, list[int]] = {}
     for i, record in enumerate(records):
-        c = sum(is_correct(record, response) for response in sampled[i * n:(i + 1) * n])
+        c = sum(verified(record, sampled[j], ended[j]) for j in range(i * n, (i + 1) * n))
         rows.setdefault(record["family"], []).append(c)
         rows.setdefault("(all)", []).append(c)
 
@@ -372,6 +393,7 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
+    disable_dropout(policy)  # and so the reference copied from it: exact log-probs, ratio 1 at the start
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     train_records = load_split(data_dir, "train")  # the reward is computed on training prompts only
     test_records = load_split(data_dir, "test", n_eval)

@@ -261,3 +261,21 @@ class GPT(nn.Module):
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the targets that are not -100 (the ignore index)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Switch off every dropout in the model, in train mode too; returns the model.
+
+    The alignment stages (reward model, PPO, DPO, GRPO) compare log-probabilities of the same tokens
+    under the policy, the policy that sampled them and the reference, and the chapters rest on exact
+    equalities between them: the PPO ratio is 1 on the first minibatch, the KL is 0 and the DPO loss
+    ln 2 before any update. A random dropout mask would make each forward pass another model, so those
+    stages switch it off, as TRL's trainers do. The config keeps its dropout: a checkpoint still says
+    what the model was pretrained with.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(module, CausalSelfAttention):
+            module.dropout = 0.0  # SDPA's dropout_p
+    return model

@@ -4,7 +4,10 @@
         --out runs/default/ppo
 
 One PPO step, every piece from the package (the arithmetic is in ppo_math.py):
-1. Rollout: the policy answers batch_size training prompts (rollout.py, temperature 1).
+1. Rollout: the policy answers batch_size training prompts (rollout.py), sampled at `temperature`
+   (1 by default). Every log-probability below is taken under that same distribution,
+   softmax(logits / temperature), as TRL's trainers do: the ratio, the KL and the entropy then
+   describe the distribution the answers were really drawn from.
 2. Score: the reward model scores each answer; an answer that never ended gets no_end_penalty
    (the reward model only ever saw finished answers).
 3. Log-probabilities of the sampled tokens under the policy (old_logp, fixed for this step) and
@@ -13,7 +16,11 @@ One PPO step, every piece from the package (the arithmetic is in ppo_math.py):
    end-of-text; GAE turns them into advantages (whitened) and returns (the value model's target).
 5. epochs passes over the batch in minibatches: the clipped policy loss and the clipped value
    loss, gradients clipped after backward, one AdamW step each. On the very first minibatch the
-   policy is still the one that sampled, so its ratio is exactly 1 (ratio_first_minibatch).
+   policy is still the one that sampled, so its ratio is exactly 1 (ratio_first_minibatch): the
+   same weights, no dropout (every alignment stage switches it off, model.disable_dropout) and the
+   same batch of the same shape give the same numbers on a CPU. On a GPU, bf16 kernels may pick
+   another reduction order for another batch shape (the minibatch is smaller than the rollout
+   batch), so there the ratio may differ from 1 in its last digits.
 
 The value model is a copy of the SFT model with a zero value head, apart from the policy: the
 value loss then cannot pull the policy's features around, and it learns at its own rate
@@ -49,6 +56,7 @@ from gpt_scratch.formats import write_json
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import token_logprobs
 from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
+from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipped_policy_loss, clipped_value_loss,
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
@@ -101,12 +109,13 @@ def step_prompts(records: list[dict], cfg: PPOConfig, step: int) -> list[str]:
     return [prompt_of(r) for r in distributed.share(sample, "rollout batch")]
 
 
-def reference_logprobs(reference, policy, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p_ref of the sampled tokens: the frozen SFT copy, or (reference None) the LoRA policy's base."""
+def reference_logprobs(reference, policy, x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p_ref of the sampled tokens at the rollout temperature: the frozen SFT copy, or (reference None)
+    the LoRA policy's base."""
     if reference is None:
         with adapters_off(policy):
-            return token_logprobs(policy(x), y)
-    return token_logprobs(reference(x), y)
+            return token_logprobs(policy(x), y, temperature)
+    return token_logprobs(reference(x), y, temperature)
 
 
 def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithHead, tokenizer, prompts: list[str],
@@ -121,9 +130,9 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
     batch = rollout(policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature,
                     seed=distributed.seed_of_rank(cfg.seed * 1_000_003 + step))
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
-    with torch.no_grad(), autocast_for(device, cfg.dtype):
-        old_logp = token_logprobs(policy(x), y)
-        ref_logp = reference_logprobs(reference, policy, x, y)
+    with torch.no_grad(), autocast_for(device, cfg.dtype):  # every log-prob under softmax(logits / T), as sampled
+        old_logp = token_logprobs(policy(x), y, cfg.temperature)
+        ref_logp = reference_logprobs(reference, policy, x, y, cfg.temperature)
         old_values = value_model(x)
     scores = score_texts(reward_model, tokenizer, prompts, batch.responses, dtype=cfg.dtype).to(device)
     scores = torch.where(batch.ended.to(device), scores, torch.full_like(scores, cfg.no_end_penalty))
@@ -141,8 +150,9 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
             rows = rows.to(device)
             with autocast_for(device, cfg.dtype):
                 logits = trained_policy(x[rows])
-                policy_loss, stats = clipped_policy_loss(token_logprobs(logits, y[rows]), old_logp[rows],
-                                                         advantages[rows], mask[rows], cfg.clip_range)
+                logp = token_logprobs(logits, y[rows], cfg.temperature)
+                policy_loss, stats = clipped_policy_loss(logp, old_logp[rows], advantages[rows], mask[rows],
+                                                         cfg.clip_range)
                 value_loss, value_clipfrac = clipped_value_loss(trained_value(x[rows]), old_values[rows],
                                                                 returns[rows], mask[rows], cfg.value_clip)
             check_finite_loss(policy_loss + value_loss, step, cfg.lr, cfg.grad_clip)
@@ -154,7 +164,7 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
                 torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
             policy_optimizer.step()
             value_optimizer.step()
-            entropy = entropy_from_logits(logits.detach(), mask[rows])
+            entropy = entropy_from_logits(logits.detach(), mask[rows], cfg.temperature)
             for name, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
                                 ("clipfrac", stats["clip_fraction"]), ("approxkl", stats["approx_kl"]),
                                 ("ratio", stats["ratio_mean"]), ("value_clipfrac", value_clipfrac)):
@@ -214,6 +224,7 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
+    disable_dropout(policy)  # and so the value model and the reference copied from it: exact log-probs
     reward_model = load_with_head(reward_dir, "reward", device=device)[0].eval().requires_grad_(False)
     value_model = GPTWithHead(copy.deepcopy(policy), "value").to(device)
     reference = None  # the LoRA policy's own base (adapters off)

@@ -103,6 +103,11 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
         k3 = (r - 1) - log_ratio               same mean (E[r] = 1 under the policy), and >= 0 always
     Both are exactly 0 where logp == ref_logp.
     Example: logp = -1, ref_logp = -2 -> k1 = 1, k3 = (e^-1 - 1) + 1 = e^-1 = 0.3679.
+    "Unbiased" is about the KL's *value*: averaged over tokens sampled from the policy, both give the
+    KL. It is not a statement about gradients: used as a per-token reward (PPO here) or as a loss
+    term (GRPO's kl_coef), each estimator pushes the policy in its own way, and k3's gradient is not
+    an unbiased estimate of the KL's gradient. Both are estimates for tokens the policy sampled,
+    under the distribution that sampled them (at the rollout temperature: logprobs.token_logprobs).
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, not {estimator!r}")
@@ -206,7 +211,9 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     The max picks the more pessimistic term: with A > 0 the ratio gains nothing above 1 + eps, with
     A < 0 nothing below 1 - eps, and there the clipped term is a constant, so the gradient is 0.
     On the first minibatch of a fresh rollout logp == old_logp: the ratio is exactly 1 and the loss
-    is -mean(A).
+    is -mean(A). That holds when both come from the same weights without dropout, on the same rows,
+    and the kernels are deterministic for the batch's shape (a CPU); in bf16 on a GPU another batch
+    shape may round differently, and the ratio can then be 1 +- a few 1e-3.
     Example (eps 0.2): ratio 1.5, A = +1 -> max(-1.5, -1.2) = -1.2, clipped (gradient 0);
                        ratio 1.5, A = -1 -> max(1.5, 1.2) = 1.5, not clipped.
     stats (detached 0-d tensors): clip_fraction, the share of real tokens where the clipped term
@@ -284,13 +291,14 @@ class AdaptiveKLController:
 
 # 8. The entropy ------------------------------------------------------------------------------------------------
 
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (nats) of the next-token distributions (B, T, vocab) over the real positions.
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean entropy (nats) of the next-token distributions softmax(logits / temperature) over the real positions.
 
     H = -sum p log p = logsumexp(z) - sum p * z  (with p = softmax(z), since log p = z - logsumexp(z)),
-    computed in float32 (bf16 would round it). Example: uniform logits over V tokens -> log V.
+    computed in float32 (bf16 would round it), with z = logits / temperature: the distribution the
+    rollouts sample from. Example: uniform logits over V tokens -> log V at any temperature.
     """
-    logits = logits.float()
+    logits = logits.float() / temperature
     p = torch.softmax(logits, dim=-1)
     entropy = torch.logsumexp(logits, dim=-1) - (p * logits).sum(dim=-1)
     return masked_mean(entropy, mask)

@@ -53,6 +53,7 @@ from gpt_scratch.evaluate import check_judgeable, load_split, peak_memory_mb
 from gpt_scratch.formats import load_preferences, write_json
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import encode_completions, token_logprobs
+from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_histograms
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig, autocast_for, pick_device, train
@@ -231,6 +232,7 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     gpt, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
+    disable_dropout(gpt)  # a score is a function of the text, also in train mode
     test_records = load_split(data_dir, "test")
     check_judgeable(test_records, data_dir / "sft_test.json")
     records_by_id = {r["id"]: r for r in test_records}

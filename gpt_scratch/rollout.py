@@ -13,7 +13,11 @@ Three rules make a rollout something an RL loss can trust:
 2. The answer keeps the *sampled token ids*, not a re-encoding of its text: decoding and then
    encoding again can give other tokens, and the log-probabilities must be those of what was
    sampled.
-3. Everything after a row's first end-of-text is padding. generate() stops each row at its own
+3. Every log-probability that training computes of a rollout is taken under the distribution that
+   sampled it: softmax(logits / temperature) (logprobs.token_logprobs(..., temperature), as TRL's
+   trainers do). So a rollout samples from that whole distribution, with no top-k or top-p filter:
+   a filtered sample has other probabilities than the ones the importance ratio and the KL use.
+4. Everything after a row's first end-of-text is padding. generate() stops each row at its own
    end-of-text; the batch is then padded by length (data.collate), so padding never counts. An
    answer that hit max_new_tokens without ending is marked (ended is False): a stage can
    penalise it, since a reward model only ever saw finished answers.
@@ -64,15 +68,14 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, template: str = "chat") -> lis
 
 
 def rollout(policy: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-            template: str = "chat") -> Rollout:
-    """Sample one answer per prompt (batched, each row stops at its end-of-text) and collate the batch."""
+            seed: int | None = None, template: str = "chat") -> Rollout:
+    """Sample one answer per prompt from softmax(logits / temperature) (batched, each row stops at its
+    end-of-text) and collate the batch."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     eot = tokenizer.eot_id
     prompt_batch = [prompt_ids(tokenizer, p, template) for p in prompts]
-    answers = generate(policy, prompt_batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       eos_id=eot, seed=seed)
+    answers = generate(policy, prompt_batch, max_new_tokens, temperature=temperature, eos_id=eot, seed=seed)
     examples, responses, ended = [], [], []
     for prompt, answer in zip(prompt_batch, answers):
         examples.append(Encoded(prompt + answer, [False] * len(prompt) + [True] * len(answer)))

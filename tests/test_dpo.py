@@ -56,13 +56,22 @@ def test_each_loss_and_its_gradient_on_a_hand_computed_pair():
     # ...past the margin (beta 0.5, h = 3: beta h = 1.5 > 1): loss 0 and no gradient at all.
     value, _, grads = one_pair(0.5, "hinge", pr=-4.0)
     assert value == 0.0 and grads == (0.0, 0.0)
-    # robust, eps 0.1, beta 0.5: 0.9 * 0.3132617 + 0.1 * log(1 + e) = 0.9 * 0.3132617 + 0.1 * 1.3132617 = 0.4132617;
+    # cdpo (conservative DPO, label smoothing), eps 0.1, beta 0.5:
+    # 0.9 * 0.3132617 + 0.1 * log(1 + e) = 0.9 * 0.3132617 + 0.1 * 1.3132617 = 0.4132617;
     # d/d log pi(y_c) = beta (-(1 - eps)(1 - sigmoid(1)) + eps sigmoid(1)) = 0.5 (-0.2420473 + 0.0731059) = -0.0844707.
-    value, _, grads = one_pair(0.5, "robust", label_smoothing=0.1)
+    value, _, grads = one_pair(0.5, "cdpo", label_smoothing=0.1)
     assert value == pytest.approx(0.4132617, abs=1e-6)
     assert grads == pytest.approx((-0.0844707, 0.0844707), abs=1e-6)
     assert grads[0] == pytest.approx(0.5 * (-0.9 * (1 - SIGMOID_1) + 0.1 * SIGMOID_1))
-    # robust with eps 0 is DPO itself.
+    # robust (Chowdhury et al.), eps 0.1, beta 0.5: [(1 - eps) L(h) - eps L(-h)] / (1 - 2 eps)
+    # = (0.9 * 0.3132617 - 0.1 * 1.3132617) / 0.8 = 0.1882617;
+    # d/d log pi(y_c) = beta (-(1 - eps) sigmoid(-1) - eps sigmoid(1)) / (1 - 2 eps)
+    # = 0.5 (-0.9 * 0.2689414 - 0.1 * 0.7310586) / 0.8 = -0.1969707, and +0.1969707 for y_r.
+    value, _, grads = one_pair(0.5, "robust", label_smoothing=0.1)
+    assert value == pytest.approx(0.1882617, abs=1e-6)
+    assert grads == pytest.approx((-0.1969707, 0.1969707), abs=1e-6)
+    # cdpo and robust with eps 0 are DPO itself.
+    assert one_pair(0.5, "cdpo", label_smoothing=0.0) == one_pair(0.5, "sigmoid")
     assert one_pair(0.5, "robust", label_smoothing=0.0) == one_pair(0.5, "sigmoid")
     # The module docstring's example: beta 0.1, h = 2: -log sigmoid(0.2) = 0.5981389, gradient -0.1 sigmoid(-0.2).
     value, rewards, grads = one_pair(0.1, "sigmoid", pc=-1.0, pr=-3.0)
@@ -73,11 +82,14 @@ def test_each_loss_and_its_gradient_on_a_hand_computed_pair():
 def test_at_h_0_every_loss_has_its_starting_value():
     h = torch.zeros(3)
     assert preference_loss(h, 0.1, "sigmoid").tolist() == pytest.approx([LN2] * 3)
-    assert preference_loss(h, 0.1, "robust", 0.2).tolist() == pytest.approx([LN2] * 3)  # both terms are ln 2
+    assert preference_loss(h, 0.1, "cdpo", 0.2).tolist() == pytest.approx([LN2] * 3)  # both terms are ln 2
+    assert preference_loss(h, 0.1, "robust", 0.2).tolist() == pytest.approx([LN2] * 3)  # (0.8 - 0.2) ln 2 / 0.6
     assert preference_loss(h, 0.1, "ipo").tolist() == pytest.approx([25.0] * 3)  # (0 - 1/0.2)^2
     assert preference_loss(h, 0.1, "hinge").tolist() == [1.0] * 3
-    with pytest.raises(ValueError, match="loss must be one of sigmoid, ipo, hinge, robust"):
+    with pytest.raises(ValueError, match="loss must be one of sigmoid, ipo, hinge, cdpo, robust"):
         preference_loss(h, 0.1, "kto")
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\) for the robust loss"):
+        preference_loss(h, 0.1, "robust", 0.5)  # 1 - 2 eps = 0
 
 
 def test_the_loss_is_the_mean_over_pairs_and_stays_finite_far_apart():
@@ -196,6 +208,23 @@ def test_the_stage_starts_at_ln2_learns_the_pairs_and_writes_its_folder(tmp_path
     assert (meta["stage"], meta["loss"], meta["beta"]) == ("dpo", "sigmoid", 0.5)
 
 
+def test_a_model_trained_with_dropout_still_starts_at_exactly_ln2(tmp_path, tokenizer):
+    """Dropout is off in every log-probability DPO computes (model.disable_dropout): at step 0 the policy is
+    its reference, so the loss is ln 2 and every implicit reward 0, whatever dropout the SFT model has."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    x, y = some_batch(tokenizer)
+    gpt.train()
+    assert not torch.equal(gpt(x), gpt(x)), "the test needs a model whose dropout is on in train mode"
+    sft = save_checkpoint(tmp_path / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"}).parent
+    dpo_stage(sft, write_data(tmp_path / "data"), tmp_path / "dpo", small(max_steps=2, eval_every=2), beta=0.5,
+              quiet=True)
+    history = history_of(tmp_path / "dpo")
+    assert history["train_loss"][0] == pytest.approx(LN2, abs=1e-7)
+    assert history["rewards/chosen"][0] == history["rewards/rejected"][0] == history["rewards/margins"][0] == 0.0
+    assert load_checkpoint(tmp_path / "dpo")[0].config.dropout == 0.1  # the checkpoint says what it was trained with
+
+
 def test_the_reference_log_probabilities_are_never_updated(tmp_path, folders, monkeypatch):
     seen = {}
     real_train = dpo_module.train
@@ -240,7 +269,7 @@ def test_every_variant_trains_and_a_seeded_run_repeats(tmp_path, folders, loss):
     for key in ("train_loss", "rewards/margins", "eval_accuracy", "eval_kl", "val_loss"):
         assert first[key] == second[key], key
     assert runs[0]["loss"] == loss and first["rewards/margins"][-1] > 0
-    start = {"sigmoid": LN2, "robust": LN2, "ipo": 1.0, "hinge": 1.0}[loss]  # ipo: (0 - 1/(2 * 0.5))^2
+    start = {"sigmoid": LN2, "cdpo": LN2, "robust": LN2, "ipo": 1.0, "hinge": 1.0}[loss]  # ipo: (0 - 1/(2 * 0.5))^2
     assert first["train_loss"][0] == pytest.approx(start, abs=1e-6)
 
 
@@ -284,7 +313,7 @@ def test_a_preference_file_of_another_shape_trains_without_the_judge(tmp_path, f
     (["--loss", "kto"], "--loss"), (["--beta", "0"], "--beta"), (["--beta", "x"], "--beta"),
     (["--label-smoothing", "0.5"], "--label-smoothing"), (["--loss", "robust", "--label-smoothing", "-0.1"],
                                                          "--label-smoothing"),
-    (["--label-smoothing", "0.1"], "--label-smoothing"),  # only with --loss robust
+    (["--label-smoothing", "0.1"], "--label-smoothing"),  # only with --loss cdpo or robust
     (["--loss", "ipo", "--label-smoothing", "0.1"], "--label-smoothing"),
     (["--lora-rank", "0"], "--lora-rank"), (["--n-train", "1"], "--n-train"), (["--n-eval", "0"], "--n-eval"),
     (["--max-steps", "5", "--warmup-steps", "9"], "--warmup-steps"), (["--preset", "huge"], "--preset"),
@@ -307,12 +336,19 @@ def test_missing_folders_are_one_line(capsys, tmp_path, folders):
     assert len(err.splitlines()) == 1 and "nothing.jsonl: no such file" in err
 
 
-def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys):
+def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys, monkeypatch):
     base = ["dpo", "--sft", str(folders["sft"]), "--data", str(folders["data"]), "--preset", "tiny", "--dtype",
             "float32", "--quiet"]
+    losses_computed = []  # (loss, label_smoothing) of every call of the loss: what each run really computed
+
+    def recording_loss(h, beta, loss="sigmoid", label_smoothing=0.0):
+        losses_computed.append((loss, label_smoothing))
+        return preference_loss(h, beta, loss, label_smoothing)
+    monkeypatch.setattr(dpo_module, "preference_loss", recording_loss)
 
     def run(name, *flags):
         out = tmp_path / name
+        losses_computed.clear()
         assert main([*base, "--out", str(out), *flags]) == 0
         return json.loads((out / "metrics.json").read_text()), load_checkpoint(out)[2], history_of(out)
 
@@ -331,8 +367,10 @@ def test_every_dpo_flag_takes_effect(tmp_path, folders, capsys):
     assert hinge[1]["train_config"]["device"] == "cpu"
     robust = run("robust", "--loss", "robust")[0]
     assert robust["loss"] == "robust" and robust["label_smoothing"] == 0.1  # the preset's
-    smoothing = run("smoothing", "--loss", "robust", "--label-smoothing", "0.2", "--batch-size", "2", "--grad-accum", "2")
-    assert smoothing[0]["label_smoothing"] == 0.2
+    assert set(losses_computed) == {("robust", 0.1)}  # Chowdhury et al.'s loss (test_each_loss_...), not cdpo
+    smoothing = run("smoothing", "--loss", "cdpo", "--label-smoothing", "0.2", "--batch-size", "2", "--grad-accum", "2")
+    assert smoothing[0]["loss"] == "cdpo" and smoothing[0]["label_smoothing"] == 0.2
+    assert set(losses_computed) == {("cdpo", 0.2)}
     assert smoothing[1]["train_config"]["batch_size"] == 2 and smoothing[1]["train_config"]["grad_accum"] == 2
     lora = run("lora", "--lora-rank", "2")
     assert lora[0]["lora_rank"] == 2 and (tmp_path / "lora" / "adapter").is_dir()

@@ -18,13 +18,13 @@ from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt_scratch.cli import main
 from gpt_scratch.data import Encoded
 from gpt_scratch.grpo import (GRPOConfig, collect_groups, draw_records, group_advantages, grpo_stage, grpo_step,
-                              judge_rewards, pass_at_k, sft_error_rates)
+                              judge_rewards, pass_at_k, pass_rates, sft_error_rates)
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.ppo_math import aggregate_loss, clipped_policy_loss
 from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import fingerprint_script, two_ranks
+from tiny import FixedLogits, fingerprint_script, two_ranks
 
 GARBAGE = 1e4
 TOL = 1e-12
@@ -37,14 +37,32 @@ def t(rows) -> torch.Tensor:
 # Group advantages ---------------------------------------------------------------------------------------------
 
 def test_group_advantages_with_the_std_by_hand():
-    # Group [1, 0, 0, 0]: mean 0.25, population std sqrt(0.25 * 0.75) = 0.4330127;
-    # (1 - 0.25) / 0.4330127 = 1.7320508 = sqrt(3), (0 - 0.25) / 0.4330127 = -0.5773503 = -1/sqrt(3).
-    # Group [1, 1, 0, 0]: mean 0.5, std 0.5 -> [1, 1, -1, -1]. (eps = 0 to compare exactly.)
+    # The sample std (Bessel: divided by G - 1), as DeepSeekMath and TRL. Group [1, 0, 0, 0]: mean 0.25,
+    # squared deviations 0.5625 + 3 * 0.0625 = 0.75, std sqrt(0.75 / 3) = 0.5 -> [1.5, -0.5, -0.5, -0.5].
+    # Group [1, 1, 0, 0]: mean 0.5, std sqrt(1 / 3) = 0.5773503 -> [0.8660254, 0.866, -0.866, -0.866] (sqrt(3) / 2).
+    # (eps = 0 to compare exactly.)
     got = group_advantages(t([1, 0, 0, 0, 1, 1, 0, 0]), 4, std=True, eps=0.0)
+    h = math.sqrt(3) / 2
+    torch.testing.assert_close(got, torch.tensor([1.5, -0.5, -0.5, -0.5, h, h, -h, -h]), rtol=0, atol=1e-6)
+    # with the default eps the values shrink by std / (std + eps) only
+    torch.testing.assert_close(group_advantages(t([1, 0, 0, 0]), 4),
+                               torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-4))
+
+
+def test_group_advantages_with_the_population_std_by_hand():
+    # population_std divides by G: group [1, 0, 0, 0]: std sqrt(0.75 / 4) = 0.4330127;
+    # (1 - 0.25) / 0.4330127 = 1.7320508 = sqrt(3), (0 - 0.25) / 0.4330127 = -0.5773503 = -1/sqrt(3).
+    # Group [1, 1, 0, 0]: mean 0.5, std 0.5 -> [1, 1, -1, -1].
+    got = group_advantages(t([1, 0, 0, 0, 1, 1, 0, 0]), 4, std=True, eps=0.0, population_std=True)
     s = math.sqrt(3)
     torch.testing.assert_close(got, torch.tensor([s, -1 / s, -1 / s, -1 / s, 1, 1, -1, -1]), rtol=0, atol=1e-6)
-    # with the default eps the values shrink by std / (std + eps) only
-    torch.testing.assert_close(group_advantages(t([1, 1, 0, 0]), 4), torch.tensor([1, 1, -1, -1]) * 0.5 / (0.5 + 1e-4))
+    # The two differ by sqrt(G / (G - 1)) exactly: 1.1547 at G = 4, 1.0690 at G = 8, closer to 1 as G grows.
+    rewards = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for g in (2, 4, 8, 16):
+        ratio = group_advantages(rewards, g, eps=0.0, population_std=True) / group_advantages(rewards, g, eps=0.0)
+        torch.testing.assert_close(ratio, torch.full_like(ratio, math.sqrt(g / (g - 1))))
+    with pytest.raises(ValueError, match="--population-std"):
+        GRPOConfig(std=False, population_std=True)
 
 
 def test_group_advantages_without_the_std_are_reward_minus_group_mean():
@@ -249,9 +267,11 @@ def test_one_step_keeps_the_reference_frozen_and_starts_at_ratio_1(folders, rewa
     assert metrics["loss"] == metrics["policy_loss"]
 
 
-@pytest.mark.parametrize("aggregation, std", [("token-mean", True), ("seq-mean-token-mean", True),
-                                              ("seq-mean-token-sum-norm", True), ("token-mean", False)])
-def test_the_first_loss_is_minus_the_aggregated_group_advantages(folders, monkeypatch, aggregation, std):
+@pytest.mark.parametrize("aggregation, std, population_std", [
+    ("token-mean", True, False), ("seq-mean-token-mean", True, False), ("seq-mean-token-sum-norm", True, False),
+    ("token-mean", False, False), ("seq-mean-token-mean", True, True)])
+def test_the_first_loss_is_minus_the_aggregated_group_advantages(folders, monkeypatch, aggregation, std,
+                                                                 population_std):
     """One minibatch, one epoch: the ratio is 1, so the loss is -aggregate(A) over the batch that was trained on."""
     monkeypatch.setattr(grpo_module, "judge_rewards", text_reward)
     seen = {}
@@ -261,12 +281,12 @@ def test_the_first_loss_is_minus_the_aggregated_group_advantages(folders, monkey
         return seen["groups"]
     monkeypatch.setattr(grpo_module, "collect_groups", keep)
     policy, tokenizer, _ = load_checkpoint(folders["sft"])
-    cfg = small(minibatch_size=8, epochs=1, aggregation=aggregation, std=std)
+    cfg = small(minibatch_size=8, epochs=1, aggregation=aggregation, std=std, population_std=population_std)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     metrics = grpo_step(policy, copy.deepcopy(policy), tokenizer, by_family(folders), None, cfg, optimizer, 0,
                         torch.device("cpu"))
     batch, _, rewards, _ = seen["groups"]
-    advantages = group_advantages(rewards, 4, std)
+    advantages = group_advantages(rewards, 4, std, population_std=population_std)
     assert advantages.abs().sum() > 0, "the test needs a group whose rewards differ"
     mask = batch.response_mask
     expected = aggregate_loss(-advantages[:, None].expand(mask.shape).double(), mask, aggregation, 4)
@@ -375,7 +395,8 @@ def test_bad_configs_are_refused():
     (["--group-size", "8", "--eval-samples", "4"], "--eval-samples"), (["--temperature", "0"], "--temperature"),
     (["--max-new-tokens", "0"], "--max-new-tokens"), (["--eval-every", "0"], "--eval-every"),
     (["--n-eval", "0"], "--n-eval"), (["--grad-clip", "-1"], "--grad-clip"), (["--seed", "-1"], "--seed"),
-    (["--device", "tpu"], "--device"), (["--dtype", "fp8"], "--dtype")])
+    (["--device", "tpu"], "--device"), (["--dtype", "fp8"], "--dtype"),
+    (["--no-std", "--population-std"], "--population-std")])
 def test_bad_grpo_flags_exit_2_with_one_line_before_reading_anything(capsys, argv, flag):
     with pytest.raises(SystemExit) as exit_info:
         main(["grpo", "--sft", "/nonexistent", "--data", "/nonexistent", *argv])
@@ -405,6 +426,8 @@ def test_flags_reach_the_stage(tmp_path, folders, reward_by_length):
         assert cfg[name] != value, f"{flag}: pick a value other than the default"
         assert run_cli(folders, tmp_path / f"flag{i}", flag, text)[name] == value, flag
     assert run_cli(folders, tmp_path / "nostd", "--no-std")["std"] is False
+    assert cfg["population_std"] is False  # Bessel's n - 1 by default, as DeepSeekMath and TRL
+    assert run_cli(folders, tmp_path / "population", "--population-std")["population_std"] is True
     sampled = run_cli(folders, tmp_path / "dyn", "--dynamic-sampling", "--max-resample", "1")
     assert sampled["dynamic_sampling"] is True and sampled["max_resample"] == 1
     weighted = run_cli(folders, tmp_path / "weights", "--family-weights", "sft-error", "--weight-sample", "10")
@@ -454,3 +477,63 @@ def test_two_processes_train_one_policy_and_resume_exactly(tmp_path, folders, mo
     assert histories[0]["answers_sampled"] == [8] * 4  # summed over the ranks
     for name in ("reward", "loss", "kl", "eval_accuracy", "eval_pass_at_1"):
         assert histories[1][name] == histories[0][name], name
+
+
+# What grpo_step computes at any setting -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature, logp", [(0.5, -0.142932), (1.0, -0.407606), (1.5, -0.574935)])
+def test_every_log_probability_is_taken_at_the_rollout_temperature(monkeypatch, temperature, logp):
+    """Logits [2, 1, 0], token 0 sampled: log softmax([2, 1, 0] / T)[0] is -0.142932 at T = 0.5, -0.407606 at
+    T = 1, -0.574935 at T = 1.5. The old, new and reference log-probs and the entropy use that distribution."""
+    examples = [Encoded([1, 2, 0], [False, False, True]) for _ in range(4)]  # one-token answers: end-of-text (0)
+    batch = collated(["q"] * 4, examples, ["a"] * 4, [True] * 4, pad_id=0)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    monkeypatch.setattr(grpo_module, "collect_groups",
+                        lambda *args: (batch, [{}] * 4, rewards, {"reward": 0.5, "answers_sampled": 4}))
+    seen = {}
+    for name in ("kl_per_token", "clipped_policy_loss"):
+        def keep(*args, real=getattr(grpo_module, name), name=name):
+            seen.setdefault(name, []).append(args)
+            return real(*args)
+        monkeypatch.setattr(grpo_module, name, keep)
+    policy = FixedLogits([2.0, 1.0, 0.0])
+    cfg = small(batch_size=4, group_size=2, minibatch_size=4, epochs=1, eval_samples=2, kl_coef=0.1,
+                temperature=temperature)
+    metrics = grpo_step(policy, FixedLogits([2.0, 1.0, 0.0]), None, {}, None, cfg,
+                        torch.optim.AdamW(policy.parameters(), lr=cfg.lr), 0, torch.device("cpu"))
+    mask = batch.response_mask
+    new_logp, old_logp, *_ = seen["clipped_policy_loss"][0]
+    old_again, ref_logp, *_ = seen["kl_per_token"][-1]  # the logged KL: the old policy against the reference
+    for name, values in (("new", new_logp), ("old", old_logp), ("old (kl)", old_again), ("reference", ref_logp)):
+        assert values[mask].tolist() == pytest.approx([logp] * 4, abs=1e-6), name
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / temperature, dim=0)
+    assert metrics["entropy"] == pytest.approx(-(p * p.log()).sum().item(), abs=1e-6)
+    assert metrics["ratio_first_minibatch"] == 1.0 and metrics["kl"] == 0.0
+
+
+def test_a_model_trained_with_dropout_starts_at_ratio_1_and_kl_0(tmp_path, folders, reward_by_length):
+    """Dropout is off in every log-probability GRPO computes (model.disable_dropout): the first minibatch of
+    each step has ratio exactly 1, and at step 0 the KL to the reference is exactly 0."""
+    torch.manual_seed(0)
+    tokenizer = folders["tokenizer"]
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    x = torch.tensor([[1, 2, 3, 4]])
+    assert not torch.equal(gpt.train()(x), gpt(x)), "the test needs a model whose dropout is on in train mode"
+    sft = save_checkpoint(tmp_path / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"}).parent
+    grpo_stage(sft, folders["data"], tmp_path / "grpo", small(steps=2, eval_every=2, kl_coef=0.1), quiet=True)
+    history = json.loads((tmp_path / "grpo" / "history.json").read_text())
+    assert history["ratio_first_minibatch"] == [1.0, 1.0] and history["kl"][0] == 0.0
+
+
+def test_pass_at_k_counts_what_the_reward_counts(monkeypatch):
+    """One rule (grpo.verified) for the reward and pass@k: correct *and* ended. A correct answer cut off at
+    max_new_tokens earns no reward, so it is no pass either."""
+    record = {"family": "add", "answer": "7", "instruction": "What is 3 plus 4?", "input": ""}
+    responses, ended = ["7", "7", "8", "7"], [True, False, True, False]  # 1 verified of 4
+    monkeypatch.setattr(grpo_module, "answer_with_ends", lambda *args, **kwargs: (responses, ended))
+    rewards, _ = judge_rewards([record] * 4, collated(["q"] * 4, [Encoded([1, 2], [False, True])] * 4, responses,
+                                                      ended, pad_id=0), format_reward=0.0)
+    assert rewards.tolist() == [1.0, 0.0, 0.0, 0.0]
+    passes = pass_rates(None, None, [record], small(group_size=2, eval_samples=4))
+    assert passes["pass_at_1"] == pytest.approx(pass_at_k(4, 1, 1)) == 0.25  # not 0.75: two never ended
+    assert passes["pass_at_g"] == pytest.approx(pass_at_k(4, 1, 2)) == 0.5

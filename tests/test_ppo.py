@@ -9,13 +9,15 @@ import torch
 import gpt_scratch.ppo as ppo_module
 from gpt_scratch.checkpoint import load_checkpoint, load_with_head, save_checkpoint
 from gpt_scratch.cli import main
+from gpt_scratch.data import Encoded
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.lora import adapters_off, load_adapter
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.ppo import PPOConfig, ppo_stage, ppo_step, step_prompts
+from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import fingerprint_script, two_ranks, write_yes_data
+from tiny import FixedLogits, PositionValues, TokenTable, fingerprint_script, two_ranks, write_yes_data
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +177,136 @@ def test_two_processes_train_one_policy_and_rank_0_writes(tmp_path, folders, mon
     assert history["ratio_first_minibatch"] == [1.0, 1.0] and history["kl"][0] == 0.0  # on both ranks
     written = [sorted(str(p.relative_to(tmp_path / run)) for p in (tmp_path / run).rglob("*")) for run in ("one", "two")]
     assert written[0] == written[1]
+
+
+# --- what ppo_step computes, with stand-in models whose outputs are known by hand ---------------------------------
+
+def hand_rollout(prompt: list[int], answers: list[list[int]]):
+    """A Rollout of one prompt's answers (each ends with end-of-text, id 0), right-padded with 0 as rollout() pads."""
+    examples = [Encoded(prompt + answer, [False] * len(prompt) + [True] * len(answer)) for answer in answers]
+    return collated(["q"] * len(answers), examples, ["a"] * len(answers), [True] * len(answers), pad_id=0)
+
+
+def stand_in_step(monkeypatch, policy, reference, value_model, batch, scores, cfg, kl_coef=0.0):
+    """ppo_step with the rollout and the reward model's scores swapped for fixed ones; returns (metrics, seen):
+    seen holds the arguments of the first call of each piece of ppo_math that the step calls."""
+    seen = {}
+
+    def keep(name, real):
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            seen.setdefault(name, (args, result))
+            return result
+        monkeypatch.setattr(ppo_module, name, wrapper)
+    for name in ("kl_per_token", "rlhf_rewards", "gae", "masked_whiten", "clipped_policy_loss"):
+        keep(name, getattr(ppo_module, name))
+    monkeypatch.setattr(ppo_module, "rollout", lambda *args, **kwargs: batch)
+    monkeypatch.setattr(ppo_module, "score_texts", lambda *args, **kwargs: torch.tensor(scores))
+    optimizers = (torch.optim.AdamW(policy.parameters(), lr=cfg.lr), torch.optim.AdamW(value_model.parameters()))
+    metrics = ppo_step(policy, value_model, reference, None, None, ["q"] * len(scores), cfg, kl_coef, optimizers, 0,
+                       torch.device("cpu"))
+    return metrics, seen
+
+
+@pytest.mark.parametrize("temperature, logp", [(0.5, -0.142932), (1.0, -0.407606), (1.5, -0.574935)])
+def test_every_log_probability_is_taken_at_the_rollout_temperature(monkeypatch, temperature, logp):
+    """Logits [2, 1, 0], token 0 sampled: log softmax([2, 1, 0] / T)[0] is -0.142932 at T = 0.5, -0.407606 at
+    T = 1, -0.574935 at T = 1.5. The old, new and reference log-probs and the entropy use that distribution."""
+    batch = hand_rollout([1, 2], [[0], [0]])  # two answers of one token: the end-of-text, id 0
+    cfg = small(batch_size=2, minibatch_size=2, epochs=1, temperature=temperature)
+    metrics, seen = stand_in_step(monkeypatch, FixedLogits([2.0, 1.0, 0.0]), FixedLogits([2.0, 1.0, 0.0]),
+                                  PositionValues(), batch, [1.0, 0.0], cfg)
+    mask = batch.response_mask
+    (old_logp, ref_logp, *_), _ = seen["kl_per_token"]
+    (new_logp, old_again, *_), _ = seen["clipped_policy_loss"]
+    for name, values in (("old", old_logp), ("reference", ref_logp), ("new", new_logp), ("old (loss)", old_again)):
+        assert values[mask].tolist() == pytest.approx([logp, logp], abs=1e-6), name
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / temperature, dim=0)
+    assert metrics["entropy"] == pytest.approx(-(p * p.log()).sum().item(), abs=1e-6)
+    assert metrics["ratio_first_minibatch"] == 1.0 and metrics["kl"] == 0.0
+
+
+def test_the_score_lands_on_each_rows_own_end_of_text_and_values_are_read_where_each_token_is_predicted(monkeypatch):
+    """Two answers of different lengths: [3, 1, eot] and [2, eot], after the prompt [1, 2].
+        x = [[1, 2, 3, 1], [1, 2, 2, pad]]     y = [[-, 3, 1, eot], [-, 2, eot, -]]
+    Position t predicts y[t]: the rewards are -kl_coef * (logp - ref_logp) at every answer token (k1, per token),
+    plus the score at each row's own end-of-text (t = 3 and t = 2); the value of position t is the stand-in's
+    0.5 t + 0.1 x[t]; the advantages are whitened over the 5 answer tokens only, never the padding."""
+    torch.manual_seed(0)
+    policy, reference = TokenTable(torch.randn(4, 4)), TokenTable(torch.randn(4, 4))
+    batch = hand_rollout([1, 2], [[3, 1, 0], [2, 0]])
+    assert batch.x.tolist() == [[1, 2, 3, 1], [1, 2, 2, 0]] and batch.y.tolist() == [[-100, 3, 1, 0], [-100, 2, 0, -100]]
+    logp = torch.log_softmax(policy.table.detach(), -1)  # before the step moves the policy
+    ref = torch.log_softmax(reference.table.detach(), -1)
+    cfg = small(batch_size=2, minibatch_size=2, epochs=1, kl_estimator="k1", gamma=1.0, lam=0.95)
+    _, seen = stand_in_step(monkeypatch, policy, reference, PositionValues(), batch, [1.5, -0.7], cfg, kl_coef=0.5)
+
+    mask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
+    kl = torch.zeros(2, 4)
+    for b, t in mask.nonzero().tolist():
+        kl[b, t] = logp[batch.x[b, t], batch.y[b, t]] - ref[batch.x[b, t], batch.y[b, t]]
+    rewards = -0.5 * kl
+    rewards[0, 3] += 1.5  # row 0's end-of-text
+    rewards[1, 2] += -0.7  # row 1's end-of-text
+    (got_rewards, got_values, got_mask, gamma, lam), _ = seen["gae"]
+    torch.testing.assert_close(got_rewards, rewards)
+    torch.testing.assert_close(got_mask, mask)
+    values = 0.5 * torch.arange(4.0) + 0.1 * batch.x.float()
+    torch.testing.assert_close(got_values[mask], values[mask])
+    (advantages, whiten_mask), whitened = seen["masked_whiten"]
+    torch.testing.assert_close(whiten_mask, mask)
+    real = advantages[mask]
+    expected = (real - real.mean()) / torch.sqrt(real.var(unbiased=False) + 1e-8)
+    torch.testing.assert_close(whitened[mask], expected)
+    assert torch.all(whitened[~mask] == 0)
+    (_, _, loss_advantages, *_), _ = seen["clipped_policy_loss"]  # the whitened advantages reach the loss
+    assert sorted(map(tuple, loss_advantages.tolist())) == sorted(map(tuple, whitened.tolist()))
+
+
+def test_a_model_trained_with_dropout_starts_at_ratio_1_and_kl_0(tmp_path, folders):
+    """Dropout is off in every log-probability PPO computes (model.disable_dropout): on each step's first
+    minibatch the ratio is exactly 1, and at step 0 the KL to the reference is exactly 0."""
+    torch.manual_seed(0)
+    tokenizer = folders["tokenizer"]
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    x = torch.tensor([[1, 2, 3, 4]])
+    assert not torch.equal(gpt.train()(x), gpt(x)), "the test needs a model whose dropout is on in train mode"
+    sft = save_checkpoint(tmp_path / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"}).parent
+    ppo_stage(sft, folders["reward"], folders["data"], tmp_path / "ppo", small(steps=2, eval_every=2), quiet=True)
+    history = json.loads((tmp_path / "ppo" / "history.json").read_text())
+    assert history["ratio_first_minibatch"] == [1.0, 1.0] and history["kl"][0] == 0.0
+
+
+def test_the_adaptive_kl_controller_steers_the_coefficient_inside_a_run(tmp_path, folders):
+    """kl_coef of step i + 1 = kl_coef of step i * (1 + clip(kl_i / target - 1, -0.2, 0.2) * batch_size / horizon):
+    up while the KL is above the target, down while below (ppo_math.AdaptiveKLController)."""
+    cfg = small(kl_coef=0.2, kl_target=0.05, kl_horizon=40, lr=3e-3)
+    ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "adaptive", cfg, quiet=True)
+    history = json.loads((tmp_path / "adaptive" / "history.json").read_text())
+    coefs, kls = history["kl_coef"], history["kl"]
+    assert coefs[0] == 0.2 and len(coefs) == cfg.steps
+    for i in range(cfg.steps - 1):
+        error = min(max(kls[i] / 0.05 - 1, -0.2), 0.2)
+        assert coefs[i + 1] == pytest.approx(coefs[i] * (1 + error * 8 / 40), rel=1e-12), i
+    assert kls[0] < 0.05 < max(kls), "the test needs a KL below the target and one above it"
+    assert coefs[1] < coefs[0] and max(coefs) > min(coefs[1:])  # down first, up again once the KL is over
+
+
+def test_resume_with_the_adaptive_kl_repeats_the_uninterrupted_run(tmp_path, folders, monkeypatch):
+    cfg = small(kl_target=0.05, kl_horizon=40, lr=3e-3)
+    ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "full", cfg, quiet=True)
+    real_step = ppo_module.ppo_step
+
+    def crash_at_step_3(*args, **kwargs):
+        if args[-2] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_module, "ppo_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "cut", cfg, quiet=True)
+    monkeypatch.undo()
+    ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "cut", cfg, resume=True, quiet=True)
+    full, cut = (json.loads((tmp_path / run / "history.json").read_text()) for run in ("full", "cut"))
+    assert full["kl_coef"] == cut["kl_coef"] and full["kl"] == cut["kl"] and full["score"] == cut["score"]
+    assert len(set(full["kl_coef"])) == cfg.steps  # the coefficient moved at every step

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
+from gpt_scratch.best_of_n import best_of_n_kl
 from gpt_scratch.checkpoint import load_checkpoint, load_with_head, save_checkpoint
+import gpt_scratch.reward as reward_module
 import gpt_scratch.train as train_module
 from gpt_scratch.cli import main
 from gpt_scratch.heads import GPTWithHead
@@ -145,6 +147,20 @@ def test_checkpoint_carries_the_head_and_refuses_a_mismatch(tmp_path, tokenizer)
         load_with_head(tmp_path / "wide")
 
 
+def test_the_exact_kl_of_best_of_n_by_hand():
+    """KL(best-of-n || p) for the empirical distribution of the samples' scores (best_of_n.best_of_n_kl): level i
+    of mass m_i is picked with q_i = F_i^n - F_(i-1)^n, and KL = sum_i q_i log(q_i / m_i)."""
+    # [0, 1], n = 2: q = (1/4, 3/4) -> 1/4 log(1/2) + 3/4 log(3/2) = 0.1308120
+    assert best_of_n_kl([0, 1], 2) == pytest.approx(0.1308120, abs=1e-7)
+    # [0, 1, 2, 3], n = 4: F = 1/4 .. 1, q = (1/256, 15/256, 65/256, 175/256) -> 0.5903102
+    assert best_of_n_kl([0, 1, 2, 3], 4) == pytest.approx(0.5903102, abs=1e-7)
+    # [0, 0, 0, 1], n = 2: two levels of mass 3/4 and 1/4, q = (9/16, 7/16) -> 0.0830107 (repeats count once)
+    assert best_of_n_kl([0, 0, 0, 1], 2) == pytest.approx(0.0830107, abs=1e-7)
+    assert best_of_n_kl([0, 1, 2, 3], 1) == 0.0 and best_of_n_kl([5, 5, 5], 8) == 0.0  # no choice: no KL
+    # below the bound log n - (n - 1) / n, which only infinitely many distinct answers reach
+    assert best_of_n_kl([0, 1, 2, 3], 4) < math.log(4) - 3 / 4
+
+
 def test_accuracy_is_judged_by_the_hidden_rule_not_by_the_labels():
     records = {"a": {"family": "add", "answer": "7"}, "b": {"family": "add", "answer": "7"}}
     # Pair b's label is flipped: the rule prefers its "rejected" answer.
@@ -191,6 +207,26 @@ def test_reward_stage_learns_the_rule_and_writes_its_folder(tmp_path, sft_folder
     assert model.head.weight.abs().sum() > 0 and model.head.logprob_weight.item() != 0
     for (name, p), q in zip(model.gpt.named_parameters(), sft_model.parameters()):
         assert torch.equal(p, q), f"the frozen body's {name} changed"
+
+
+def test_a_model_trained_with_dropout_scores_with_dropout_off(tmp_path, tokenizer, monkeypatch):
+    """The reward model of a dropout-0.1 SFT model computes its score (the head and log p under the body) with
+    dropout off, in training too (model.disable_dropout): a score is a function of the text."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    x = torch.tensor([[1, 2, 3, 4]])
+    assert not torch.equal(gpt.train()(x), gpt(x)), "the test needs a model whose dropout is on in train mode"
+    sft = save_checkpoint(tmp_path / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"})
+    trained = []
+    real_train = reward_module.train
+    monkeypatch.setattr(reward_module, "train", lambda model, *args, **kwargs: trained.append(model) or
+                        real_train(model, *args, **kwargs))
+    cfg = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, warmup_steps=1, eval_every=2, save_every=2)
+    metrics = reward_stage(sft, write_pair_data(tmp_path / "data"), tmp_path / "rm", cfg, quiet=True)
+    model = trained[0].train()
+    assert torch.equal(model.gpt(x), model.gpt(x))
+    assert json.loads((tmp_path / "rm" / "checkpoint" / "train_state.json").read_text())["history"]["train_loss"][0] \
+        == pytest.approx(math.log(2), abs=1e-7) and metrics["steps"] == 2
 
 
 def test_the_classic_reward_model_trains_its_body(tmp_path, sft_folder):

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from gpt_scratch.model import GPTConfig
 from gpt_scratch.world.corpus import build_world, generate_corpus
 
@@ -179,3 +181,39 @@ stage.{module}_step = step_and_fingerprint
 {before_main}
 sys.exit(main(sys.argv[1:]))
 """
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in policy whose next-token logits are the same at every position (e.g. [2, 1, 0]), so that its
+    log-probabilities are known by hand. A zero parameter is added to them: an optimizer has something to step."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits))
+        self.shift = torch.nn.Parameter(torch.zeros(len(logits)))
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return (self.logits + self.shift).expand(*x.shape, -1)
+
+
+class TokenTable(torch.nn.Module):
+    """A stand-in policy whose next-token logits depend on the input token only: logits[b, t] = table[x[b, t]]."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(table.clone().float())
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.table[x]
+
+
+class PositionValues(torch.nn.Module):
+    """A stand-in value model: value[b, t] = 0.5 * t + 0.1 * x[b, t], so a value read one position off shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], dtype=torch.float32)
+        return 0.5 * positions + 0.1 * x.float() + self.shift

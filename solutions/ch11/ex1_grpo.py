@@ -44,19 +44,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std: bool = True, e
 
     rewards (N,) hold N / group_size groups one after another: [the first prompt's group_size answers,
     the second prompt's, ...] (a view(-1, group_size) puts one group in each row). The std is the
-    group's population std (torch.std(..., unbiased=False): divide by G, not G - 1). With std=False
+    group's sample std, as DeepSeekMath and TRL take it (torch.std's default: divide by G - 1). With std=False
     (Dr. GRPO) do not divide: the advantage is reward - mean. A group whose rewards are all equal
     gets exactly 0 for every answer: it teaches nothing (and there would be 0 / 0 or, with float
     rewards such as 1.1, a tiny rounding residue / eps).
     Example (G = 4): [1, 0, 0, 0, 1, 1, 1, 1]
-        group 1: mean 0.25, std sqrt(0.25 * 0.75) = 0.433 -> [1.732, -0.577, -0.577, -0.577]
+        group 1: mean 0.25, std sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5 -> [1.5, -0.5, -0.5, -0.5]
         group 2: all equal -> [0, 0, 0, 0]
     with std=False: [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]. Return float values, shape (N,).
     """
     groups = rewards.float().view(-1, group_size)
     advantages = groups - groups.mean(dim=1, keepdim=True)
     if std:
-        advantages = advantages / (groups.std(dim=1, unbiased=False, keepdim=True) + eps)
+        advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
     all_equal = (groups == groups[:, :1]).all(dim=1, keepdim=True)
     return torch.where(all_equal, 0.0, advantages).view(-1)
 

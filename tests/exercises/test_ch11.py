@@ -46,14 +46,16 @@ def test_ex_11_1_group_advantages(ex):
     check(what, tuple(got.shape), (8,), "one advantage per answer, shape (N,)", verb="returned a tensor of shape")
     # The docstring's example, eps 0 so that the values are exact.
     expect_close(ex.group_advantages, t([1, 0, 0, 0, 1, 1, 1, 1]), 4, True, 0.0,
-                 equals=t([s, -1 / s, -1 / s, -1 / s, 0, 0, 0, 0]),
-                 why="(r - 0.25) / sqrt(0.25 * 0.75): the population std (unbiased=False); an all-equal group gets 0",
-                 tolerance=dict(atol=1e-5, rtol=0))
+                 equals=t([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]),
+                 why="(r - 0.25) / 0.5: the sample std, divided by G - 1 (torch.std's default); an all-equal "
+                     "group gets 0", tolerance=dict(atol=1e-5, rtol=0))
+    expect_close(ex.group_advantages, t([1, 1, 0, 0]), 4, True, 0.0, equals=t([s / 2, s / 2, -s / 2, -s / 2]),
+                 why="(r - 0.5) / sqrt(1 / 3), not / 0.5 (the population std)", tolerance=dict(atol=1e-5, rtol=0))
     expect_close(ex.group_advantages, t([1, 0, 0, 0, 1, 1, 1, 1]), 4, False,
                  equals=t([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]), why="std=False: reward - the group's mean",
                  tolerance=dict(atol=1e-6, rtol=0))
-    # eps is added to the std: [1, 1, 0, 0] has std 0.5 -> +-0.5 / (0.5 + eps).
-    expect_close(ex.group_advantages, t([1, 1, 0, 0]), 4, True, 0.5, equals=t([0.5, 0.5, -0.5, -0.5]),
+    # eps is added to the std: [1, 0, 0, 0] has std 0.5 -> (0.75, -0.25, ...) / (0.5 + eps).
+    expect_close(ex.group_advantages, t([1, 0, 0, 0]), 4, True, 0.5, equals=t([0.75, -0.25, -0.25, -0.25]),
                  why="divide by (std + eps) = 0.5 + 0.5", tolerance=dict(atol=1e-6, rtol=0))
     # Groups of 2: each row of view(-1, 2) is one group.
     expect_close(ex.group_advantages, t([2, 0, 0.5, 0.5, 0, 3]), 2, False, equals=t([1, -1, 0, 0, -1.5, 1.5]),
