@@ -364,6 +364,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="PPO ratio clip epsilon (default 0.2)")
     ppo.add_argument("--value-clip", type=float_range(0.0, 100.0, include_low=False), default=0.2,
                      help="value clip epsilon (default 0.2)")
+    ppo.add_argument("--value-baseline", action=argparse.BooleanOptionalAction, default=True,
+                     help="the value model's values as the baseline of GAE (default); --no-value-baseline: no value "
+                          "model, a token's advantage is the reward still to come, whitened (an ablation)")
     ppo.add_argument("--gamma", type=float_range(0.0, 1.0), default=1.0, help="discount (default 1)")
     ppo.add_argument("--lam", type=float_range(0.0, 1.0), default=0.95, help="GAE lambda (default 0.95)")
     ppo.add_argument("--max-new-tokens", type=int_range(1, 8192), help="longest answer sampled")
@@ -671,8 +674,8 @@ def compare_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 PPO_FLAGS = ("steps", "batch_size", "minibatch_size", "epochs", "lr", "value_lr", "kl_coef", "kl_estimator", "kl_target",
-             "clip_range", "value_clip", "gamma", "lam", "max_new_tokens", "temperature", "no_end_penalty", "grad_clip",
-             "lora_rank", "lora_alpha", "eval_every", "seed", "device", "dtype")
+             "clip_range", "value_clip", "value_baseline", "gamma", "lam", "max_new_tokens", "temperature",
+             "no_end_penalty", "grad_clip", "lora_rank", "lora_alpha", "eval_every", "seed", "device", "dtype")
 
 
 def compare_alignment_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

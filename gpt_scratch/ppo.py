@@ -83,6 +83,7 @@ class PPOConfig:
     kl_horizon: int = 10_000
     clip_range: float = 0.2
     value_clip: float = 0.2
+    value_baseline: bool = True  # False (an ablation): no value model; a token's advantage is the return still to come
     gamma: float = 1.0
     lam: float = 0.95
     max_new_tokens: int = 24
@@ -133,12 +134,14 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
     with torch.no_grad(), autocast_for(device, cfg.dtype):  # every log-prob under softmax(logits / T), as sampled
         old_logp = token_logprobs(policy(x), y, cfg.temperature)
         ref_logp = reference_logprobs(reference, policy, x, y, cfg.temperature)
-        old_values = value_model(x)
+        old_values = value_model(x) if cfg.value_baseline else torch.zeros_like(old_logp)
     scores = score_texts(reward_model, tokenizer, prompts, batch.responses, dtype=cfg.dtype).to(device)
     scores = torch.where(batch.ended.to(device), scores, torch.full_like(scores, cfg.no_end_penalty))
     kl = kl_per_token(old_logp, ref_logp, mask, cfg.kl_estimator)
     rewards, non_score_reward = rlhf_rewards(scores, kl, mask, kl_coef)
-    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    # Without the value baseline, values 0 and lam 1 make each token's advantage the reward still to come;
+    # after whitening, the batch's mean is the only baseline left.
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam if cfg.value_baseline else 1.0)
     advantages = masked_whiten(advantages, mask)
 
     policy_optimizer, value_optimizer = optimizers
@@ -154,7 +157,8 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
                 policy_loss, stats = clipped_policy_loss(logp, old_logp[rows], advantages[rows], mask[rows],
                                                          cfg.clip_range)
                 value_loss, value_clipfrac = clipped_value_loss(trained_value(x[rows]), old_values[rows],
-                                                                returns[rows], mask[rows], cfg.value_clip)
+                                                                returns[rows], mask[rows], cfg.value_clip) \
+                    if cfg.value_baseline else (torch.zeros((), device=device), torch.zeros((), device=device))
             check_finite_loss(policy_loss + value_loss, step, cfg.lr, cfg.grad_clip)
             policy_optimizer.zero_grad(set_to_none=True)
             value_optimizer.zero_grad(set_to_none=True)

@@ -133,6 +133,12 @@ def test_flags_reach_the_stage(tmp_path, folders):
     history = json.loads((out / "history.json").read_text())
     assert history["eval_step"] == [0, 1, 2] and len(history["score"]) == 2  # --eval-every 1, --steps 2
     assert history["response_length"][0] <= 3  # --max-new-tokens 3
+    assert meta["value_baseline"] is True
+    assert main(["ppo", "--sft", str(folders["sft"]), "--reward", str(folders["reward"]), "--data", str(folders["data"]),
+                 "--out", str(tmp_path / "no_value"), "--preset", "tiny", "--steps", "1", "--no-value-baseline",
+                 "--n-eval", "4", "--quiet"]) == 0
+    assert json.loads((tmp_path / "no_value" / "checkpoint" / "config.json").read_text())["meta"]["ppo_config"][
+        "value_baseline"] is False
 
 
 def test_a_lora_policy_uses_its_own_base_as_the_reference(tmp_path, folders):
@@ -310,3 +316,19 @@ def test_resume_with_the_adaptive_kl_repeats_the_uninterrupted_run(tmp_path, fol
     full, cut = (json.loads((tmp_path / run / "history.json").read_text()) for run in ("full", "cut"))
     assert full["kl_coef"] == cut["kl_coef"] and full["kl"] == cut["kl"] and full["score"] == cut["score"]
     assert len(set(full["kl_coef"])) == cfg.steps  # the coefficient moved at every step
+
+
+def test_without_the_value_baseline_the_advantage_is_the_return_still_to_come(monkeypatch):
+    """--no-value-baseline (an ablation): values 0 and lam 1 in GAE, so a token's advantage is the sum of the
+    rewards from it to the end; the value model is neither read nor trained."""
+    torch.manual_seed(0)
+    policy, reference = TokenTable(torch.randn(4, 4)), TokenTable(torch.randn(4, 4))
+    value_model = PositionValues()
+    batch = hand_rollout([1, 2], [[3, 1, 0], [2, 0]])
+    cfg = small(batch_size=2, minibatch_size=2, epochs=1, value_baseline=False, lam=0.5)
+    metrics, seen = stand_in_step(monkeypatch, policy, reference, value_model, batch, [1.5, -0.7], cfg, kl_coef=0.5)
+    (rewards, values, mask, gamma, lam), (advantages, returns) = seen["gae"]
+    assert torch.all(values == 0) and lam == 1.0
+    reward_to_go = torch.where(mask, rewards, 0).flip(1).cumsum(1).flip(1)  # rewards from t to the end of its row
+    torch.testing.assert_close(advantages[mask], reward_to_go[mask])
+    assert metrics["value_loss"] == 0.0 and value_model.shift.item() == 0.0  # nothing trained the value model
