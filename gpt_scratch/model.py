@@ -237,7 +237,7 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[t
     The angle of pair i is position * theta^(-2i / head_dim); the two halves of a head share the
     angles, pair i being numbers i and i + head_dim / 2.
     """
-    speeds = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    speeds = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * speeds  # (B, T, head_dim / 2)
     angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, head_dim): one per head, broadcast
     return angles.cos(), angles.sin()
