@@ -113,7 +113,8 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     for file in files:
         path = folder / file
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; re-save the model with save_pretrained(safe_serialization=True)")
+            raise FileNotFoundError(f"{path} not found; re-save the model with "
+                                    f"save_pretrained(safe_serialization=True)")
         try:
             weights.update(load_file(str(path)))
         except (SafetensorError, OSError) as err:
@@ -259,9 +260,11 @@ HELP_TOKENIZER = ("The course's tokenizer does not read a Hugging Face tokenizer
 
 def add_commands(stages) -> None:
     """import-llama and export-llama, as subcommands of the command line's parser."""
-    imp = stages.add_parser("import-llama", help="a Hugging Face Llama-family folder (LlamaForCausalLM) as a checkpoint",
-                            description=f"{__doc__.splitlines()[0]} {HELP_TOKENIZER} Downloading real weights needs "
-                                        f"the internet once: hf download HuggingFaceTB/SmolLM2-135M --local-dir smollm2")
+    imp = stages.add_parser("import-llama",
+                            help="a Hugging Face Llama-family folder (LlamaForCausalLM) as a checkpoint",
+                            description=f"{__doc__.splitlines()[0]} {HELP_TOKENIZER} Downloading real weights "
+                                        f"needs the internet once: hf download HuggingFaceTB/SmolLM2-135M "
+                                        f"--local-dir smollm2")
     imp.add_argument("--hf", required=True, help="a folder with config.json + model.safetensors (or shards)")
     imp.add_argument("--out", default="runs/llama/base", help="stage folder; the checkpoint goes into its checkpoint/")
     imp.add_argument("--block-size", type=int_range(2), help="the longest context to allow (default: the config's "
@@ -277,11 +280,11 @@ def add_commands(stages) -> None:
 def run(args) -> int:
     if args.stage == "import-llama":
         folder = import_llama(args.hf, args.out, args.block_size)
-        kept = (Path(args.out) / TOKENIZER_FOLDER).is_dir()
-        print(f"imported {args.hf} into {folder} (float32, no course tokenizer: "
-              f"{'its tokenizer files are in ' + str(Path(args.out) / TOKENIZER_FOLDER) if kept else 'the folder had none'}"
-              f"; encode text with transformers' AutoTokenizer); back to Hugging Face: python -m gpt_scratch "
-              f"export-llama --checkpoint {args.out} --out FOLDER")
+        kept = Path(args.out) / TOKENIZER_FOLDER
+        where = f"its tokenizer files are in {kept}" if kept.is_dir() else "the folder had no tokenizer files"
+        print(f"imported {args.hf} into {folder} (float32, no course tokenizer: {where}; encode text with "
+              f"transformers' AutoTokenizer); back to Hugging Face: python -m gpt_scratch export-llama "
+              f"--checkpoint {args.out} --out FOLDER")
     else:
         folder = export_llama(args.checkpoint, args.out)
         print(f"exported {args.checkpoint} to {folder}; LlamaForCausalLM.from_pretrained({str(folder)!r}) reads it")

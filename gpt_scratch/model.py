@@ -84,7 +84,8 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_kv_head is not None and not (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
+        kv = self.n_kv_head
+        if kv is not None and not (1 <= kv <= self.n_head and self.n_head % kv == 0):
             raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): each key/value "
                              f"head serves the same number of query heads")
         if self.position == "rope" and (self.head_dim % 2 or not self.rope_theta > 0):
@@ -274,17 +275,18 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def split_heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
-        """(B, T, n_heads * head_dim) -> (B, n_heads, T, head_dim)"""
+    def split_heads(self, x: torch.Tensor, n_heads: int | None = None) -> torch.Tensor:
+        """(B, T, n_heads * head_dim) -> (B, n_heads, T, head_dim); n_heads: n_head (the queries') if None"""
         B, T, _ = x.shape
-        return x.view(B, T, n_heads, self.head_dim).transpose(1, 2)
+        return x.view(B, T, n_heads or self.n_head, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None, cache: KVCache | None = None,
                 layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv_width, kv_width], dim=2)
-        q, k, v = self.split_heads(q, self.n_head), self.split_heads(k, self.n_kv_head), self.split_heads(v, self.n_kv_head)
+        q = self.split_heads(q, self.n_head)
+        k, v = self.split_heads(k, self.n_kv_head), self.split_heads(v, self.n_kv_head)
         if rope is not None:  # the cache stores keys already turned: a key's position never changes
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

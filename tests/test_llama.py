@@ -91,7 +91,8 @@ def test_imported_model_gives_transformers_logits(hf_folders, shape, attention):
         s["hidden_size"], s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"], s["vocab_size"])
     assert (c.rope_theta, c.tie_weights, c.bias, c.block_size) == (
         s["rope_theta"], s["tie_word_embeddings"], s.get("attention_bias", False), 64)
-    assert c.layer_norm_eps == s.get("rms_norm_eps", 1e-6) and c.head_dim == s["hidden_size"] // s["num_attention_heads"]
+    assert c.layer_norm_eps == s.get("rms_norm_eps", 1e-6)
+    assert c.head_dim == s["hidden_size"] // s["num_attention_heads"]
     assert (model.lm_head.weight is model.transformer.wte.weight) == c.tie_weights
     ids = ids_for(c.vocab_size)
     assert max_difference(logits(model, ids), logits(hf_model, ids)) <= TOLERANCE
@@ -155,7 +156,8 @@ def test_import_then_export_on_the_command_line_gives_back_the_same_model(hf, hf
     printed = capsys.readouterr().out
     assert "no course tokenizer" in printed and "export-llama" in printed
     model, tokenizer, meta = load_checkpoint(tmp_path / "base")
-    assert tokenizer is None and meta["stage"] == "import-llama" and (meta["bos_token_id"], meta["eos_token_id"]) == (0, 1)
+    assert tokenizer is None and meta["stage"] == "import-llama"
+    assert (meta["bos_token_id"], meta["eos_token_id"]) == (0, 1)
     assert (tmp_path / "base" / TOKENIZER_FOLDER / "tokenizer.json").is_file()
 
     assert main(["export-llama", "--checkpoint", str(tmp_path / "base"), "--out", str(tmp_path / "back")]) == 0
