@@ -4,6 +4,7 @@
     python -m gpt_scratch data                generate the embedded world's data files
     python -m gpt_scratch pretrain            train a tokenizer and a GPT on a text file
     python -m gpt_scratch import-gpt2         a Hugging Face GPT-2 as a checkpoint the stages read
+    python -m gpt_scratch import-llama        a Hugging Face Llama-family model as a checkpoint (export-llama: back)
     python -m gpt_scratch sft                 instruction fine-tuning, scored by the judge
     python -m gpt_scratch reward              a reward model on the preference pairs (chapter 8)
     python -m gpt_scratch ppo                 RLHF with PPO against the reward model (chapter 9)
@@ -217,6 +218,7 @@ def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namesp
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The main parser and each stage's own parser (used for its cross-flag errors)."""
     from gpt_scratch import grade as grade_command
+    from gpt_scratch import llama
     from gpt_scratch.compare import DEFAULT_METHODS, method_type
     from gpt_scratch.compare_alignment import DEFAULT_METHODS as ALIGNMENT_DEFAULTS
     from gpt_scratch.compare_alignment import METHODS as ALIGNMENT_METHODS
@@ -261,6 +263,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                           "(downloaded once)")
     imp.add_argument("--out", default="runs/gpt2/base", help="stage folder; the checkpoint goes into its checkpoint/")
     add_gpt2_vocab_flag(imp)
+
+    llama.add_commands(stages)  # import-llama, export-llama
 
     sft = stages.add_parser("sft", help="instruction fine-tuning of a pretrained model, scored by the judge")
     sft.add_argument("--base", default="runs/default/pretrain",
@@ -547,6 +551,9 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"imported {args.hf} into {folder}; fine-tune it with: python -m gpt_scratch sft --base {args.out} "
               f"--data FILE --template alpaca")
         return 0
+    if args.stage in ("import-llama", "export-llama"):
+        from gpt_scratch import llama
+        return llama.run(args)
     if args.stage == "sft":
         return sft_command(parser, args)
     if args.stage == "reward":

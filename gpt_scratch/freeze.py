@@ -8,10 +8,10 @@
 
 Strategies (what stays trainable):
     full               everything
-    last_blocks        the last N transformer blocks, the final LayerNorm (ln_f) and the output head
+    last_blocks        the last N transformer blocks, the final norm (ln_f) and the output head
     head               the output head only
-    norms_biases       LayerNorm weights and biases, and every bias of every Linear layer
-    embeddings_frozen  everything except the token and position embeddings
+    norms_biases       norm weights (LayerNorm or RMSNorm) and biases, and every bias of every Linear layer
+    embeddings_frozen  everything except the token and position embeddings (a RoPE model has no position table)
 
 apply_freezing first freezes every parameter and only then unfreezes what the strategy names.
 The order is the point: a well-known course shipped a freezing flag that left every layer
@@ -29,7 +29,7 @@ what the table above says.
 
 import torch.nn as nn
 
-from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.model import GPT, GPTConfig, RMSNorm
 
 STRATEGIES = ("full", "last_blocks", "head", "norms_biases", "embeddings_frozen")
 
@@ -54,10 +54,10 @@ def check_strategy(strategy: str, trainable_blocks: int | None, n_layer: int) ->
 
 
 def norm_and_bias_parameters(model: GPT) -> list[nn.Parameter]:
-    """Every LayerNorm weight and bias, and the bias of every Linear layer."""
+    """Every norm's weight (and LayerNorm's bias), and the bias of every Linear layer."""
     params = []
     for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, (nn.LayerNorm, RMSNorm)):
             params += list(module.parameters())  # the gain (weight) and, with config.bias, the bias
         elif isinstance(module, nn.Linear) and module.bias is not None:
             params.append(module.bias)
@@ -104,7 +104,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def parameter_groups(model: GPT) -> list[tuple[str, list[nn.Parameter]]]:
     """(name, parameters) for each row of the trainable table, in the order data flows."""
     t = model.transformer
-    groups = [("token embedding", list(t.wte.parameters())), ("position embedding", list(t.wpe.parameters()))]
+    groups = [("token embedding", list(t.wte.parameters()))]
+    if "wpe" in t:  # a RoPE model has no position table
+        groups.append(("position embedding", list(t.wpe.parameters())))
     groups += [(f"block {i}", list(block.parameters())) for i, block in enumerate(t.h)]
     groups.append(("final norm", list(t.ln_f.parameters())))
     head_name = "head (tied to token embedding)" if head_is_tied(model) else "head"
@@ -136,23 +138,34 @@ def trainable_table(model: GPT) -> str:
     return "\n".join(lines)
 
 
+def norm_parameter_count(config: GPTConfig) -> int:
+    """One norm: a gain per number, and LayerNorm's bias when config.bias (RMSNorm has none)."""
+    return config.n_embd * (2 if config.norm == "layernorm" and config.bias else 1)
+
+
+def block_bias_count(config: GPTConfig) -> int:
+    """The biases of one block's Linear layers (0 with bias=False)."""
+    E, H, kv = config.n_embd, config.mlp_width, config.kv_heads * config.head_dim
+    matrices_out = (E + 2 * kv) + E + H + E + (H if config.mlp == "swiglu" else 0)  # c_attn, c_proj, c_fc, c_proj, c_gate
+    return matrices_out if config.bias else 0
+
+
 def block_parameter_count(config: GPTConfig) -> int:
-    """Parameters of one transformer block: two LayerNorms, attention, MLP."""
-    E, b = config.n_embd, int(config.bias)
-    layer_norms = 2 * (E + b * E)
-    attention = (E * 3 * E + b * 3 * E) + (E * E + b * E)  # c_attn (q, k, v at once), c_proj
-    mlp = (E * 4 * E + b * 4 * E) + (4 * E * E + b * E)  # c_fc, c_proj
-    return layer_norms + attention + mlp
+    """Parameters of one transformer block: two norms, attention, MLP."""
+    E, H, kv = config.n_embd, config.mlp_width, config.kv_heads * config.head_dim
+    attention = E * (E + 2 * kv) + E * E  # c_attn (q, k, v at once), c_proj
+    mlp = (3 if config.mlp == "swiglu" else 2) * E * H  # c_fc, c_proj (and SwiGLU's c_gate)
+    return 2 * norm_parameter_count(config) + attention + mlp + block_bias_count(config)
 
 
 def expected_trainable(config: GPTConfig, strategy: str, trainable_blocks: int | None = None) -> int:
     """The number of trainable parameters a strategy leaves, from the config alone."""
     check_strategy(strategy, trainable_blocks, config.n_layer)
-    E, b = config.n_embd, int(config.bias)
+    E = config.n_embd
     token_embedding = config.vocab_size * E
-    position_embedding = config.block_size * E
+    position_embedding = config.block_size * E if config.position == "learned" else 0
     blocks = config.n_layer * block_parameter_count(config)
-    final_norm = E + b * E
+    final_norm = norm_parameter_count(config)
     head = config.vocab_size * E  # no bias; when tied, this matrix is the token embedding
     separate_head = 0 if config.tie_weights else head  # a tied head adds no parameters of its own
 
@@ -163,8 +176,7 @@ def expected_trainable(config: GPTConfig, strategy: str, trainable_blocks: int |
     if strategy == "last_blocks":
         return trainable_blocks * block_parameter_count(config) + final_norm + head
     if strategy == "norms_biases":
-        # per block: two LayerNorms (weight + bias), and biases of c_attn, attn c_proj, c_fc, mlp c_proj
-        per_block = 2 * (E + b * E) + b * (3 * E + E + 4 * E + E)
+        per_block = 2 * norm_parameter_count(config) + block_bias_count(config)
         return config.n_layer * per_block + final_norm
     if strategy == "embeddings_frozen":
         return blocks + final_norm + separate_head

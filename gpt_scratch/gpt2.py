@@ -118,8 +118,12 @@ def save_hf_gpt2(model: GPT, folder: str | Path, eos_id: int | None = None) -> P
     eos_id: the tokenizer's <|endoftext|> id (50256 for GPT-2's), so that transformers'
     generate() knows where to stop; None if the model has no such token.
     """
-    if not model.config.bias:
+    c = model.config
+    if not c.bias:
         raise ValueError("GPT-2 has biases everywhere; a model built with bias=False cannot be saved as GPT-2")
+    if (c.norm, c.position, c.mlp, c.kv_heads, c.mlp_width) != ("layernorm", "learned", "gelu", c.n_head, 4 * c.n_embd):
+        raise ValueError("this model has a modern layout (RMSNorm, RoPE, SwiGLU or grouped-query attention), "
+                         "which GPT-2 has not; save it as a Llama with gpt_scratch.llama.save_hf_llama")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}

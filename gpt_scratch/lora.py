@@ -43,7 +43,10 @@ from gpt_scratch.model import GPT, GPTConfig
 
 # Which Linear layers each target name means; names are matched at the end of module names,
 # so "attn.c_proj" is transformer.h.<i>.attn.c_proj and never transformer.h.<i>.mlp.c_proj.
-TARGETS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj"), "head": ("lm_head",)}
+# A SwiGLU MLP (config.mlp="swiglu") has a third matrix, mlp.c_gate; GPT-2's MLP has none, and a
+# suffix that names no layer of the model selects nothing.
+TARGETS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_gate", "mlp.c_fc", "mlp.c_proj"),
+           "head": ("lm_head",)}
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -237,16 +240,19 @@ def remove_lora(model: GPT) -> list[str]:
 def lora_parameter_count(config: GPTConfig, rank: int, targets: tuple[str, ...] = ("attn", "mlp")) -> int:
     """The number of LoRA parameters add_lora creates, from the config alone."""
     targets = check_lora_settings(rank, 1.0, targets, 0.0, False)
-    E, V = config.n_embd, config.vocab_size
+    E, V, H = config.n_embd, config.vocab_size, config.mlp_width
+    kv = config.kv_heads * config.head_dim  # the width of k and of v: E, unless heads are shared
 
     def pair(n_in: int, n_out: int) -> int:
         return rank * n_in + n_out * rank  # A is (rank, in), B is (out, rank)
 
     per_block = 0
     if "attn" in targets:
-        per_block += pair(E, 3 * E) + pair(E, E)  # c_attn, c_proj
+        per_block += pair(E, E + 2 * kv) + pair(E, E)  # c_attn (q, k, v), c_proj
     if "mlp" in targets:
-        per_block += pair(E, 4 * E) + pair(4 * E, E)  # c_fc, c_proj
+        per_block += pair(E, H) + pair(H, E)  # c_fc, c_proj
+        if config.mlp == "swiglu":
+            per_block += pair(E, H)  # c_gate
     count = config.n_layer * per_block
     if "head" in targets:
         count += pair(E, V)

@@ -155,6 +155,16 @@ SCRIPTS = {
                 (["--samples", "0"], "--samples"), (["--samples", "65"], "--samples"),
                 (["--group-size", "8", "--samples", "4"], "--samples"), (["--seed", "-1"], "--seed")],
     },
+    "ch12/ex1_modern.py": {
+        "base": [],
+        "values": {"--n-embd": ["24"], "--n-head": ["2"], "--n-kv-head": ["1", "4"], "--theta": ["50"],
+                   "--seq-len": ["3"], "--shift": ["7"], "--seed": ["1"]},
+        "bad": [(["--n-embd", "1"], "--n-embd"), (["--n-embd", "12"], "--n-embd"), (["--n-embd", "257"], "--n-embd"),
+                (["--n-head", "0"], "--n-head"), (["--n-head", "3"], "--n-head"), (["--n-kv-head", "3"], "--n-kv-head"),
+                (["--n-kv-head", "0"], "--n-kv-head"), (["--theta", "1"], "--theta"), (["--theta", "nan"], "--theta"),
+                (["--seq-len", "1"], "--seq-len"), (["--seq-len", "33"], "--seq-len"), (["--shift", "0"], "--shift"),
+                (["--seed", "-1"], "--seed")],
+    },
     "ch10/ex1_dpo.py": {
         "base": ["--steps", "4", "--print-every", "2"],
         "values": {"--prompts": ["2"], "--answers": ["3"], "--loss": ["ipo"], "--beta": ["0.1"], "--steps": ["6"],

@@ -58,12 +58,18 @@ def test_expected_trainable_on_known_numbers():
     assert expected_trainable(untied, "embeddings_frozen") == 3 * 3280 + 32 + 1024
 
 
-@pytest.mark.parametrize("overrides", [dict(bias=False), dict(bias=False, tie_weights=False)])
+MODERN = dict(norm="rmsnorm", position="rope", mlp="swiglu", n_kv_head=1)
+
+
+@pytest.mark.parametrize("overrides", [dict(bias=False), dict(bias=False, tie_weights=False), MODERN,
+                                       dict(**MODERN, bias=False, tie_weights=False)],
+                         ids=["no-bias", "no-bias-untied", "modern", "llama"])
 @pytest.mark.parametrize("strategy, n", CASES)
-def test_counts_match_the_formula_without_biases(strategy, n, overrides):
+def test_counts_match_the_formula_without_biases_and_in_the_modern_layout(strategy, n, overrides):
     model = fresh_model(**overrides)
     apply_freezing(model, strategy, n)
     assert count_parameters(model) == (expected_trainable(model.config, strategy, n), model.num_parameters())
+    assert ("position embedding" in trainable_table(model)) == (model.config.position == "learned")
 
 
 def test_tied_head_rule():

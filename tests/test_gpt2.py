@@ -224,3 +224,10 @@ def test_a_download_broken_halfway_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="connection reset"):
         download_gpt2("gpt2", cache_dir=tmp_path)
     assert list((tmp_path / "gpt2").iterdir()) == []  # no half file that a second call would take as complete
+
+
+def test_a_modern_layout_is_not_saved_as_gpt2(tmp_path):
+    config = GPTConfig(vocab_size=VOCAB, block_size=64, n_layer=1, n_head=4, n_embd=32, position="rope")
+    with pytest.raises(ValueError, match="save it as a Llama"):
+        save_hf_gpt2(GPT(config), tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -24,7 +24,7 @@ from gpt_scratch.ppo_math import aggregate_loss, clipped_policy_loss
 from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import FixedLogits, fingerprint_script, two_ranks
+from tiny import LAYOUTS, FixedLogits, fingerprint_script, layout_config, two_ranks
 
 GARBAGE = 1e4
 TOL = 1e-12
@@ -209,11 +209,13 @@ def write_data(folder):
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(request, tmp_path_factory):
+    """A tiny SFT checkpoint (GPT-2's layout unless a test asks for another) and data of two families."""
     root = tmp_path_factory.mktemp("grpo")
     tokenizer = Tokenizer.train("Is 3 a number? yes. Is a cat a number? no. The answer is yes. " * 20, 280)
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16))
+    gpt = GPT(layout_config(getattr(request, "param", "gpt2"), vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1,
+                            n_head=2, n_embd=16))
     sft = save_checkpoint(root / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"})
     return {"sft": sft.parent, "data": write_data(root / "data"), "tokenizer": tokenizer}
 
@@ -315,6 +317,7 @@ def test_dynamic_sampling_replaces_groups_that_teach_nothing_a_bounded_number_of
     assert 16 < results["on"]["answers_sampled"] <= 16 * 4
 
 
+@pytest.mark.parametrize("folders", LAYOUTS, indirect=True)
 def test_the_stage_writes_its_folder_repeats_for_a_seed_and_trains_on_training_prompts_only(
         tmp_path, folders, monkeypatch, reward_by_length):
     seen_prompts = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tiny import tiny_config
+from tiny import layout_config, tiny_config
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt_scratch import lora
 from gpt_scratch.freeze import count_parameters
@@ -190,11 +190,31 @@ def test_trainable_count_matches_the_formula(rank, targets):
     assert total == total_before + trainable + copied_head
 
 
+@pytest.mark.parametrize("targets", [("attn",), ("mlp",), ALL])
+def test_the_modern_layout_wraps_the_gate_too_and_merged_equals_unmerged(targets):
+    """SwiGLU's three matrices (c_gate, c_fc, c_proj) are all "mlp"; c_attn holds fewer k, v rows with GQA."""
+    torch.manual_seed(0)
+    model = GPT(layout_config("llama", vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=16)).eval()
+    names = add_lora(model, rank=2, alpha=4, targets=targets)
+    layers = {"attn": ["attn.c_attn", "attn.c_proj"], "mlp": ["mlp.c_gate", "mlp.c_fc", "mlp.c_proj"]}
+    expected = [f"transformer.h.{i}.{name}" for i in range(2) for t in targets if t in layers for name in layers[t]]
+    assert sorted(names) == sorted(expected + (["lm_head"] if "head" in targets else []))
+    assert count_parameters(model)[0] == lora_parameter_count(model.config, 2, targets)
+    randomise_B(model)
+    unmerged = model(IDS)
+    merge_lora(model)
+    torch.testing.assert_close(model(IDS), unmerged, atol=1e-5, rtol=1e-5)
+
+
 def test_formula_on_known_numbers():
     c = tiny_config()  # n_embd 16, vocab 64, 2 layers
     assert lora_parameter_count(c, 1, ("attn",)) == 2 * ((16 + 48) + (16 + 16))
     assert lora_parameter_count(c, 2, ("mlp",)) == 2 * 2 * ((16 + 64) + (64 + 16))
     assert lora_parameter_count(c, 4, ("head",)) == 4 * (16 + 64)
+    modern = layout_config("llama", vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    assert (modern.mlp_width, modern.kv_heads, modern.head_dim) == (48, 1, 8)  # SwiGLU's c_gate, c_fc: 16 -> 48
+    assert lora_parameter_count(modern, 1, ("attn",)) == 2 * ((16 + 32) + (16 + 16))
+    assert lora_parameter_count(modern, 1, ("mlp",)) == 2 * (2 * (16 + 48) + (48 + 16))
 
 
 def test_dropout_touches_only_the_lora_path():

@@ -17,16 +17,19 @@ from gpt_scratch.ppo import PPOConfig, ppo_stage, ppo_step, step_prompts
 from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
-from tiny import FixedLogits, PositionValues, TokenTable, fingerprint_script, two_ranks, write_yes_data
+from tiny import (LAYOUTS, FixedLogits, PositionValues, TokenTable, fingerprint_script, layout_config, two_ranks,
+                  write_yes_data)
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """A tiny SFT checkpoint, a reward checkpoint (random head + log p term) and data the judge can score."""
+def folders(request, tmp_path_factory):
+    """A tiny SFT checkpoint, a reward checkpoint (random head + log p term) and data the judge can score;
+    the models in GPT-2's layout unless a test asks for another (indirect parametrisation)."""
     root = tmp_path_factory.mktemp("ppo")
     tokenizer = Tokenizer.train("Is 3 a number? yes. Is a cat a number? no. The answer is yes. " * 20, 280)
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16))
+    gpt = GPT(layout_config(getattr(request, "param", "gpt2"), vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1,
+                            n_head=2, n_embd=16))
     sft = save_checkpoint(root / "sft" / "checkpoint", gpt, tokenizer, {"stage": "sft"})
     reward = GPTWithHead(copy.deepcopy(gpt), "reward", with_logprob=True)
     with torch.no_grad():
@@ -65,6 +68,7 @@ def test_one_step_keeps_the_reference_frozen_and_starts_at_ratio_1(folders):
         assert key in metrics, key
 
 
+@pytest.mark.parametrize("folders", LAYOUTS, indirect=True)
 def test_the_stage_writes_its_folder_and_repeats_for_a_seed(tmp_path, folders):
     first = ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "a", small(), quiet=True)
     ppo_stage(folders["sft"], folders["reward"], folders["data"], tmp_path / "b", small(), quiet=True)

@@ -20,6 +20,7 @@ from gpt_scratch.reward import (accuracy_against_rule, bradley_terry_loss, encod
                                 reward_scores, reward_stage)
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig
+from tiny import LAYOUTS, layout_config
 
 TEXT = "Is 3 a number? yes. Is a cat a number? no. The answer is yes. The answer is no. " * 20
 
@@ -29,9 +30,9 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train(TEXT, 280)
 
 
-def tiny_gpt(tokenizer, seed=0) -> GPT:
+def tiny_gpt(tokenizer, seed=0, layout="gpt2") -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16))
+    return GPT(layout_config(layout, vocab_size=tokenizer.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=16))
 
 
 def trained_head(model: GPTWithHead) -> GPTWithHead:
@@ -187,10 +188,14 @@ def write_pair_data(folder, n_train=64, n_test=16):
 
 
 @pytest.fixture(scope="module")
-def sft_folder(tmp_path_factory, tokenizer):
-    return save_checkpoint(tmp_path_factory.mktemp("sft") / "checkpoint", tiny_gpt(tokenizer), tokenizer, {"stage": "sft"})
+def sft_folder(request, tmp_path_factory, tokenizer):
+    """A tiny SFT checkpoint, in GPT-2's layout unless a test asks for another (indirect parametrisation)."""
+    layout = getattr(request, "param", "gpt2")
+    return save_checkpoint(tmp_path_factory.mktemp("sft") / "checkpoint", tiny_gpt(tokenizer, layout=layout), tokenizer,
+                           {"stage": "sft"})
 
 
+@pytest.mark.parametrize("sft_folder", LAYOUTS, indirect=True)
 def test_reward_stage_learns_the_rule_and_writes_its_folder(tmp_path, sft_folder):
     data = write_pair_data(tmp_path / "data")
     cfg = TrainConfig(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10)

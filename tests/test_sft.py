@@ -11,7 +11,7 @@ from gpt_scratch.sft import IGNORE, Encoded, ExampleBatches, collate, encode_rec
 from gpt_scratch.templates import encode_example, encode_prompt
 from gpt_scratch.tokenizer import ASSISTANT, EOT, USER, Tokenizer
 from gpt_scratch.train import TrainConfig
-from tiny import write_yes_data
+from tiny import LAYOUTS, layout_config, write_yes_data
 
 ALPACA = {"instruction": "What is 3 plus 4?", "input": "", "output": "The answer is 7."}
 WITH_INPUT = {"instruction": "Reverse the letters.", "input": "c a t", "output": "t a c"}
@@ -136,10 +136,12 @@ def test_batches_visit_every_example_once_per_epoch_and_repeat_exactly():
     assert any(not torch.equal(batches.batch(s)[0], other_seed.batch(s)[0]) for s in range(5))
 
 
-@pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory, tokenizer):
+@pytest.fixture(scope="module", params=LAYOUTS)
+def base_checkpoint(request, tmp_path_factory, tokenizer):
+    """A tiny base model in GPT-2's layout and in the modern one (tiny.LAYOUTS)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(layout_config(request.param, vocab_size=tokenizer.n_vocab, block_size=64, n_layer=1, n_head=2,
+                              n_embd=16))
     return save_checkpoint(tmp_path_factory.mktemp("base") / "checkpoint", model, tokenizer, {"stage": "pretrain"})
 
 

@@ -10,21 +10,23 @@ from gpt_scratch.checkpoint import load_checkpoint, load_train_state, save_check
 from gpt_scratch.cli import main
 from gpt_scratch.freeze import STRATEGIES, expected_trainable
 from gpt_scratch.lora import lora_parameter_count
-from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.model import GPT
 from gpt_scratch.tokenizer import Tokenizer
-from tiny import write_yes_data
+from tiny import layout_config, write_yes_data
 
 N_LAYER = 2
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(request, tmp_path_factory):
+    """A tiny base (GPT-2's layout unless a test asks for another), its corpus and data."""
     root = tmp_path_factory.mktemp("sft_flags")
     text = "Is 3 a number? yes. Is 12 a number? yes. " * 20
     (root / "corpus.txt").write_text(text)  # the base's pretraining text: what replay rehearses
     tokenizer = Tokenizer.train(text, 270)
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=48, n_layer=N_LAYER, n_head=2, n_embd=16)
+    config = layout_config(getattr(request, "param", "gpt2"), vocab_size=tokenizer.n_vocab, block_size=48,
+                           n_layer=N_LAYER, n_head=2, n_embd=16)
     base = save_checkpoint(root / "base" / "checkpoint", GPT(config), tokenizer,
                            {"stage": "pretrain", "corpus": str(root / "corpus.txt")})
     return {"root": root, "base": base.parent, "data": write_yes_data(root / "data", n_train=16, n_test=4),
@@ -55,7 +57,7 @@ def test_trainable_counts_differ_between_strategies(setup):
     assert len(counts) >= len(FREEZE_CASES) - 2  # (head and last_blocks 0 coincide when the head is tied)
 
 
-@pytest.mark.parametrize("rank", [1, 2, 4])
+@pytest.mark.parametrize("setup, rank", [("gpt2", 1), ("gpt2", 2), ("gpt2", 4), ("llama", 2)], indirect=["setup"])
 def test_every_lora_rank_trains_the_formula_count_and_writes_an_adapter(setup, rank):
     metrics, out = run_sft(setup, f"lora_{rank}", "--lora-rank", str(rank))
     assert metrics["trainable_parameters"] == lora_parameter_count(setup["config"], rank, ("attn", "mlp"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gpt_scratch.model import GPTConfig
+from gpt_scratch.model import GPTConfig, llama_config
 from gpt_scratch.world.corpus import build_world, generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +25,17 @@ def tiny_config(**overrides) -> GPTConfig:
     settings = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16)
     settings.update(overrides)
     return GPTConfig(**settings)
+
+
+# The two layouts every stage's main test runs on: GPT-2's and the modern one (chapter 12: RMSNorm,
+# RoPE, SwiGLU, grouped-query attention, no biases, an untied head), so that a change that breaks
+# either one fails.
+LAYOUTS = ("gpt2", "llama")
+
+
+def layout_config(layout: str, **settings) -> GPTConfig:
+    """GPTConfig(**settings) in GPT-2's layout, or llama_config(**settings)."""
+    return llama_config(**settings) if layout == "llama" else GPTConfig(**settings)
 
 
 def write_world_corpus(folder, characters=30_000):
