@@ -317,7 +317,7 @@ def json_line(event: dict) -> bytes:
 
 
 async def answer_events(request: ChatRequest, prompt: list[int], dropped: int,
-                        questions: dict[str, tuple[dict, bool]], limiter) -> AsyncIterator[bytes]:
+                        questions: dict[str, tuple[dict, bool]], limiter: CapacityLimiter) -> AsyncIterator[bytes]:
     """The answer's events as JSON lines: start, a token event per piece of text, end (with the verdict)."""
     chat_model = request.model
     seed = request.seed + len(request.history) // 2  # as `chat`: each turn its own seed, repeatable
