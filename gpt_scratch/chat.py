@@ -24,12 +24,13 @@ How it works:
    dropped, with a notice. A question too long even alone is refused, and the chat goes on.
 3. The answer is printed token by token as it is sampled (generate.stream), until <|endoftext|>.
    A token can end in the middle of a character (an emoji is 4 bytes), so each time we decode
-   the whole answer so far and print only the new text, holding back a half character.
+   the whole answer so far and print only the new text, holding back a half character
+   (answer_pieces, which the web page's server streams too).
 """
 
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from gpt_scratch.generate import stream
 from gpt_scratch.model import GPT
@@ -78,9 +79,13 @@ def fit_conversation(tokenizer: Tokenizer, history: list[dict], question: str,
         history = history[2:]  # one turn: the user's message and the model's answer
 
 
-def stream_answer(model: GPT, tokenizer: Tokenizer, prompt: list[int], out: TextIO, max_new_tokens: int,
-                  temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> str:
-    """Print the answer to `out` as it comes; return it (without the end-of-text token)."""
+def answer_pieces(model: GPT, tokenizer: Tokenizer, prompt: list[int], max_new_tokens: int, temperature: float,
+                  top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[str]:
+    """The answer's text piece by piece, as it is sampled (until the end-of-text token, which is left out).
+
+    A token can end in the middle of a character, so each time the whole answer so far is decoded
+    and only the new text comes out, a half character held back until its other bytes arrive.
+    """
     ids: list[int] = []
     shown = ""
     for token in stream(model, prompt, max_new_tokens, temperature, top_k, top_p, tokenizer.eot_id, seed):
@@ -88,11 +93,23 @@ def stream_answer(model: GPT, tokenizer: Tokenizer, prompt: list[int], out: Text
             break
         ids.append(token)
         ready = tokenizer.decode(ids).rstrip("\ufffd")  # a half character waits for its other bytes
-        out.write(ready[len(shown):])
+        if len(ready) > len(shown):
+            yield ready[len(shown):]
+            shown = ready
+    rest = tokenizer.decode(ids)[len(shown):]  # whatever was held back (bytes that never became a character)
+    if rest:
+        yield rest
+
+
+def stream_answer(model: GPT, tokenizer: Tokenizer, prompt: list[int], out: TextIO, max_new_tokens: int,
+                  temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> str:
+    """Print the answer to `out` as it comes; return it (without the end-of-text token)."""
+    answer = ""
+    for piece in answer_pieces(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        out.write(piece)
         out.flush()
-        shown = ready
-    answer = tokenizer.decode(ids)
-    out.write(answer[len(shown):] + "\n")  # whatever was held back (bytes that never became a character)
+        answer += piece
+    out.write("\n")
     out.flush()
     return answer
 

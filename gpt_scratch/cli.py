@@ -14,6 +14,7 @@
     python -m gpt_scratch compare-alignment   SFT, PPO, DPO, IPO, cDPO, robust DPO at label noise 0 and 0.2
     python -m gpt_scratch generate            sample text from a checkpoint (or answer one question)
     python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
+    python -m gpt_scratch serve               chat with every model of a run in the browser, side by side
     python -m gpt_scratch bench               training / generation speed and MFU
     python -m gpt_scratch grade               grade the exercises (or --solutions)
 
@@ -219,6 +220,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     """The main parser and each stage's own parser (used for its cross-flag errors)."""
     from gpt_scratch import grade as grade_command
     from gpt_scratch import llama
+    from gpt_scratch import serve as serve_command
     from gpt_scratch.compare import DEFAULT_METHODS, method_type
     from gpt_scratch.compare_alignment import DEFAULT_METHODS as ALIGNMENT_DEFAULTS
     from gpt_scratch.compare_alignment import METHODS as ALIGNMENT_METHODS
@@ -507,6 +509,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     grade = stages.add_parser("grade", help="run the exercise tests and print a score table")
     grade_command.add_arguments(grade)
+    serve_command.add_arguments(stages.add_parser("serve", help="chat with every model of a run in the browser, "
+                                                  "side by side (a local web page and a JSON API)"))
     return parser, stages.choices
 
 
@@ -571,6 +575,9 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.stage == "grade":
         from gpt_scratch import grade as grade_command
         return grade_command.run(args)
+    if args.stage == "serve":
+        from gpt_scratch import serve as serve_command
+        return serve_command.run(args)
     if args.stage == "generate":
         return generate_command(parser, args)
     if args.stage == "chat":
