@@ -2,6 +2,7 @@
 
     python -m gpt_scratch chat --checkpoint runs/default/sft
     python -m gpt_scratch chat --checkpoint runs/default/sft --temperature 0.8 --top-k 40 --seed 1
+    python -m gpt_scratch chat --checkpoint runs/gpt2/sft     # trained with --template alpaca: asked in it
 
     you> What is 3 plus 4?
     model> The answer is 7.
@@ -11,18 +12,23 @@
 A question is one line. Type \\n (a backslash, then n) where it needs a line break: the course's
 tasks put their input after a blank line, as in "Reverse the letters.\\n\\nc a t" above.
 Empty lines are skipped; /reset forgets the conversation; /quit, Ctrl-D (end of input) or Ctrl-C
-leave. Any checkpoint of the course works (SFT, and the later stages' plain GPT checkpoints).
+leave. A line whose first word starts with "/" is a command, in any case (/QUIT, "/quit now").
+Any checkpoint of the course works (SFT, and the later stages' plain GPT checkpoints).
 
 How it works:
-1. The conversation is kept as chat messages, [{"role": "user", ...}, {"role": "assistant", ...},
-   ...], and encoded with the chat template that SFT trained on (templates.py), ending where the
-   next answer begins:
+1. A model answers well only in the template it was trained with, which SFT records in the
+   checkpoint's config.json ("template"): the chat uses that one (choose_template). Another one
+   can be asked for (--template), with a warning; a base model (pretrain) has learned none.
+2. The conversation is kept as chat messages, [{"role": "user", ...}, {"role": "assistant", ...},
+   ...], and encoded with the chat template (templates.py), ending where the next answer begins:
        <|user|>What is 3 plus 4?<|assistant|>The answer is 7.<|endoftext|><|user|>And...<|assistant|>
    Typing "<|user|>" yourself gives plain text, never the special token: only the template makes one.
-2. The model sees at most block_size tokens, and the answer needs room too (--max-new-tokens).
+   The alpaca template holds one question and its answer, so with it each question is asked on
+   its own: the model does not see the earlier turns.
+3. The model sees at most block_size tokens, and the answer needs room too (--max-new-tokens).
    When the conversation no longer fits in block_size - max_new_tokens, its oldest turns are
    dropped, with a notice. A question too long even alone is refused, and the chat goes on.
-3. The answer is printed token by token as it is sampled (generate.stream), until <|endoftext|>.
+4. The answer is printed token by token as it is sampled (generate.stream), until <|endoftext|>.
    A token can end in the middle of a character (an emoji is 4 bytes), so each time we decode
    the whole answer so far and print only the new text, holding back a half character
    (answer_pieces, which the web page's server streams too).
@@ -38,11 +44,46 @@ from gpt_scratch.templates import encode_prompt
 from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
 
 COMMANDS = "/reset forgets the conversation, /quit or Ctrl-D leaves; type \\n for a line break"
+QUIT, RESET = "/quit", "/reset"
 
 
 def read_question(line: str) -> str:
     """A typed line -> the question: a typed \\n becomes a line break, outer spaces go."""
     return line.replace("\\n", "\n").strip()
+
+
+def command_of(question: str) -> str | None:
+    """The command a line gives, in lower case, or None for a question: its first word, if that starts with "/".
+
+        command_of("/QUIT") == "/quit";  command_of("/quit now") == "/quit";  command_of("3 / 4?") is None
+    """
+    words = question.split()
+    return words[0].lower() if words and words[0].startswith("/") and len(words[0]) > 1 else None
+
+
+def choose_template(path: str | Path, meta: dict, asked: str | None, base_default: str) -> tuple[str, str | None]:
+    """(the template to use, a one-line note to print or None): the checkpoint's own unless another is asked.
+
+    meta is the checkpoint's (config.json's "meta"); SFT and the stages after it record "template".
+    asked: --template, None when not given; "none" (generate only) means plain text to continue.
+    base_default: what a base model without a template gets when nothing is asked.
+
+        choose_template("runs/default/sft", {"template": "chat"}, None, "none") == ("chat", None)
+    """
+    trained = meta.get("template")
+    if trained is None:  # a base model: pretrain, import-gpt2
+        using = asked or base_default
+        what = ("continuing the prompt as plain text (fine-tune it with `sft` before asking it questions)"
+                if using == "none" else
+                f"it has not learned to answer in the {using} template: fine-tune it with `sft` first")
+        return using, f"note: {path} is a base model ({meta.get('stage', 'unknown stage')}) with no template; {what}"
+    if asked is None or asked == trained:
+        return trained, None
+    if asked == "none":
+        return asked, (f"warning: {path} was trained with the {trained} template; --template none continues "
+                       f"the prompt as plain text instead")
+    return asked, (f"warning: {path} was trained with the {trained} template, not {asked}: its answers in the "
+                   f"{asked} template may be wrong (leave out --template to use {trained})")
 
 
 def question_record(text: str) -> dict:
@@ -60,18 +101,27 @@ def encode_question(tokenizer: Tokenizer, text: str, template: str) -> list[int]
     return encode_prompt(tokenizer, question_record(text), template)
 
 
-def encode_conversation(tokenizer: Tokenizer, history: list[dict], question: str) -> list[int]:
-    """The chat-template ids of the conversation so far plus the new question, up to <|assistant|>."""
+def encode_conversation(tokenizer: Tokenizer, history: list[dict], question: str,
+                        template: str = "chat") -> list[int]:
+    """The ids of the conversation so far plus the new question, up to where the answer begins.
+
+    chat: every turn, up to <|assistant|>. alpaca holds one question and its answer: the history
+    must be empty (the chat keeps none with it), and the question is encoded as generate asks it.
+    """
+    if template == "alpaca":
+        if history:
+            raise ValueError("the alpaca template holds one question and its answer, not a conversation")
+        return encode_question(tokenizer, question, template)
     messages = history + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-    return encode_prompt(tokenizer, {"messages": messages}, "chat")
+    return encode_prompt(tokenizer, {"messages": messages}, template)
 
 
 def fit_conversation(tokenizer: Tokenizer, history: list[dict], question: str,
-                     budget: int) -> tuple[list[dict], list[int]] | None:
+                     budget: int, template: str = "chat") -> tuple[list[dict], list[int]] | None:
     """(the history that fits, the prompt ids): the oldest turns (question + answer) dropped until
     the prompt has at most `budget` tokens. None if the question alone is longer than that."""
     while True:
-        ids = encode_conversation(tokenizer, history, question)
+        ids = encode_conversation(tokenizer, history, question, template)
         if len(ids) <= budget:
             return history, ids
         if not history:
@@ -114,9 +164,15 @@ def stream_answer(model: GPT, tokenizer: Tokenizer, prompt: list[int], out: Text
     return answer
 
 
-def prompt_budget(model: GPT, tokenizer: Tokenizer, max_new_tokens: int) -> int:
+def has_chat_tokens(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer can write the chat template (GPT-2's own has only <|endoftext|>)."""
+    return USER in tokenizer.special_tokens and ASSISTANT in tokenizer.special_tokens
+
+
+def prompt_budget(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, template: str = "chat") -> int:
     """How many prompt tokens leave room for a whole answer; ValueError if a chat cannot work."""
-    tokenizer.special_id(USER), tokenizer.special_id(ASSISTANT)  # GPT-2's tokenizer has no chat tokens
+    if template == "chat":
+        tokenizer.special_id(USER), tokenizer.special_id(ASSISTANT)  # a one-line error without them
     block_size = model.config.block_size
     if block_size - max_new_tokens < 3:  # <|user|>, one token of question, <|assistant|>
         raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a question in the model's "
@@ -126,10 +182,13 @@ def prompt_budget(model: GPT, tokenizer: Tokenizer, max_new_tokens: int) -> int:
 
 def chat(model: GPT, tokenizer: Tokenizer, max_new_tokens: int = 32, temperature: float = 0.0,
          top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-         out: TextIO | None = None) -> int:
-    """The chat loop: read a line from stdin, answer it, repeat; 0 at /quit or end of input."""
+         out: TextIO | None = None, template: str = "chat") -> int:
+    """The chat loop: read a line from stdin, answer it, repeat; 0 at /quit or end of input.
+
+    template: the one the model was trained with; with alpaca each question is asked on its own.
+    """
     out = out or sys.stdout
-    budget = prompt_budget(model, tokenizer, max_new_tokens)
+    budget = prompt_budget(model, tokenizer, max_new_tokens, template)
     block_size = model.config.block_size
     echo = not sys.stdin.isatty()  # piped input is not shown by the terminal: show it in the transcript
     history: list[dict] = []
@@ -146,18 +205,19 @@ def chat(model: GPT, tokenizer: Tokenizer, max_new_tokens: int = 32, temperature
             question = read_question(line)
             if not question:
                 continue
-            if question == "/quit":
+            command = command_of(question)
+            if command == QUIT:
                 return 0
-            if question == "/reset":
+            if command == RESET:
                 history = []
                 print("(conversation cleared)", file=out)
                 continue
-            if question.startswith("/") and " " not in question:
-                print(f"(unknown command {question}: {COMMANDS})", file=out)
+            if command is not None:
+                print(f"(unknown command {command}: {COMMANDS})", file=out)
                 continue
-            fitted = fit_conversation(tokenizer, history, question, budget)
+            fitted = fit_conversation(tokenizer, history, question, budget, template)
             if fitted is None:
-                n = len(encode_conversation(tokenizer, [], question))
+                n = len(encode_conversation(tokenizer, [], question, template))
                 print(f"(that question is {n} tokens, but the context of {block_size} holds {budget} besides "
                       f"the answer's {max_new_tokens}: ask something shorter, or lower --max-new-tokens)", file=out)
                 continue
@@ -170,25 +230,30 @@ def chat(model: GPT, tokenizer: Tokenizer, max_new_tokens: int = 32, temperature
             out.write("model> ")
             answer = stream_answer(model, tokenizer, prompt, out, max_new_tokens, temperature, top_k, top_p,
                                    seed + turn if temperature > 0 else None)
-            history = kept + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            if template == "chat":  # the alpaca template has no room for earlier turns
+                history = kept + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
             turn += 1
     except KeyboardInterrupt:  # Ctrl-C: leave quietly, without a traceback
         print(file=out)
         return 0
 
 
-def chat_with_checkpoint(path: str | Path, **settings) -> int:
-    """Load a checkpoint (stage or checkpoint folder) and chat with it; settings go to chat()."""
+def chat_with_checkpoint(path: str | Path, template: str | None = None, **settings) -> int:
+    """Load a checkpoint (stage or checkpoint folder) and chat with it in the template it was trained with.
+
+    template: another template to use instead (a warning says so); settings go to chat().
+    """
     from gpt_scratch.checkpoint import load_checkpoint
     from gpt_scratch.train import pick_device
 
     model, tokenizer, meta = load_checkpoint(path, device=pick_device("auto"))
     if tokenizer is None:
         raise FileNotFoundError(f"{path} has no tokenizer files; use a checkpoint saved by a stage")
-    prompt_budget(model, tokenizer, settings.get("max_new_tokens", 32))  # refused before the greeting
-    stage = meta.get("stage", "unknown")
-    print(f"chat with {path} ({stage} model, {model.num_parameters():,} parameters, context "
-          f"{model.config.block_size} tokens). {COMMANDS}.")
-    if stage == "pretrain":
-        print("(a pretrained model has not learned the chat template yet: fine-tune it with `sft` first)")
-    return chat(model, tokenizer, **settings)
+    template, note = choose_template(path, meta, template, "chat" if has_chat_tokens(tokenizer) else "alpaca")
+    prompt_budget(model, tokenizer, settings.get("max_new_tokens", 32), template)  # refused before the greeting
+    if note:
+        print(note, file=sys.stderr)
+    memory = "" if template == "chat" else "; each question is asked on its own, without the earlier turns"
+    print(f"chat with {path} ({meta.get('stage', 'unknown')} model, {model.num_parameters():,} parameters, "
+          f"context {model.config.block_size} tokens, {template} template{memory}). {COMMANDS}.")
+    return chat(model, tokenizer, template=template, **settings)

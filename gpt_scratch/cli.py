@@ -28,6 +28,7 @@ shared out over the processes.
 """
 
 import argparse
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -196,16 +197,17 @@ def join_processes(args: argparse.Namespace, device: str | None = None) -> None:
     distributed.start(pick_device(device or args.device))
 
 
-def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Sampling flags that would be silently ignored: exit 2 with one line."""
+def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace, why: str = "") -> None:
+    """Sampling flags that would be silently ignored: exit 2 with one line.
+    why: where a temperature of 0 comes from when the user did not give it (", the default for a question")."""
     if args.temperature == 0:
         ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)) if value is not None]
         if ignored:
-            parser.error(f"{ignored[0]} has no effect with --temperature 0 (greedy: always the most likely "
+            parser.error(f"{ignored[0]} has no effect with --temperature 0{why} (greedy: always the most likely "
                          f"token); give --temperature > 0 to sample")
         if getattr(args, "num_samples", 1) > 1:
-            parser.error(f"--num-samples {args.num_samples} with --temperature 0 (greedy) gives {args.num_samples} "
-                         f"identical samples; give --temperature > 0 to sample")
+            parser.error(f"--num-samples {args.num_samples} with --temperature 0{why} (greedy) gives "
+                         f"{args.num_samples} identical samples; give --temperature > 0 to sample")
 
 
 def check_model_and_train(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> None:
@@ -469,12 +471,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     gen = stages.add_parser("generate", help="continue a prompt with a trained model (or answer one question)")
     gen.add_argument("--checkpoint", default="runs/default/pretrain", help="checkpoint or stage folder")
     gen.add_argument("--prompt", default="Once upon a time", help="text to continue (with --template: the question)")
-    gen.add_argument("--template", choices=["none", "chat", "alpaca"], default="none",
-                     help="none (default): continue the prompt as plain text; chat or alpaca: put the prompt into "
-                          "the template SFT trained on as a question (a typed \\n is a line break) and print "
-                          "only the answer, which ends at end-of-text")
+    gen.add_argument("--template", choices=["none", "chat", "alpaca"],
+                     help="chat or alpaca: put the prompt into this template as a question (a typed \\n is a line "
+                          "break) and print only the answer, which ends at end-of-text; none: continue the prompt "
+                          "as plain text. Default: the template the checkpoint was trained with (SFT records it), "
+                          "none for a base model")
     gen.add_argument("--max-new-tokens", type=int_range(1, 100_000), default=100)
-    gen.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.8, help="0 = greedy")
+    gen.add_argument("--temperature", type=float_range(0.0, 100.0),
+                     help="0 = greedy. Default: 0 for a question (as chat and the evaluation answer), 0.8 for plain "
+                          "text to continue")
     gen.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
     gen.add_argument("--top-p", type=float_range(0.0, 1.0, include_low=False), help="nucleus sampling mass")
     gen.add_argument("--num-samples", type=int_range(1, 64), default=1)
@@ -484,12 +489,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     chat = stages.add_parser(
         "chat", help="talk to a fine-tuned model in the terminal, turn by turn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="A multi-turn chat: the conversation, in the chat template SFT trained on, is the prompt\n"
-                    "(its oldest turns are dropped when it outgrows the context). A question is one line; a typed\n"
+        description="A multi-turn chat: the conversation, in the template the model was trained with, is the\n"
+                    "prompt (its oldest turns are dropped when it outgrows the context; the alpaca template holds\n"
+                    "one question, so with it each question is asked on its own). A question is one line; a typed\n"
                     "\\n is a line break (\"Reverse the letters.\\n\\nc a t\"). Empty lines are skipped, /reset\n"
                     "forgets the conversation, /quit or Ctrl-D leaves.")
     chat.add_argument("--checkpoint", default="runs/default/sft",
                       help="checkpoint or stage folder of any stage (default runs/default/sft)")
+    chat.add_argument("--template", choices=["chat", "alpaca"],
+                      help="the prompt template (default: the one the checkpoint was trained with, which SFT records; "
+                           "chat for a base model whose tokenizer has the chat tokens, else alpaca)")
     chat.add_argument("--max-new-tokens", type=int_range(1, 8192), default=32,
                       help="longest answer in tokens; the conversation keeps the rest of the context (default 32)")
     chat.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.0,
@@ -583,7 +592,7 @@ def run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.stage == "chat":
         check_sampling(parser, args)
         from gpt_scratch.chat import chat_with_checkpoint
-        return chat_with_checkpoint(args.checkpoint, max_new_tokens=args.max_new_tokens,
+        return chat_with_checkpoint(args.checkpoint, template=args.template, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.stage == "bench":
         check_device(parser, args.device)
@@ -772,26 +781,32 @@ def grpo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
 
 
 def generate_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    check_sampling(parser, args)
-    from gpt_scratch.checkpoint import load_checkpoint
+    if args.temperature is not None:
+        check_sampling(parser, args)  # before any file is read
+    from gpt_scratch.chat import choose_template, encode_question, read_question
+    from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, read_config
     from gpt_scratch.generate import generate, generate_text
     from gpt_scratch.train import pick_device
 
+    _, meta = read_config(find_checkpoint(args.checkpoint))
+    template, note = choose_template(args.checkpoint, meta, args.template, "none")
+    if args.temperature is None:  # a question is answered greedily, as chat and the evaluation do
+        args.temperature = 0.8 if template == "none" else 0.0
+        check_sampling(parser, args, why=", the default for a question")
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device=pick_device("auto"))
     if tokenizer is None:
         raise FileNotFoundError(f"{args.checkpoint} has no tokenizer files; use a checkpoint saved by a stage")
     settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                 "crop": args.crop}
-    if args.template == "none":  # plain continuation: print the prompt and what follows it
-        for text in generate_text(model, tokenizer, [args.prompt] * args.num_samples, args.max_new_tokens, **settings):
-            print(args.prompt + text)
-            print("-" * 40)
-        return 0
-    from gpt_scratch.chat import encode_question, read_question
-
-    prompt = encode_question(tokenizer, read_question(args.prompt), args.template)
-    answers = generate(model, [prompt] * args.num_samples, args.max_new_tokens, eos_id=tokenizer.eot_id, **settings)
-    for ids in answers:  # the answer only, without its end-of-text token
-        print(tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eot_id else ids))
-        print("-" * 40)
+    if template == "none":  # plain continuation: the prompt and what follows it
+        texts = [args.prompt + text for text in
+                 generate_text(model, tokenizer, [args.prompt] * args.num_samples, args.max_new_tokens, **settings)]
+    else:  # a question: the answer only, without its end-of-text token
+        prompt = encode_question(tokenizer, read_question(args.prompt), template)
+        answers = generate(model, [prompt] * args.num_samples, args.max_new_tokens, eos_id=tokenizer.eot_id,
+                           **settings)
+        texts = [tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eot_id else ids) for ids in answers]
+    if note:  # once the text is there (a refused prompt is the one line of its error)
+        print(note, file=sys.stderr)  # stderr: stdout holds only the text, for scripts
+    print(("\n" + "-" * 40 + "\n").join(texts))  # a line between samples, when there are several
     return 0

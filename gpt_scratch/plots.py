@@ -3,11 +3,23 @@
 Every function draws on its own matplotlib Figure object and saves it to a file. Nothing here
 touches pyplot or matplotlib's global backend, so importing the package never changes how a
 notebook or script shows its own plots (and it works on machines without a display).
+
+No two series of a chart look alike: matplotlib's colours repeat after ten, so named points get
+twenty colours (then the same again, hollow, then half filled), and a line drawn like an earlier
+one of its panel gets another dash pattern (then hollow markers).
 """
 
 from pathlib import Path
 
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+# matplotlib's ten default colours (tab10), then a lighter shade of each (the rest of tab20).
+PALETTE = [to_hex(colour) for colour in colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]]
+LINE_STYLES = ("-", "--", ":", "-.")
+FILL_STYLES = ("full", "none", "left", "bottom")
 
 
 def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
@@ -21,6 +33,27 @@ def save(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def point_style(index: int) -> dict:
+    """Colour and fill of the index-th named point: twenty colours, then the same hollow, then half filled
+    (80 points told apart by these alone)."""
+    colour = PALETTE[index % len(PALETTE)]
+    return {"color": colour, "fillstyle": FILL_STYLES[(index // len(PALETTE)) % len(FILL_STYLES)]}
+
+
+def tell_lines_apart(lines: list[Line2D]) -> None:
+    """Give a line drawn exactly like an earlier one (colour, dashes, marker, fill) the first dash pattern,
+    then marker fill, that makes it unique: matplotlib's colour cycle starts again at the eleventh line."""
+    seen = set()
+    for line in lines:
+        colour, marker = to_hex(line.get_color()), line.get_marker()
+        asked = (line.get_linestyle(), line.get_fillstyle())
+        options = [asked] + [(dashes, fill) for fill in FILL_STYLES for dashes in LINE_STYLES]
+        dashes, fill = next((o for o in options if (colour, *o, marker) not in seen), asked)
+        line.set_linestyle(dashes)
+        line.set_fillstyle(fill)
+        seen.add((colour, dashes, fill, marker))
 
 
 def plot_losses(history: dict, path: str | Path, title: str = "loss") -> Path:
@@ -72,6 +105,7 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, p
     for ax, panel in zip(axes, panels):
         for label, xs, ys, style in panel["lines"]:
             ax.plot(xs, ys, style, label=label, markersize=4)
+        tell_lines_apart(ax.get_lines())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(panel["ylabel"])
         ax.legend(fontsize=8)
@@ -82,11 +116,11 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, p
 
 def plot_labelled_points(points: list[tuple[str, float, float, str]], path: str | Path, xlabel: str, ylabel: str,
                          title: str, log_x: bool = False) -> Path:
-    """A scatter plot of named points, [(label, x, y, marker), ...], one colour each, named in a legend
-    beside the axes (labels written next to close points would overlap)."""
+    """A scatter plot of named points, [(label, x, y, marker), ...], one colour each (point_style), named in
+    a legend beside the axes (labels written next to close points would overlap)."""
     fig, (ax,) = new_figure(8, 4)
     for index, (label, x, y, marker) in enumerate(points):
-        ax.scatter(x, y, marker=marker, s=45, color=f"C{index % 10}", label=label)
+        ax.plot([x], [y], marker=marker, markersize=7, linestyle="none", label=label, **point_style(index))
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

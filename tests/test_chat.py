@@ -2,6 +2,8 @@
 
 The chat reads stdin (a StringIO here) and prints to stdout; a spy on chat.stream records every
 prompt the model is given, so that the tests can check what the conversation looked like.
+One base model is fine-tuned twice, once in each template, so that the tests can check that
+both tools use the template a checkpoint was trained with.
 """
 
 import io
@@ -12,7 +14,9 @@ import pytest
 import torch
 
 import gpt_scratch.chat as chat_module
-from gpt_scratch.chat import encode_conversation, encode_question, fit_conversation, read_question, stream_answer
+import gpt_scratch.generate as generate_module
+from gpt_scratch.chat import (choose_template, command_of, encode_conversation, encode_question, fit_conversation,
+                              read_question, stream_answer)
 from gpt_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt_scratch.cli import main
 from gpt_scratch.model import GPT, GPTConfig
@@ -35,18 +39,26 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """An SFT stage folder whose model answers 'Is N a number?' with 'yes' and stops (a few seconds)."""
+def stages(tmp_path_factory):
+    """{"base": a base stage folder, "chat" and "alpaca": SFT stage folders trained in that template}: models
+    that answer 'Is N a number?' with 'yes' and stop (a few seconds each)."""
     root = tmp_path_factory.mktemp("chat")
     tokenizer = Tokenizer.train("Is 3 a number? yes. Is 12 a number? yes. Reverse the letters. " * 20, 280)
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
-    base = save_checkpoint(root / "base" / "checkpoint", GPT(config), tokenizer, {"stage": "pretrain"})
+    save_checkpoint(root / "base" / "checkpoint", GPT(config), tokenizer, {"stage": "pretrain"})
+    data = write_yes_data(root / "data", n_train=32, n_test=4)
     cfg = TrainConfig(max_steps=60, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=100, save_every=100)
-    metrics = sft(base, write_yes_data(root / "data", n_train=32, n_test=4), root / "sft", cfg, quiet=True,
-                  score_before=False)
-    assert metrics["accuracy_after"] == 1.0
-    return root / "sft"
+    for template in ("chat", "alpaca"):
+        metrics = sft(root / "base", data, root / template, cfg, template, quiet=True, score_before=False)
+        assert metrics["accuracy_after"] == 1.0
+    return {name: root / name for name in ("base", "chat", "alpaca")}
+
+
+@pytest.fixture(scope="module")
+def trained(stages):
+    """The SFT stage folder trained in the chat template (SFT's default)."""
+    return stages["chat"]
 
 
 @pytest.fixture(scope="module")
@@ -217,20 +229,156 @@ def test_a_missing_or_unusable_checkpoint_is_one_line(monkeypatch, capsys, train
     plain = Tokenizer(tokenizer.ranks, {EOT: len(tokenizer.ranks)})
     folder = save_checkpoint(tmp_path / "plain", GPT(GPTConfig(vocab_size=plain.n_vocab, block_size=BLOCK,
                                                                n_layer=1, n_head=2, n_embd=16)), plain)
-    code, out, err = run_chat(monkeypatch, capsys, folder, "")
+    code, out, err = run_chat(monkeypatch, capsys, folder, "", "--template", "chat")
     assert code == 2 and "no special token <|user|>" in err and out == ""
+    code, out, err = run_chat(monkeypatch, capsys, folder, "")  # without the chat tokens: alpaca, with a note
+    assert code == 0 and "alpaca template" in out.splitlines()[0]
+    assert err.strip() == (f"note: {folder} is a base model (unknown stage) with no template; it has not learned "
+                           f"to answer in the alpaca template: fine-tune it with `sft` first")
 
 
-# --- generate --template ----------------------------------------------------------------------------
+# --- the template a checkpoint was trained with ------------------------------------------------------
 
-def test_generate_with_the_chat_template_prints_the_answer(capsys, trained):
-    argv = ["generate", "--checkpoint", str(trained), "--prompt", QUESTION, "--max-new-tokens", "8",
-            "--temperature", "0"]
-    assert main(argv + ["--template", "chat"]) == 0
-    assert capsys.readouterr().out == "yes\n" + "-" * 40 + "\n"
-    assert main(argv) == 0  # no template: the question is plain text to continue, printed with it
-    out = capsys.readouterr().out
-    assert out.startswith(QUESTION) and "-" * 40 in out
+def test_the_checkpoints_template_is_the_default_and_another_one_is_a_warning_naming_both():
+    path = "runs/x/sft"
+    assert choose_template(path, {"stage": "sft", "template": "alpaca"}, None, "chat") == ("alpaca", None)
+    assert choose_template(path, {"stage": "sft", "template": "alpaca"}, "alpaca", "chat") == ("alpaca", None)
+    template, warning = choose_template(path, {"stage": "dpo", "template": "chat"}, "alpaca", "chat")
+    assert template == "alpaca" and warning == (
+        "warning: runs/x/sft was trained with the chat template, not alpaca: its answers in the alpaca template "
+        "may be wrong (leave out --template to use chat)")
+    template, warning = choose_template(path, {"stage": "sft", "template": "chat"}, "none", "none")
+    assert template == "none" and "trained with the chat template; --template none continues" in warning
+
+
+def test_a_base_model_says_it_has_no_template():
+    template, note = choose_template("runs/x/pretrain", {"stage": "pretrain"}, None, "none")
+    assert template == "none" and note == ("note: runs/x/pretrain is a base model (pretrain) with no template; "
+                                           "continuing the prompt as plain text (fine-tune it with `sft` before "
+                                           "asking it questions)")
+    template, note = choose_template("runs/x/pretrain", {"stage": "pretrain"}, "alpaca", "none")
+    assert template == "alpaca" and "has not learned to answer in the alpaca template" in note
+
+
+@pytest.mark.parametrize("template", ["chat", "alpaca"])
+def test_chat_answers_in_the_template_the_checkpoint_was_trained_with(monkeypatch, capsys, stages, prompts,
+                                                                     tokenizer, template):
+    code, out, err = run_chat(monkeypatch, capsys, stages[template], f"{QUESTION}\nIs 7 a number?\n")
+    assert code == 0 and err == "" and answers(out) == ["yes", "yes"]
+    assert f"{template} template" in out.splitlines()[0]
+    assert prompts[0] == encode_question(tokenizer, QUESTION, template)
+    if template == "chat":  # the conversation so far
+        assert prompts[1] == encode_conversation(tokenizer, turn(QUESTION, "yes"), "Is 7 a number?")
+    else:  # one question and its answer: each question on its own
+        assert prompts[1] == encode_question(tokenizer, "Is 7 a number?", "alpaca")
+        assert "each question is asked on its own" in out.splitlines()[0]
+
+
+def test_chat_in_another_template_than_the_trained_one_warns_once(monkeypatch, capsys, stages, prompts, tokenizer):
+    code, out, err = run_chat(monkeypatch, capsys, stages["chat"], f"{QUESTION}\n", "--template", "alpaca")
+    assert code == 0 and len(err.splitlines()) == 1
+    assert err.startswith(f"warning: {stages['chat']} was trained with the chat template, not alpaca")
+    assert prompts == [encode_question(tokenizer, QUESTION, "alpaca")]
+    code, out, err = run_chat(monkeypatch, capsys, stages["alpaca"], "", "--template", "alpaca")
+    assert code == 0 and err == ""  # the same template as trained: nothing to say
+
+
+def test_chat_with_a_base_model_says_it_has_no_template(monkeypatch, capsys, stages, prompts, tokenizer):
+    code, out, err = run_chat(monkeypatch, capsys, stages["base"], f"{QUESTION}\n")
+    assert code == 0 and err.strip() == (f"note: {stages['base']} is a base model (pretrain) with no template; it "
+                                         f"has not learned to answer in the chat template: fine-tune it with "
+                                         f"`sft` first")
+    assert prompts == [encode_question(tokenizer, QUESTION, "chat")]
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+def test_a_command_is_the_first_word_in_any_case():
+    assert command_of("/quit") == command_of("/QUIT") == command_of("/Quit now") == "/quit"
+    assert command_of("/reset   the chat") == "/reset"
+    assert command_of("What is 3 / 4?") is None and command_of("/ 3 4") is None
+
+
+@pytest.mark.parametrize("line", ["/QUIT", "/quit extra", "/Quit now please"])
+def test_quit_in_any_case_and_with_more_words_leaves(monkeypatch, capsys, trained, prompts, line):
+    code, out, _ = run_chat(monkeypatch, capsys, trained, f"{line}\n{QUESTION}\n")
+    assert code == 0 and prompts == [] and answers(out) == []
+
+
+def test_reset_with_more_words_resets_and_an_unknown_command_is_not_a_question(monkeypatch, capsys, trained,
+                                                                               prompts, tokenizer):
+    code, out, _ = run_chat(monkeypatch, capsys, trained, f"{QUESTION}\n/RESET all\n/help me\n{QUESTION}\n")
+    assert code == 0 and "(conversation cleared)" in out and "(unknown command /help: /reset" in out
+    assert prompts == [encode_conversation(tokenizer, [], QUESTION)] * 2
+
+
+# --- generate -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sampled(monkeypatch):
+    """The prompts and the temperature of every generate() call."""
+    calls = []
+    real_generate = generate_module.generate
+
+    def spy(model, prompts, max_new_tokens, **kwargs):
+        calls.append({"prompts": [list(p) for p in prompts], "temperature": kwargs.get("temperature")})
+        return real_generate(model, prompts, max_new_tokens, **kwargs)
+
+    monkeypatch.setattr(generate_module, "generate", spy)
+    return calls
+
+
+def run_generate(capsys, folder, *flags) -> tuple[int, str, str]:
+    try:
+        code = main(["generate", "--checkpoint", str(folder), "--max-new-tokens", "8", *map(str, flags)])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("template", ["chat", "alpaca"])
+def test_generate_answers_greedily_in_the_checkpoints_template(capsys, stages, sampled, tokenizer, template):
+    code, out, err = run_generate(capsys, stages[template], "--prompt", QUESTION)
+    assert code == 0 and err == "" and out == "yes\n"  # the answer alone: no separator for one sample
+    assert sampled == [{"prompts": [encode_question(tokenizer, QUESTION, template)], "temperature": 0.0}]
+
+
+def test_generate_in_another_template_warns_once_naming_both(capsys, stages, sampled, tokenizer):
+    code, out, err = run_generate(capsys, stages["chat"], "--prompt", QUESTION, "--template", "alpaca")
+    assert code == 0 and err == (f"warning: {stages['chat']} was trained with the chat template, not alpaca: its "
+                                 f"answers in the alpaca template may be wrong (leave out --template to use chat)\n")
+    assert sampled[0]["prompts"] == [encode_question(tokenizer, QUESTION, "alpaca")]
+    code, out, err = run_generate(capsys, stages["chat"], "--prompt", QUESTION, "--template", "none")
+    assert code == 0 and "--template none continues the prompt as plain text" in err and out.startswith(QUESTION)
+
+
+def test_generate_on_a_base_model_continues_plain_text_and_samples(capsys, stages, sampled, tokenizer):
+    code, out, err = run_generate(capsys, stages["base"], "--prompt", QUESTION)
+    assert code == 0 and out.startswith(QUESTION) and "-" * 40 not in out
+    assert err.startswith(f"note: {stages['base']} is a base model (pretrain) with no template; continuing")
+    assert sampled == [{"prompts": [tokenizer.encode(QUESTION)], "temperature": 0.8}]
+    code, out, err = run_generate(capsys, stages["base"], "--prompt", QUESTION, "--template", "chat")
+    assert code == 0 and "has not learned to answer in the chat template" in err
+    assert sampled[1] == {"prompts": [encode_question(tokenizer, QUESTION, "chat")], "temperature": 0.0}
+
+
+def test_a_line_separates_several_samples(capsys, stages):
+    code, out, _ = run_generate(capsys, stages["chat"], "--prompt", QUESTION, "--temperature", "1",
+                                "--num-samples", "3")
+    samples = out.split("\n" + "-" * 40 + "\n")
+    assert code == 0 and len(samples) == 3 and out.count("-" * 40) == 2 and samples[-1].endswith("\n")
+    assert all(sample.strip() and "-" * 40 not in sample for sample in samples)
+
+
+def test_sampling_flags_with_the_greedy_default_of_a_question_exit_2(capsys, stages):
+    code, out, err = run_generate(capsys, stages["chat"], "--prompt", QUESTION, "--num-samples", "2")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--num-samples 2 with --temperature 0, the default for a question (greedy) gives 2 identical" in err
+    code, out, err = run_generate(capsys, stages["chat"], "--prompt", QUESTION, "--top-k", "3")
+    assert code == 2 and "--top-k has no effect with --temperature 0, the default for a question" in err
+    code, out, err = run_generate(capsys, stages["base"], "--prompt", QUESTION, "--top-k", "3")
+    assert code == 0  # plain text is sampled by default
 
 
 def test_generate_template_choices_are_checked(capsys, tmp_path):

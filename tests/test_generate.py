@@ -45,6 +45,10 @@ def test_top_p_worked_example():
     shuffled = logits[:, [2, 0, 3, 1]]  # order of the vocabulary must not matter
     assert torch.isfinite(filter_top_p(shuffled, 0.7)).tolist() == [[False, True, False, True]]
     assert torch.isfinite(filter_top_p(logits, 0.01)).sum() == 1  # always keeps the top token
+    # When the top tokens add up to exactly p they are enough: not one token more (powers of two are exact).
+    exact = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125]]))
+    assert torch.isfinite(filter_top_p(exact, 0.75)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_top_p(exact, 1.0)).all()
     assert torch.isfinite(filter_top_k(logits, 3)).tolist() == [[True, True, True, False]]
 
 

@@ -56,6 +56,23 @@ def test_zero_B_leaves_outputs_unchanged(targets):
     assert torch.equal(model(IDS), base(IDS))
 
 
+def test_the_output_is_W_x_plus_b_plus_alpha_over_rank_B_A_x_on_known_numbers():
+    base = nn.Linear(3, 2)
+    with torch.no_grad():
+        base.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]))
+        base.bias.copy_(torch.tensor([0.5, -0.5]))
+    layer = LoRALinear(base, rank=2, alpha=8)  # scale = alpha / rank = 4
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+        layer.lora_B.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    # W x + b = [7.5, 1.5];  A x = [1, 5];  B A x = [1, 10];  times 8 / 2 = [4, 40]
+    expected = torch.tensor([[11.5, 41.5]])
+    assert torch.equal(layer(x), expected)
+    layer.merge()  # the same numbers from the merged weight W + 4 B A
+    assert torch.equal(layer(x), expected)
+
+
 def test_targets_pick_the_right_layers_and_keep_state_dict_names():
     model = fresh_model()
     base_names = set(model.state_dict())

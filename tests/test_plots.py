@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from gpt_scratch.plots import plot_bars, plot_curves, plot_histograms, plot_labelled_points, plot_losses
 
 MODULES = ["gpt_scratch.plots", "gpt_scratch.train", "gpt_scratch.sft", "gpt_scratch.compare", "gpt_scratch.reward",
@@ -61,3 +63,58 @@ def test_drawing_a_run_folder_plot_never_loads_pyplot(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False" and (tmp_path / "loss.png").is_file()
+
+
+# --- no two series look alike ---------------------------------------------------------------------
+
+def drawn_figures(monkeypatch) -> list:
+    """Every Figure that plots.save is given, from now on in this test."""
+    import gpt_scratch.plots as plots
+    figures = []
+    real_save = plots.save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    return figures
+
+
+def series_styles(ax) -> list[tuple]:
+    """(colour, dashes, marker, fill) of each named series of an axes: what tells them apart in the legend."""
+    from matplotlib.colors import to_hex
+    return [(to_hex(line.get_color()), line.get_linestyle(), line.get_marker(), line.get_fillstyle())
+            for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_the_freezing_vs_lora_comparison_gives_every_method_its_own_colour(tmp_path, monkeypatch):
+    from gpt_scratch.compare import DEFAULT_METHODS, plot_accuracy_vs_trainable
+    figures = drawn_figures(monkeypatch)
+    rows = [{"method": method, "trainable_parameters": 1000 * (i + 1), "accuracy_after": i / 20}
+            for i, method in enumerate(DEFAULT_METHODS)]
+    plot_accuracy_vs_trainable(rows, tmp_path / "compare.png")
+    styles = series_styles(figures[0].axes[0])
+    assert len(DEFAULT_METHODS) > 10 and len(styles) == len(DEFAULT_METHODS)
+    assert len({colour for colour, *_ in styles}) == len(DEFAULT_METHODS)  # lora:16 is not full's colour
+    assert [marker for _, _, marker, _ in styles] == ["s" if m.startswith("lora") else "o" for m in DEFAULT_METHODS]
+
+
+@pytest.mark.filterwarnings("ignore:Tight layout not applied")  # a legend of 60 names is taller than the chart
+def test_many_named_points_never_repeat_a_style(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    plot_labelled_points([(f"p{i}", i + 1, 0.5, "o") for i in range(60)], tmp_path / "points.png", "x", "y", "t")
+    styles = series_styles(figures[0].axes[0])
+    assert len(styles) == 60 and len(set(styles)) == 60
+    assert len({colour for colour, *_ in styles[:20]}) == 20  # twenty colours before any repeats
+
+
+def test_many_lines_in_a_panel_never_repeat_a_style(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    lines = [(f"line {i}", [0, 1], [0, i], "o-") for i in range(25)]
+    lines += [("blue dashes", [0, 1], [1, 0], "C0o--"), ("blue dashes again", [0, 1], [2, 0], "C0o--")]
+    plot_curves([{"ylabel": "y", "lines": lines}, {"ylabel": "z", "lines": lines[:3]}], tmp_path / "c.png", "x", "t")
+    many, few = (series_styles(ax) for ax in figures[0].axes[:2])
+    assert len(many) == 27 and len(set(many)) == 27
+    assert [dashes for _, dashes, _, _ in few] == ["-", "-", "-"]  # lines that differ keep the style asked for
+    assert many[:10] == [(colour, "-", "o", "full") for colour, *_ in many[:10]]

@@ -131,6 +131,53 @@ def test_replay_adds_its_loss_to_the_gradient_but_not_to_the_reported_loss():
     torch.testing.assert_close(with_same, 2 * plain)  # replaying the step's own batch doubles its gradient
 
 
+def gradient_norm(parameters) -> float:
+    """The norm of all the gradients together: what clip_grad_norm_ measures and limits."""
+    return torch.cat([p.grad.flatten() for p in parameters if p.grad is not None]).norm().item()
+
+
+def recording_steps(optimizer: torch.optim.Optimizer, norms: list) -> torch.optim.Optimizer:
+    """The optimizer, with each step() first appending the gradient norm it is about to apply."""
+    real_step = optimizer.step
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step(*args, **kwargs):
+        norms.append(gradient_norm(params))
+        return real_step(*args, **kwargs)
+
+    optimizer.step = step
+    return optimizer
+
+
+def test_the_step_applies_a_gradient_clipped_to_the_limit():
+    def norm_at_the_step(grad_clip: float) -> float:
+        model, norms = fresh_model(), []
+        optimizer = recording_steps(torch.optim.SGD(model.parameters(), lr=0.0), norms)
+        train_step(model, optimizer, windows().batch, 0, quick_config(grad_clip=grad_clip, dtype="float32"),
+                   torch.device("cpu"))
+        return norms[0]
+
+    unclipped = norm_at_the_step(0)  # 0 = no clipping
+    assert unclipped > 0.1
+    assert norm_at_the_step(0.05) == pytest.approx(0.05, rel=1e-4)  # above the limit: scaled down to it
+    assert norm_at_the_step(2 * unclipped) == pytest.approx(unclipped, rel=1e-6)  # below it: untouched
+
+
+def test_the_grad_clip_flag_reaches_the_training_step(tmp_path, monkeypatch):
+    from gpt_scratch.cli import main
+    from tiny import write_world_corpus
+
+    norms: list[float] = []
+    real_make_optimizer = train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer",
+                        lambda model, cfg: recording_steps(real_make_optimizer(model, cfg), norms))
+    corpus = write_world_corpus(tmp_path, characters=20_000)
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                 "--vocab-size", "270", "--max-steps", "2", "--warmup-steps", "0", "--grad-clip", "0.001",
+                 "--dtype", "float32", "--quiet"]) == 0
+    assert norms == pytest.approx([0.001, 0.001], rel=1e-3)  # a fresh model's gradients are far larger
+
+
 def test_replay_changes_the_trained_weights(tmp_path):
     data, other = windows(), TokenWindows(torch.arange(64).repeat(10), block_size=16, batch_size=2, seed=1)
     plain, replayed = fresh_model(), fresh_model()
