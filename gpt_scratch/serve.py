@@ -58,12 +58,13 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from gpt_scratch.args import OneLineParser, int_range, print_error
-from gpt_scratch.chat import answer_pieces, encode_conversation, encode_question, fit_conversation
+from gpt_scratch.chat import (answer_pieces, choose_template, encode_conversation, encode_question, fit_conversation,
+                              has_chat_tokens)
 from gpt_scratch.checkpoint import load_stage_checkpoint
 from gpt_scratch.evaluate import load_split
 from gpt_scratch.model import GPT
 from gpt_scratch.templates import to_messages
-from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
+from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import pick_device
 from gpt_scratch.world.judge import is_correct, style_of
 
@@ -144,8 +145,8 @@ def model_name(folder: Path, taken: set[str]) -> str:
 def load_chat_model(folder: Path, name: str, device) -> ChatModel:
     model, tokenizer, meta = load_stage_checkpoint(folder, device)
     model.eval()  # and it stays so: generation's model.train(was_training) then leaves it in eval mode
-    has_chat_tokens = USER in tokenizer.special_tokens and ASSISTANT in tokenizer.special_tokens
-    template = meta.get("template") or ("chat" if has_chat_tokens else "alpaca")  # pretrain records none
+    # the template it was fine-tuned with; a base model (pretrain records none): chat where it has the tokens
+    template, _ = choose_template(folder, meta, None, "chat" if has_chat_tokens(tokenizer) else "alpaca")
     stage = meta.get("stage", "unknown")
     return ChatModel(name, folder, model, tokenizer, template, stage,
                      STAGE_NOTES.get(name, STAGE_NOTES.get(stage, f"a {stage} checkpoint")))
