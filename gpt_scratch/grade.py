@@ -49,10 +49,6 @@ class Result:
         return f"{self.chapter}.{self.number}"
 
     @property
-    def test(self) -> str:
-        return f"test_ex_{self.chapter}_{self.number}_{self.task}"
-
-    @property
     def name(self) -> str:
         """'3.2 count_parameters', or '3.2 gpt2_sizes (hidden)' for an extra test."""
         return f"{self.label} {self.task}" + (" (hidden)" if self.hidden else "")
