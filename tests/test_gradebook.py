@@ -1,8 +1,9 @@
 """Grading a class in one command, Gradescope's results.json, hidden tests and the points file.
 
 The class: five generated submissions of chapters 1 and 3 (one correct, one partial, one whose
-file does not import, one with endless loops, one that changes the code it is compared with),
-graded with a time limit of 2 s per exercise so that the loops cost little.
+file does not import, one with endless loops, one that changes the code it is compared with) and
+a sixth folder without any exercise file, graded with a time limit of 2 s per exercise so that
+the loops cost little.
 """
 
 import csv
@@ -116,6 +117,8 @@ def make_class(root: Path) -> None:
     write(root / "dee" / "ex1_bpe.py", BPE + ENDLESS)  # endless loops; chapter 1 alone, without its folder
     write(root / "eve" / "ch01" / "ex1_bpe.py", BPE + CHANGES_CHECKS)  # changes the code it is compared with
     write(root / "eve" / "ch03" / "ex1_gpt.py", GPT + CHANGES_BLOCK)
+    write(root / "fay" / "README.txt", "my answers are in my head")  # no exercise file at all
+    (root / "fay" / "ch03").mkdir()
 
 
 # Run as `python -m gpt_scratch grade ...`, then report whether that process imported torch.
@@ -124,7 +127,7 @@ COMMAND_AND_TORCH = ("import runpy, sys\nsys.argv[0] = 'gpt_scratch'\ntry:\n"
                      "finally:\n    print('torch imported:', 'torch' in sys.modules)")
 
 
-def test_a_class_of_five_grades_in_one_command(tmp_path):
+def test_a_class_grades_in_one_command(tmp_path):
     make_class(tmp_path / "class")
     (tmp_path / "class" / "notes.txt").write_text("not a student")  # a stray file: no row
     out = tmp_path / "grades"
@@ -134,7 +137,7 @@ def test_a_class_of_five_grades_in_one_command(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert "torch imported: False" in done.stdout, "the grading process stays light: torch only in each student's"
-    assert "grading: 100%" in done.stderr and "5/5" in done.stderr, "a progress bar"
+    assert "grading: 100%" in done.stderr and "6/6" in done.stderr, "a progress bar"
 
     with open(out / "gradebook.csv", newline="") as file:
         rows = {row["student"]: row for row in csv.DictReader(file)}
@@ -146,7 +149,8 @@ def test_a_class_of_five_grades_in_one_command(tmp_path):
                       "ben": ["1", "0", "1", "1", "0", "1", "0", "0", "4", "8"],  # 3.1 and 3.3 unfinished
                       "cy": ["0", "0", "0", "0", "1", "1", "1", "1", "4", "8"],
                       "dee": ["0", "1", "0", "0", "0", "0", "0", "0", "1", "8"],  # merge alone works
-                      "eve": ["0", "0", "0", "0", "0", "0", "0", "0", "0", "8"]}
+                      "eve": ["0", "0", "0", "0", "0", "0", "0", "0", "0", "8"],
+                      "fay": ["0", "0", "0", "0", "0", "0", "0", "0", "0", "8"]}
     notes = {student: row["notes"] for student, row in rows.items()}
     assert notes["ada"] == notes["ben"] == ""
     assert notes["cy"].startswith("could not import ch01/ex1_bpe.py: SyntaxError")
@@ -156,9 +160,10 @@ def test_a_class_of_five_grades_in_one_command(tmp_path):
     assert "ch03 not handed in" in notes["dee"]
     assert "1.1: your code changed checks.check" in notes["eve"]
     assert "could not import ch03/ex1_gpt.py: importing it changes gpt_scratch.model.Block.forward" in notes["eve"]
+    assert notes["fay"] == "ch01 not handed in; ch03 not handed in"
 
     reports = {path.stem: path.read_text() for path in (out / "reports").glob("*.txt")}
-    assert sorted(reports) == ["ada", "ben", "cy", "dee", "eve"]
+    assert sorted(reports) == ["ada", "ben", "cy", "dee", "eve", "fay"]
     assert re.search(r"^total\s+8/8$", reports["ada"], re.M)
     assert "  1.2   fail: merge([1, 2, 3, 1, 2], (1, 2), 9) returned [9, 2, 3, 9, 2], expected [9, 3, 9]" in reports["ben"]
     assert "  3.4   fail: SystemExit: 0" in reports["ben"]
@@ -168,9 +173,9 @@ def test_a_class_of_five_grades_in_one_command(tmp_path):
 
     summary = (out / "summary.txt").read_text()
     assert summary in done.stdout
-    assert re.search(r"^1\.2 merge\s+1\s+0\.40\s+0\s+1$", summary, re.M), summary
-    assert re.search(r"^total\s+8\s+3\.40\s+0\s+8$", summary, re.M), summary
-    assert "5 students graded; 3 with notes in the gradebook" in summary
+    assert re.search(r"^1\.2 merge\s+1\s+0\.33\s+0\s+1$", summary, re.M), summary
+    assert re.search(r"^total\s+8\s+2\.83\s+0\s+8$", summary, re.M), summary
+    assert "6 students graded; 4 with notes in the gradebook" in summary
     assert not list((tmp_path / "class").rglob("__pycache__")), "grading leaves the submissions as they were"
 
 
