@@ -16,7 +16,7 @@
     python -m gpt_scratch chat                talk to a fine-tuned model, turn by turn
     python -m gpt_scratch serve               chat with every model of a run in the browser, side by side
     python -m gpt_scratch bench               training / generation speed and MFU
-    python -m gpt_scratch grade               grade the exercises (or --solutions)
+    python -m gpt_scratch grade               grade exercises: a student's copy, a class, or for Gradescope
 
 Every flag is checked by argparse (choices=, typed ranges) and against the other flags, before
 any file is read; a bad value exits with code 2 and one line saying what is allowed.
@@ -516,7 +516,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     bench.add_argument("--new-tokens", type=int_range(1, 8192), default=256, help="tokens to generate")
     bench.add_argument("--batch-size", type=positive_int, help="training batch (default: the preset's)")
 
-    grade = stages.add_parser("grade", help="run the exercise tests and print a score table")
+    grade = stages.add_parser("grade", help="grade exercises: a student's copy (a score table), a class (a "
+                                            "gradebook), or for Gradescope (results.json)")
     grade_command.add_arguments(grade)
     serve_command.add_arguments(stages.add_parser("serve", help="chat with every model of a run in the browser, "
                                                   "side by side (a local web page and a JSON API)"))

@@ -4,9 +4,12 @@ check's reason names the call that failed; the closing hint names the graded fol
 every error is one line, `prog: error: message`."""
 
 import ast
+import functools
+import importlib.util
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -176,9 +179,20 @@ def test_command_line(tmp_path, capsys):
 
 def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
     """python -m gpt_scratch.grade: every error is one line, `prog: error: message` (no usage
-    block), a bad flag or folder exits 2 and ends with `; see --help`, a failed pytest run exits 1."""
+    block), a bad flag, folder or file exits 2 and ends with `; see --help`, a failed pytest run
+    exits 1."""
     prog = "python -m gpt_scratch.grade"
+    (tmp_path / "points.txt").write_text("test_ex_1_1_get_pair_count = 2\n")
     for argv, words in [(["--chapter", "99"], "argument --chapter: invalid choice"),
+                        (["--class", str(tmp_path / "nobody")], "argument --class: "),
+                        (["--class", str(tmp_path)], f"--class {tmp_path} holds no student folder"),
+                        (["--class", str(tmp_path), "--format", "gradescope"], "--format gradescope grades one"),
+                        (["--out", str(tmp_path)], "--out is for --class or --format gradescope"),
+                        (["--jobs", "2"], "--jobs is for --class"),
+                        (["--extra-tests", str(tmp_path)], "holds no test_chNN*.py file"),
+                        (["--points", str(tmp_path / "points.txt")], "line 1: 'test_ex_1_1_get_pair_count' is not "
+                                                                     "the name of a test"),
+                        (["--points", str(tmp_path / "nothing.txt")], "nothing.txt: No such file"),
                         (["--timeout", "0"], "argument --timeout: must be from 1 to 3600, got 0"),
                         (["--solutions", "--dir", str(tmp_path)], "argument --dir: not allowed with argument --solutions"),
                         (["--dir", str(tmp_path / "nobody")], "is not a folder"),
@@ -199,3 +213,42 @@ def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
     assert grade_module.main(["--chapter", "1", "--solutions"]) == 1
     out, err = capsys.readouterr()
     assert err == f"{prog}: error: pytest could not run the exercise tests (exit 4): no tests ran\n"
+
+
+def load_guard():
+    spec = importlib.util.spec_from_file_location("guard_under_test", grade_module.TESTS / "guard.py")
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    return guard
+
+
+def test_the_guard_names_and_undoes_changes_to_the_code_the_tests_compare_with():
+    """tests/exercises/guard.py, which fails an exercise whose code changed the course's code: a
+    replaced function or method, a method added to a class, a function's code swapped, a module
+    swapped in sys.modules. torch's own wrapper (torch._dynamo's, around torch.manual_seed) is no
+    change; a wrapper made to look like it is."""
+    import torch
+    import torch.nn.functional as F
+
+    from gpt_scratch import generate, model
+
+    guard = load_guard()
+    snapshot = guard.Snapshot()
+    softmax, forward, lm_loss_code = F.softmax, model.Block.forward, model.lm_loss.__code__
+    try:
+        F.softmax = lambda *args, **kwargs: None
+        model.Block.forward = lambda self, x: x
+        model.GPT.num_parameters_of_mine = lambda self: 0
+        model.lm_loss.__code__ = (lambda logits, targets: 0).__code__
+        sys.modules["gpt_scratch.generate"] = types.ModuleType("gpt_scratch.generate")
+        changes = snapshot.changes()
+    finally:
+        snapshot.restore()
+    assert {"torch.nn.functional.softmax", "gpt_scratch.model.Block.forward", "gpt_scratch.model.lm_loss",
+            "gpt_scratch.model.GPT.num_parameters_of_mine", "sys.modules['gpt_scratch.generate']"} <= set(changes)
+    assert F.softmax is softmax and model.Block.forward is forward and model.lm_loss.__code__ is lm_loss_code
+    assert not hasattr(model.GPT, "num_parameters_of_mine") and sys.modules["gpt_scratch.generate"] is generate
+    assert snapshot.changes() == []
+    seed = torch.manual_seed
+    assert guard.torchs_own_wrapper(torch._disable_dynamo(seed), seed)
+    assert not guard.torchs_own_wrapper(functools.wraps(seed)(lambda value: None), seed)
