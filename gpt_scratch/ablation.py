@@ -12,27 +12,15 @@ on, so that a chapter's table can be checked against the file.
 """
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from gpt_scratch.args import non_negative_int
-from gpt_scratch.bench import cpu_name
 from gpt_scratch.formats import write_json
+from gpt_scratch.hardware import measured_on
 from gpt_scratch.pipeline import run_stage
-from gpt_scratch.train import native_bf16, pick_device
-
-
-def measured_on(device: str = "auto") -> dict:
-    """Where a figure was measured: the CPU (or GPU), bf16 or float32, torch's version and the date."""
-    chosen = pick_device(device)
-    name = torch.cuda.get_device_name(chosen) if chosen.type == "cuda" else cpu_name()
-    return {"device": name, "dtype": "bf16" if native_bf16(chosen) else "float32", "torch": torch.__version__,
-            "date": datetime.date.today().isoformat()}
 
 
 def add_ablation_arguments(parser: argparse.ArgumentParser, variants: dict[str, dict], chapter: int) -> None:

@@ -25,18 +25,17 @@ The model is randomly initialised: speed does not depend on what the weights hav
 """
 
 import math
-import platform
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from gpt_scratch.generate import generate
+from gpt_scratch.hardware import cpu_name, native_bf16, pick_device
 from gpt_scratch.model import GPT, GPTConfig, KVCache
 from gpt_scratch.presets import PRESETS
-from gpt_scratch.train import TrainConfig, make_optimizer, native_bf16, pick_device, train_step
+from gpt_scratch.train import TrainConfig, make_optimizer, train_step
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (memory allocation, kernel selection)
 PROMPT_TOKENS = 8
@@ -156,16 +155,6 @@ def measure_rollouts(model: GPT, batch_size: int, new_tokens: int, device: torch
         return sum(len(answer) for answer in generate(model, prompts, new_tokens, temperature=1.0, seed=1))
 
     return best_rates({"rollouts": sample}, device)["rollouts"]
-
-
-def cpu_name() -> str:
-    """The processor's name as the system reports it (Linux: /proc/cpuinfo), e.g. 'AMD EPYC 7B13'."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def si(value: float, unit: str) -> str:

@@ -244,7 +244,7 @@ def chat_with_checkpoint(path: str | Path, template: str | None = None, **settin
     template: another template to use instead (a warning says so); settings go to chat().
     """
     from gpt_scratch.checkpoint import load_checkpoint
-    from gpt_scratch.train import pick_device
+    from gpt_scratch.hardware import pick_device
 
     model, tokenizer, meta = load_checkpoint(path, device=pick_device("auto"))
     if tokenizer is None:

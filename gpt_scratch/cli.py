@@ -193,7 +193,7 @@ def check_splits(parser: argparse.ArgumentParser, flag: str, value: int) -> None
 def join_processes(args: argparse.Namespace, device: str | None = None) -> None:
     """Under torchrun, once every flag is checked: join the other processes (main() leaves at the end).
     device: the device setting when it is not args.device (e.g. one a preset gives)."""
-    from gpt_scratch.train import pick_device
+    from gpt_scratch.hardware import pick_device
     distributed.start(pick_device(device or args.device))
 
 
@@ -787,7 +787,7 @@ def generate_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     from gpt_scratch.chat import choose_template, encode_question, read_question
     from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, read_config
     from gpt_scratch.generate import generate, generate_text
-    from gpt_scratch.train import pick_device
+    from gpt_scratch.hardware import pick_device
 
     _, meta = read_config(find_checkpoint(args.checkpoint))
     template, note = choose_template(args.checkpoint, meta, args.template, "none")

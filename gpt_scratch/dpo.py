@@ -76,13 +76,14 @@ from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint, save_
 from gpt_scratch.data import Encoded, ExampleBatches, collate
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import load_preferences, write_json
+from gpt_scratch.hardware import autocast_for, pick_device
 from gpt_scratch.logprobs import completion_logprobs
 from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
 from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.reward import encode_pairs
 from gpt_scratch.rollout import answer_kl
-from gpt_scratch.train import TrainConfig, autocast_for, pick_device, train
+from gpt_scratch.train import TrainConfig, train
 from gpt_scratch.world.judge import score
 from gpt_scratch.world.preferences import prompt_of
 

@@ -72,12 +72,13 @@ from gpt_scratch import distributed
 from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
 from gpt_scratch.evaluate import answer, answer_with_ends, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import write_json
+from gpt_scratch.hardware import autocast_for, pick_device
 from gpt_scratch.logprobs import token_logprobs
 from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import AGGREGATIONS, aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_per_token
 from gpt_scratch.rollout import Rollout, join_rows, rollout
-from gpt_scratch.train import autocast_for, check_finite_loss, pick_device, resume_from
+from gpt_scratch.train import check_finite_loss, resume_from
 from gpt_scratch.world.judge import is_correct, score, style_of
 from gpt_scratch.world.preferences import prompt_of
 

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from gpt_scratch.files import write_atomic
+from gpt_scratch.hardware import native_bf16, pick_device
 from gpt_scratch.presets import PRESETS
-from gpt_scratch.train import TrainConfig, native_bf16, pick_device
+from gpt_scratch.train import TrainConfig
 
 
 def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool) -> dict:

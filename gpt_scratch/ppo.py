@@ -53,6 +53,7 @@ from gpt_scratch.checkpoint import (find_checkpoint, load_model_into, load_stage
                                     load_with_head, save_checkpoint)
 from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import write_json
+from gpt_scratch.hardware import autocast_for, pick_device
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import token_logprobs
 from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
@@ -62,7 +63,7 @@ from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipp
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
 from gpt_scratch.reward import score_texts
 from gpt_scratch.rollout import answer_kl, rollout
-from gpt_scratch.train import autocast_for, check_finite_loss, pick_device
+from gpt_scratch.train import check_finite_loss
 from gpt_scratch.world.judge import format_change_table, score
 from gpt_scratch.world.preferences import prompt_of
 

@@ -51,12 +51,13 @@ from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint
 from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, pad_batch
 from gpt_scratch.evaluate import check_judgeable, load_split, peak_memory_mb
 from gpt_scratch.formats import load_preferences, write_json
+from gpt_scratch.hardware import autocast_for, pick_device
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import encode_completions, token_logprobs
 from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_histograms
 from gpt_scratch.tokenizer import Tokenizer
-from gpt_scratch.train import TrainConfig, autocast_for, pick_device, train
+from gpt_scratch.train import TrainConfig, train
 from gpt_scratch.world.judge import style_of
 from gpt_scratch.world.preferences import preference_rank
 

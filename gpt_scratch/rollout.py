@@ -38,13 +38,13 @@ import torch
 
 from gpt_scratch.data import IGNORE, Encoded, collate
 from gpt_scratch.generate import generate
+from gpt_scratch.hardware import autocast_for
 from gpt_scratch.logprobs import token_logprobs
 from gpt_scratch.lora import adapters_off
 from gpt_scratch.model import GPT
 from gpt_scratch.ppo_math import kl_per_token
 from gpt_scratch.templates import encode_prompt
 from gpt_scratch.tokenizer import Tokenizer
-from gpt_scratch.train import autocast_for
 
 
 @dataclass

@@ -62,10 +62,10 @@ from gpt_scratch.chat import (answer_pieces, choose_template, encode_conversatio
                               has_chat_tokens)
 from gpt_scratch.checkpoint import load_stage_checkpoint
 from gpt_scratch.evaluate import load_split
+from gpt_scratch.hardware import pick_device
 from gpt_scratch.model import GPT
 from gpt_scratch.templates import to_messages
 from gpt_scratch.tokenizer import Tokenizer
-from gpt_scratch.train import pick_device
 from gpt_scratch.world.judge import is_correct, style_of
 
 PAGE = Path(__file__).parent / "static" / "chat.html"

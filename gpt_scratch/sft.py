@@ -41,12 +41,13 @@ from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, col
 from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb
 from gpt_scratch.formats import load_instructions, write_json
 from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
+from gpt_scratch.hardware import pick_device
 from gpt_scratch.lora import add_lora, remove_lora, save_adapter
 from gpt_scratch.model import GPT
 from gpt_scratch.plots import plot_bars
 from gpt_scratch.templates import encode_prompt, to_messages
 from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
-from gpt_scratch.train import TrainConfig, pick_device, train
+from gpt_scratch.train import TrainConfig, train
 from gpt_scratch.world.judge import format_table, majority_baseline
 
 HELD_OUT_SHARE = 0.05  # of a plain instruction file: the validation slice (at least one record)

@@ -45,14 +45,6 @@ def test_the_draft_loop_decodes_what_generate_decodes():
     assert bench.draft_generate(model, [3, 4, 5], 10) == generate(model, [[3, 4, 5]], 10)[0]
 
 
-def test_cpu_name_reads_proc_cpuinfo(monkeypatch, tmp_path):
-    fake = tmp_path / "cpuinfo"
-    fake.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n")
-    real_path = bench.Path
-    monkeypatch.setattr(bench, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
-    assert bench.cpu_name() == "AMD EPYC 7B13"
-
-
 def test_flops_per_token_formula():
     """tiny: L=2, C=16, T=64, V=300, tied. N = 2 blocks * (12 C^2 + 13 C) + final LayerNorm 2 C + lm_head V C."""
     from gpt_scratch.bench import flops_per_token

@@ -9,8 +9,8 @@ from gpt_scratch.checkpoint import load_checkpoint
 from gpt_scratch.data import TokenWindows
 from gpt_scratch.model import GPT
 import gpt_scratch.train as train_module
-from gpt_scratch.train import (TrainConfig, TrainingDiverged, autocast_for, learning_rate, make_optimizer,
-                               native_bf16, next_token_loss, train, train_step)
+from gpt_scratch.train import (TrainConfig, TrainingDiverged, learning_rate, make_optimizer, next_token_loss, train,
+                               train_step)
 
 
 def windows(batch_size=4):
@@ -188,31 +188,6 @@ def test_replay_changes_the_trained_weights(tmp_path):
     assert history["tokens"] == 3 * (4 + 2) * 16  # the replayed windows are counted as seen tokens
 
 
-def product_dtype(device: torch.device, dtype: str) -> torch.dtype:
-    """The dtype a matrix product gets inside autocast_for(device, dtype)."""
-    with autocast_for(device, dtype):
-        return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
-
-
-def test_dtype_auto_uses_bf16_exactly_where_the_device_has_it(monkeypatch):
-    cpu = torch.device("cpu")
-    for has_bf16 in (True, False):
-        monkeypatch.setattr(train_module, "native_bf16", lambda device, answer=has_bf16: answer)
-        assert product_dtype(cpu, "auto") == (torch.bfloat16 if has_bf16 else torch.float32)
-        assert product_dtype(cpu, "float32") == torch.float32  # float32 is float32 even with bf16 hardware
-        assert product_dtype(cpu, "bfloat16") == torch.bfloat16  # asked for: bf16 even where it is emulated
-
-
-def test_native_bf16_reads_the_cpu_instruction_checks(monkeypatch):
-    cpu = torch.device("cpu")
-    for avx512_bf16, amx in ((True, False), (False, True), (False, False)):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        assert native_bf16(cpu) == (avx512_bf16 or amx)
-    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without these private checks
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert native_bf16(cpu) is False
-    assert native_bf16(torch.device("meta")) is False
 
 
 def test_a_diverging_run_stops_at_the_first_nan_loss_and_keeps_the_last_good_checkpoint(tmp_path):
