@@ -17,6 +17,11 @@ import sys
 import time
 
 
+class UsageError(ValueError):
+    """A flag's value, or a combination of flags, that cannot work: the command line prints the message
+    as a usage error (one line, `; see --help`, exit 2). Its message names the flags."""
+
+
 def error_line(prog: str, message: str) -> str:
     """The one format of an error line: `prog: error: message`."""
     return f"{prog}: error: {message}"

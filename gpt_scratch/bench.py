@@ -24,18 +24,21 @@ one least disturbed by the rest of the machine.
 The model is randomly initialised: speed does not depend on what the weights have learned.
 """
 
+import argparse
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
+from gpt_scratch.args import int_range, positive_int
 from gpt_scratch.generate import generate
-from gpt_scratch.hardware import cpu_name, native_bf16, pick_device
+from gpt_scratch.hardware import check_device, cpu_name, native_bf16, pick_device
 from gpt_scratch.model import GPT, GPTConfig, KVCache
-from gpt_scratch.presets import PRESETS
-from gpt_scratch.train import TrainConfig, make_optimizer, train_step
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.train import RunSettings, TrainConfig, make_optimizer, train_step
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (memory allocation, kernel selection)
 PROMPT_TOKENS = 8
@@ -237,3 +240,25 @@ def print_table(f: dict, matmul_shape: str, steps: int, new_tokens: int) -> None
         print(f"{name:<34} {value:>20}   {note}")
     if not f["same_tokens"]:
         print("warning: cached and uncached generation gave different tokens")
+
+
+# The command: python -m gpt_scratch bench ------------------------------------------------------------------
+
+@dataclass
+class BenchOptions:
+    steps: int = setting(10, "timed training steps", type=int_range(1, 1000), preset=False)
+    new_tokens: int = setting(256, "tokens to generate", type=int_range(1, 8192), preset=False)
+    batch_size: int | None = setting(None, "training batch (default: the preset's)", type=positive_int, preset=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, StageOptions, only=("preset",))
+    add_flags(parser, RunSettings, only=("device",))
+    add_flags(parser, BenchOptions)
+
+
+def run(args: argparse.Namespace) -> int:
+    options, device = from_flags(BenchOptions, args), from_flags(RunSettings, args).device
+    check_device(device)
+    run_benchmarks(from_flags(StageOptions, args).preset, device, options.steps, options.new_tokens, options.batch_size)
+    return 0

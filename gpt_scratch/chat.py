@@ -34,12 +34,18 @@ How it works:
    (answer_pieces, which the web page's server streams too).
 """
 
+import argparse
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from gpt_scratch.generate import stream
+from gpt_scratch.args import UsageError, int_range
+from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, read_config
+from gpt_scratch.generate import Sampling, generate, generate_text, stream
+from gpt_scratch.hardware import pick_device
 from gpt_scratch.model import GPT
+from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.templates import encode_prompt
 from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
 
@@ -243,9 +249,6 @@ def chat_with_checkpoint(path: str | Path, template: str | None = None, **settin
 
     template: another template to use instead (a warning says so); settings go to chat().
     """
-    from gpt_scratch.checkpoint import load_checkpoint
-    from gpt_scratch.hardware import pick_device
-
     model, tokenizer, meta = load_checkpoint(path, device=pick_device("auto"))
     if tokenizer is None:
         raise FileNotFoundError(f"{path} has no tokenizer files; use a checkpoint saved by a stage")
@@ -257,3 +260,81 @@ def chat_with_checkpoint(path: str | Path, template: str | None = None, **settin
     print(f"chat with {path} ({meta.get('stage', 'unknown')} model, {model.num_parameters():,} parameters, "
           f"context {model.config.block_size} tokens, {template} template{memory}). {COMMANDS}.")
     return chat(model, tokenizer, template=template, **settings)
+
+
+# The commands: python -m gpt_scratch chat, and generate ----------------------------------------------------
+
+@dataclass
+class ChatOptions:
+    checkpoint: str = setting("runs/default/sft", "checkpoint or stage folder of any stage", preset=False)
+    template: str | None = setting(None, "the prompt template (default: the one the checkpoint was trained with, "
+                                         "which SFT records; chat for a base model whose tokenizer has the chat "
+                                         "tokens, else alpaca)", choices=("chat", "alpaca"), preset=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, ChatOptions)
+    add_flags(parser, Sampling)
+
+
+def run(args: argparse.Namespace) -> int:
+    options, sampling = from_flags(ChatOptions, args), from_flags(Sampling, args)
+    return chat_with_checkpoint(options.checkpoint, template=options.template, **asdict(sampling))
+
+
+@dataclass
+class GenerateOptions:
+    checkpoint: str = setting("runs/default/pretrain", "checkpoint or stage folder", preset=False)
+    prompt: str = setting("Once upon a time", "text to continue (with a template: the question)", preset=False)
+    template: str | None = setting(None, "chat or alpaca: put the prompt into this template as a question (a typed "
+                                         "\\n is a line break) and print only the answer, which ends at end-of-text; "
+                                         "none: continue the prompt as plain text. Default: the template the "
+                                         "checkpoint was trained with (SFT records it); none for a base model",
+                                   choices=("none", "chat", "alpaca"), preset=False)
+    num_samples: int = setting(1, "how many samples", type=int_range(1, 64), preset=False)
+    crop: bool = setting(False, "keep the end of a prompt longer than the context", preset=False)
+
+
+GENERATE_DEFAULTS = {"max_new_tokens": 100, "temperature": None}  # None: 0 for a question, 0.8 for plain text
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, GenerateOptions)
+    add_flags(parser, Sampling, defaults={**GENERATE_DEFAULTS, "temperature": "0 for a question (as chat and the "
+                                                                               "evaluation answer), 0.8 for plain "
+                                                                               "text to continue"})
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    options = from_flags(GenerateOptions, args)
+    if args.temperature is not None:
+        check_samples(from_flags(Sampling, args, GENERATE_DEFAULTS), options.num_samples, "")  # before any file
+    _, meta = read_config(find_checkpoint(options.checkpoint))
+    template, note = choose_template(options.checkpoint, meta, options.template, "none")
+    defaults = {**GENERATE_DEFAULTS, "temperature": 0.8 if template == "none" else 0.0}
+    sampling = from_flags(Sampling, args, defaults)
+    check_samples(sampling, options.num_samples, "" if args.temperature is not None else ", the default for a question")
+    model, tokenizer, _ = load_checkpoint(options.checkpoint, device=pick_device("auto"))
+    if tokenizer is None:
+        raise FileNotFoundError(f"{options.checkpoint} has no tokenizer files; use a checkpoint saved by a stage")
+    settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                "seed": sampling.seed, "crop": options.crop}
+    if template == "none":  # plain continuation: the prompt and what follows it
+        texts = [options.prompt + text for text in generate_text(model, tokenizer, [options.prompt] * options.num_samples,
+                                                                 sampling.max_new_tokens, **settings)]
+    else:  # a question: the answer only, without its end-of-text token
+        prompt = encode_question(tokenizer, read_question(options.prompt), template)
+        answers = generate(model, [prompt] * options.num_samples, sampling.max_new_tokens, eos_id=tokenizer.eot_id,
+                           **settings)
+        texts = [tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eot_id else ids) for ids in answers]
+    if note:  # once the text is there (a refused prompt is the one line of its error)
+        print(note, file=sys.stderr)  # stderr: stdout holds only the text, for scripts
+    print(("\n" + "-" * 40 + "\n").join(texts))  # a line between samples, when there are several
+    return 0
+
+
+def check_samples(sampling: Sampling, num_samples: int, why: str) -> None:
+    """Several samples from greedy decoding would all be the same answer."""
+    if sampling.temperature == 0 and num_samples > 1:
+        raise UsageError(f"--num-samples {num_samples} with --temperature 0{why} (greedy) gives {num_samples} "
+                         f"identical samples; give --temperature > 0 to sample")

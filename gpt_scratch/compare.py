@@ -18,12 +18,18 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from gpt_scratch.args import UsageError
+from gpt_scratch.checkpoint import find_checkpoint, read_config
+from gpt_scratch.evaluate import HeldOut
 from gpt_scratch.formats import write_json
 from gpt_scratch.freeze import STRATEGIES
 from gpt_scratch.plots import plot_labelled_points
-from gpt_scratch.presets import PRESETS
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.train import TrainConfig
 
 DEFAULT_METHODS = ("full", "last_blocks:1", "last_blocks:2", "head", "norms_biases", "embeddings_frozen",
                    "lora:1", "lora:2", "lora:4", "lora:8", "lora:16")
@@ -115,3 +121,44 @@ def compare(base: str | Path, data: str | Path, out: str | Path, methods: list[s
     if not quiet:
         print(table)
     return rows
+
+
+# The command: python -m gpt_scratch compare ----------------------------------------------------------------
+
+@dataclass
+class CompareOptions:
+    """The compare command's settings (every method is an sft run with the preset's settings)."""
+    base: str = setting("runs/default/pretrain", "the checkpoint every method starts from", preset=False)
+    data: str = setting("runs/default/data", "folder with the sft_*.json files", preset=False)
+    out: str = setting("runs/compare", "one sub-folder per method, plus the table and plot", preset=False)
+    methods: list[str] = setting(list(DEFAULT_METHODS), "full, last_blocks:N, head, norms_biases, embeddings_frozen, "
+                                                         "lora:R", type=method_type, nargs="+", preset=False)
+
+    def validate(self, given: set[str]) -> None:
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"--methods names {repeated[0]} twice; give each method once")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, CompareOptions)
+    add_flags(parser, TrainConfig, only=("max_steps",), preset=PRESETS["default"]["sft"])
+    add_flags(parser, HeldOut)
+    add_flags(parser, StageOptions, skip=("resume",))
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    options = from_flags(CompareOptions, args)
+    warmup = PRESETS[run_as.preset]["sft"]["warmup_steps"]
+    if args.max_steps is not None and args.max_steps < warmup:
+        raise UsageError(f"--max-steps {args.max_steps} is smaller than the {run_as.preset} preset's {warmup} warmup "
+                         f"steps, so every method would fail; use at least {warmup}")
+    n_layer = read_config(find_checkpoint(options.base))[0].n_layer
+    too_many = [m for m in options.methods if m.startswith("last_blocks:") and int(m.partition(":")[2]) > n_layer]
+    if too_many:
+        raise UsageError(f"--methods {too_many[0]}: the base model has {n_layer} blocks; use last_blocks:0..{n_layer}")
+    extra = [flag for name, value in (("--max-steps", args.max_steps), ("--n-eval", args.n_eval)) if value
+             for flag in (name, str(value))]
+    compare(options.base, options.data, options.out, options.methods, run_as.preset, extra, run_as.quiet)
+    return 0

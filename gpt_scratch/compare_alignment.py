@@ -22,12 +22,17 @@ beside it), the KL from the SFT model per answer on held-out prompts, wall time 
 Writes OUT/alignment.md, OUT/alignment.json and OUT/alignment.png.
 """
 
+import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from gpt_scratch.args import UsageError, float_range
 from gpt_scratch.compare import run_in_process
 from gpt_scratch.formats import write_json
 from gpt_scratch.plots import plot_labelled_points
+from gpt_scratch.presets import StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.world.command import write_dataset
 
 METHODS = ("ppo", "dpo", "ipo", "hinge", "cdpo", "robust")
@@ -117,3 +122,39 @@ def compare_alignment(sft: str | Path, data: str | Path, out: str | Path, method
     if not quiet:
         print(table)
     return rows
+
+
+# The command: python -m gpt_scratch compare-alignment -----------------------------------------------------
+
+@dataclass
+class AlignmentOptions:
+    """The compare-alignment command's settings (every method runs with the preset's settings)."""
+    sft: str = setting("runs/default/sft", "the SFT stage folder every method starts from", preset=False)
+    data: str = setting("runs/default/data", "the data folder (preference pairs and questions)", preset=False)
+    out: str = setting("runs/alignment", "one sub-folder per noise level and method", preset=False)
+    methods: list[str] = setting(list(DEFAULT_METHODS), "methods to run", choices=METHODS, nargs="+", preset=False)
+    noise: list[float] = setting([0.0, 0.2], "label-noise levels of the training pairs",
+                                 type=float_range(0.0, 0.5, include_high=False), nargs="+", preset=False)
+
+    def validate(self, given: set[str]) -> None:
+        for flag, values in (("--methods", self.methods), ("--noise", self.noise)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{flag} names {repeated[0]} twice; give each once")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, AlignmentOptions)
+    add_flags(parser, StageOptions, skip=("resume",))
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    options = from_flags(AlignmentOptions, args)
+    for path, what in ((Path(options.sft) / "metrics.json", "--sft: an SFT stage folder (run `python -m gpt_scratch "
+                        "sft` or the main job first)"),
+                       (Path(options.data) / "manifest.json", "--data: a data folder (`python -m gpt_scratch data`)")):
+        if not path.is_file():
+            raise UsageError(f"{path} not found; {what}")
+    compare_alignment(options.sft, options.data, options.out, options.methods, options.noise, run_as.preset, run_as.quiet)
+    return 0

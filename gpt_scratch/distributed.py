@@ -36,6 +36,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from gpt_scratch.args import UsageError
+
 
 def rank() -> int:
     """This process's number, 0..world_size() - 1 (0 without torchrun)."""
@@ -55,6 +57,13 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0: the process that writes files and prints."""
     return rank() == 0
+
+
+def check_split(flag: str, value: int) -> None:
+    """Under torchrun a batch is shared out over the processes: its size must be a multiple of their number."""
+    processes = world_size()
+    if value % processes != 0:
+        raise UsageError(f"{flag} {value} cannot be split over {processes} processes: use a multiple of {processes}")
 
 
 def start(device: torch.device) -> None:

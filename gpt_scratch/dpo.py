@@ -63,7 +63,9 @@ Under torchrun (distributed.py) every process trains on its share of each batch 
 computes the reference log-probabilities of its own shares; rank 0 alone measures and writes files.
 """
 
+import argparse
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -72,18 +74,21 @@ import torch
 import torch.nn.functional as F
 
 from gpt_scratch import distributed
+from gpt_scratch.args import float_range, int_range, positive_float
 from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint, save_checkpoint
-from gpt_scratch.data import Encoded, ExampleBatches, collate
-from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
+from gpt_scratch.data import Encoded, collate
+from gpt_scratch.evaluate import HeldOut, answer, check_judgeable, load_split, peak_memory_mb, win_rate
 from gpt_scratch.formats import load_preferences, write_json
 from gpt_scratch.hardware import autocast_for, pick_device
 from gpt_scratch.logprobs import completion_logprobs
-from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
+from gpt_scratch.lora import LoRASettings, adapters_off, remove_lora, save_adapter
 from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_curves
-from gpt_scratch.reward import encode_pairs
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.reward import pair_batches
 from gpt_scratch.rollout import answer_kl
-from gpt_scratch.train import TrainConfig, train
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.train import TrainConfig, add_training_flags, train, training_settings
 from gpt_scratch.world.judge import score
 from gpt_scratch.world.preferences import prompt_of
 
@@ -223,13 +228,13 @@ def load_data(data: Path, n_train: int | None, n_eval: int | None) -> tuple[list
 
 
 def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: TrainConfig, beta: float = 0.1,
-              loss: str = "sigmoid", label_smoothing: float = 0.0, lora_rank: int | None = None,
+              loss: str = "sigmoid", label_smoothing: float = 0.0, lora: LoRASettings | None = None,
               n_train: int | None = None, n_eval: int | None = None, resume: bool = False,
               quiet: bool = False) -> dict:
     """The whole stage: the SFT model trained on the preference pairs by DPO (or a variant); returns the metrics.
 
-    lora_rank: train LoRA adapters (alpha = 2 * rank, on attention and MLP) instead of every weight; the
-    stage folder then also gets adapter/, and the checkpoint holds the merged model, as sft does.
+    lora: train LoRA adapters (settings with a rank) instead of every weight; the stage folder then also
+    gets adapter/, and the checkpoint holds the merged model, as sft does.
     Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
     """
     if loss not in LOSSES:
@@ -242,19 +247,16 @@ def dpo_stage(sft_dir: str | Path, data: str | Path, out_dir: str | Path, cfg: T
     disable_dropout(policy)  # the loss is exactly ln 2 at step 0 only if the policy is the reference
     pairs, records = load_data(data, n_train, n_eval)
 
-    # The last 2% of the pairs (at least one) are held back: the validation loss and the held-back accuracy.
-    n_val = max(1, len(pairs) // 50)
-    encoded = encode_pairs(tokenizer, pairs, policy.config.block_size)
-    train_pairs, val_pairs = encoded[:-n_val], encoded[-n_val:]
-    make_batch = partial(pair_batch, pad_id=tokenizer.eot_id)
-    batches = ExampleBatches(train_pairs, cfg.batch_size, cfg.grad_accum, make_batch, cfg.seed)
-    val_xy = [make_batch(val_pairs[i:i + cfg.batch_size]) for i in range(0, len(val_pairs), cfg.batch_size)]
+    # The pairs held back: the validation loss and the held-back accuracy.
+    train_pairs, batches, val_xy = pair_batches(tokenizer, pairs, policy.config.block_size, cfg,
+                                                partial(pair_batch, pad_id=tokenizer.eot_id))
 
     # The SFT model's answers, before training: for the measures, which rank 0 alone takes
     sft_answers = answer(policy, tokenizer, records, TEMPLATE) if records and distributed.is_main() else []
+    lora_rank = lora.lora_rank if lora is not None else None
     if lora_rank is not None:
         torch.manual_seed(cfg.seed)  # LoRA's random A matrices depend on the seed only
-        add_lora(policy, lora_rank, 2.0 * lora_rank)
+        lora.add_to(policy)
 
     # 1. The reference's log-probabilities, once, in the batches of every step the run will take.
     began = time.perf_counter()
@@ -372,3 +374,50 @@ def plot_history(history: dict, path: Path) -> Path:
                                ("win-rate vs SFT", evals, history["eval_win_rate"], "o-")]
         panels.append({"ylabel": "KL from SFT (nats per answer)", "lines": [("KL", evals, history["eval_kl"], "o-")]})
     return plot_curves(panels, path, xlabel="DPO step", title="DPO: training signals and held-out measures")
+
+
+# The command: python -m gpt_scratch dpo --------------------------------------------------------------------
+
+@dataclass
+class DPOOptions:
+    """The dpo command's own settings (LoRA's are LoRASettings, the training's a TrainConfig)."""
+    sft: str = setting("runs/default/sft", "the SFT stage (or checkpoint) folder: the policy to train, and the "
+                                           "reference", preset=False)
+    data: str = setting("runs/default/data", "a folder with preferences_train.jsonl and sft_test.json (from `data`; "
+                                             "the held-out measures need the judge), or one preference file (JSONL or "
+                                             "JSON list: prompt/chosen/rejected, instruction/input/chosen/rejected, "
+                                             "chosen/rejected, or chat messages)", preset=False)
+    out: str = setting("runs/default/dpo", "stage folder", preset=False)
+    loss: str = setting("sigmoid", "sigmoid: DPO; ipo: (h - 1/(2 beta))^2; hinge: max(0, 1 - beta h); cdpo: "
+                                   "conservative DPO, DPO with label smoothing; robust: Chowdhury et al.'s robust DPO, "
+                                   "unbiased under a share --label-smoothing of flipped labels (robust is not the "
+                                   "label-smoothed loss: that one is cdpo)", choices=LOSSES, preset=False)
+    beta: float = setting(0.1, "strength of the pull towards the SFT reference: the implicit reward is "
+                               "beta log(pi/pi_ref)", type=positive_float)
+    label_smoothing: float = setting(0.0, "with --loss cdpo or robust: the probability eps that a label is wrong, in "
+                                          "[0, 0.5)", type=float_range(0.0, 0.5, include_high=False))
+    n_train: int | None = setting(None, "use only the first N preference pairs", type=int_range(2))
+
+    def validate(self, given: set[str]) -> None:
+        if "label_smoothing" in given and self.loss not in SMOOTHED:
+            raise ValueError(f"--label-smoothing only acts with --loss cdpo or robust, not --loss {self.loss}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, DPOOptions, preset=PRESETS["default"]["dpo"])
+    add_flags(parser, HeldOut)
+    add_flags(parser, LoRASettings, "LoRA (default: every weight trained)", skip=("lora_dropout",))
+    add_training_flags(parser, "dpo")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    preset = PRESETS[run_as.preset]["dpo"]
+    options = from_flags(DPOOptions, args, preset, run_as.preset)
+    lora = from_flags(LoRASettings, args)
+    cfg = training_settings(args, "dpo")
+    distributed.start(pick_device(cfg.device))
+    dpo_stage(options.sft, options.data, options.out, cfg, options.beta, options.loss,
+              options.label_smoothing if options.loss in SMOOTHED else 0.0, lora if lora.lora_rank else None,
+              options.n_train, from_flags(HeldOut, args, preset).n_eval, resume=run_as.resume, quiet=run_as.quiet)
+    return 0

@@ -15,17 +15,26 @@ how many prompts could not tell the models apart. With no wins and no losses it 
 
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gpt_scratch.args import positive_int
 from gpt_scratch.formats import load_instructions
 from gpt_scratch.generate import generate
 from gpt_scratch.model import GPT
+from gpt_scratch.settings import setting
 from gpt_scratch.templates import encode_prompt
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.world.judge import score
 from gpt_scratch.world.preferences import preference_rank
+
+
+@dataclass
+class HeldOut:
+    """How many of the held-out questions a stage judges (the judge's measures; a plain data file has none)."""
+    n_eval: int | None = setting(None, "judge only the first N held-out questions (default: all)", type=positive_int)
 
 
 @torch.no_grad()
@@ -62,6 +71,17 @@ def evaluate(model: GPT, tokenizer: Tokenizer, records: list[dict], template: st
     """(judge scores, responses) for records that carry the judge's fields (family, answer)."""
     responses = answer(model, tokenizer, records, template, max_new_tokens)
     return score(records, responses), responses
+
+
+def judge_against_sft(policy: GPT, tokenizer: Tokenizer, records: list[dict], sft_answers: list[str],
+                      template: str = "chat", max_new_tokens: int = 24) -> dict:
+    """What every alignment stage reports of its policy on held-out questions: accuracy and preferred-style
+    rate (the judge), and the win-rate against the SFT model's answers (ties left out, their share beside
+    it); with the judge's scores per family and the answers themselves."""
+    responses = answer(policy, tokenizer, records, template, max_new_tokens)
+    scores, versus = score(records, responses), win_rate(records, responses, sft_answers)
+    return {"accuracy": scores["accuracy"], "sentence_rate": scores["sentence_rate"], "win_rate": versus["win_rate"],
+            "tie_share": versus["tie_share"], "scores": scores, "responses": responses}
 
 
 def compare_answers(record: dict, response_a: str, response_b: str) -> int:

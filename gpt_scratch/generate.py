@@ -10,12 +10,37 @@ next token is in the last column) and passing an attention mask. Each row stops 
 end-of-text token. temperature=0 means greedy: always take the most likely token.
 """
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
+from gpt_scratch.args import float_range, int_range, non_negative_int, positive_int
 from gpt_scratch.data import pad_batch
 from gpt_scratch.model import GPT, KVCache
+from gpt_scratch.settings import setting
+
+
+@dataclass
+class Sampling:
+    """How a model picks each next token when it answers (chat) or continues text (generate)."""
+    max_new_tokens: int = setting(32, "longest answer in tokens; a conversation keeps the rest of the context",
+                                  type=int_range(1, 100_000), preset=False)
+    temperature: float | None = setting(0.0, "0 = greedy: always the most likely token, as the course's evaluation",
+                                        type=float_range(0.0, 100.0), preset=False)
+    top_k: int | None = setting(None, "sample among the k most likely tokens (needs --temperature > 0)",
+                                type=positive_int, preset=False)
+    top_p: float | None = setting(None, "nucleus sampling mass (needs --temperature > 0)",
+                                  type=float_range(0.0, 1.0, include_low=False), preset=False)
+    seed: int = setting(0, "sampling seed", type=non_negative_int, preset=False)
+
+    def validate(self, given: set[str]) -> None:
+        """Sampling flags that greedy decoding would ignore."""
+        ignored = [f"--{name.replace('_', '-')}" for name in ("top_k", "top_p") if getattr(self, name) is not None]
+        if self.temperature == 0 and ignored:
+            why = "" if "temperature" in given else ", the default for a question"
+            raise ValueError(f"{ignored[0]} has no effect with --temperature 0{why} (greedy: always the most likely "
+                             f"token); give --temperature > 0 to sample")
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

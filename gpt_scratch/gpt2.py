@@ -18,10 +18,12 @@ linear layers that store their weight as (in, out); nn.Linear stores (out, in). 
 c_proj and c_fc weights are transposed on the way in and again on the way out.
 """
 
+import argparse
 import json
 import shutil
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from gpt_scratch.checkpoint import save_checkpoint
 from gpt_scratch.files import atomic_path, write_atomic
 from gpt_scratch.model import GPT, GPTConfig
-from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.tokenizer import GPT2Vocabulary, Tokenizer, gpt2_tokenizer
 
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # 124M, 355M, 774M, 1.5B parameters
 CONV1D_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # stored (in, out) by GPT-2
@@ -179,3 +182,25 @@ def download_gpt2(size: str = "gpt2", cache_dir: str | Path = "~/.cache/gpt_scra
             raise RuntimeError(f"could not download {url} ({reason}); check the internet connection, "
                                f"or put config.json and model.safetensors into {folder} by hand") from None
     return folder
+
+
+# The command: python -m gpt_scratch import-gpt2 ------------------------------------------------------------
+
+@dataclass
+class ImportOptions:
+    hf: str = setting(None, "a folder with config.json + model.safetensors, or gpt2, gpt2-medium, gpt2-large, gpt2-xl "
+                            "(downloaded once)", preset=False, required=True)
+    out: str = setting("runs/gpt2/base", "stage folder; the checkpoint goes into its checkpoint/", preset=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, ImportOptions)
+    add_flags(parser, GPT2Vocabulary)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = from_flags(ImportOptions, args)
+    folder = import_gpt2(options.hf, options.out, gpt2_tokenizer(args.gpt2_vocab))
+    print(f"imported {options.hf} into {folder}; fine-tune it with: python -m gpt_scratch sft --base {options.out} "
+          f"--data FILE --template alpaca")
+    return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from gpt_scratch.args import OneLineParser, int_range, print_error
 from gpt_scratch.grade_runner import REPO, TEST_NAME, TESTS, run_tests
+from gpt_scratch.settings import add_flags, from_flags, setting
 
 
 @dataclass
@@ -142,31 +143,38 @@ def existing_folder(text: str) -> Path:
     return path
 
 
+CHAPTERS = [str(chapter) for chapter in chapters_with_exercises()]
+
+
+@dataclass
+class GradeOptions:
+    """What the grader grades (one copy of exercises/, the solutions, or a class) and how it reports."""
+    chapter: list[str] = setting(["all"], f"the chapters to grade ({CHAPTERS[0]} to {CHAPTERS[-1]}), or all",
+                                 choices=CHAPTERS + ["all"], nargs="+", metavar="N", preset=False)
+    solutions: bool = setting(False, "grade solutions/ (the reference: full marks)", exclusive="source", preset=False)
+    dir: Path | None = setting(None, "grade this folder (the one holding ch01/, ch02/, ...) instead of exercises/",
+                               type=existing_folder, exclusive="source", preset=False)
+    class_dir: Path | None = setting(None, "grade every student folder in SUBMISSIONS (each like --dir's) and write "
+                                           "a gradebook", type=existing_folder, flag="--class", metavar="SUBMISSIONS",
+                                     exclusive="source", preset=False)
+    extra_tests: Path | None = setting(None, "also run the instructor's tests in DIR (test_chNN*.py); students see "
+                                             "only pass/fail", type=existing_folder, metavar="DIR", preset=False)
+    points: Path | None = setting(None, "a file of points per test, lines like test_ex_3_1_block_forward = 2 "
+                                        "(default: 1 each)", type=Path, metavar="FILE", preset=False)
+    format: str = setting("table", "table: print the score table; gradescope: write results.json for Gradescope's "
+                                   "autograder", choices=("table", "gradescope"), preset=False)
+    out: Path | None = setting(None, "where --class writes the gradebook (default grades) and --format gradescope "
+                                     "its results.json (default: the working folder)", type=Path, metavar="DIR",
+                               preset=False)
+    timeout: int = setting(60, "seconds one exercise's test may run before it fails", type=int_range(1, 3600),
+                           preset=False)
+    jobs: int | None = setting(None, "with --class: grade this many students at once (default 1)",
+                               type=int_range(1, 256), preset=False)
+    verbose: bool = setting(False, "also print pytest's full output, tracebacks included", preset=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    chapters = [str(chapter) for chapter in chapters_with_exercises()]
-    parser.add_argument("--chapter", nargs="+", choices=chapters + ["all"], default=["all"], metavar="N",
-                        help=f"the chapters to grade ({chapters[0]} to {chapters[-1]}), or all (default all)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--solutions", action="store_true", help="grade solutions/ (the reference: full marks)")
-    source.add_argument("--dir", type=existing_folder,
-                        help="grade this folder (the one holding ch01/, ch02/, ...) instead of exercises/")
-    source.add_argument("--class", dest="class_dir", type=existing_folder, metavar="SUBMISSIONS",
-                        help="grade every student folder in SUBMISSIONS (each like --dir's) and write a gradebook")
-    parser.add_argument("--extra-tests", type=existing_folder, metavar="DIR",
-                        help="also run the instructor's tests in DIR (test_chNN*.py); students see only pass/fail")
-    parser.add_argument("--points", type=Path, metavar="FILE",
-                        help="a file of points per test, lines like test_ex_3_1_block_forward = 2 (default: 1 each)")
-    parser.add_argument("--format", choices=["table", "gradescope"], default="table",
-                        help="table: print the score table; gradescope: write results.json for Gradescope's "
-                             "autograder (default table)")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="where --class writes the gradebook (default grades) and --format gradescope "
-                             "its results.json (default: the working folder)")
-    parser.add_argument("--timeout", type=int_range(1, 3600), default=60,
-                        help="seconds one exercise's test may run before it fails (default 60)")
-    parser.add_argument("--jobs", type=int_range(1, 256),
-                        help="with --class: grade this many students at once (default 1)")
-    parser.add_argument("--verbose", action="store_true", help="also print pytest's full output, tracebacks included")
+    add_flags(parser, GradeOptions)
     parser.set_defaults(grade_prog=parser.prog)  # run() names the command in its error lines
 
 
@@ -257,37 +265,38 @@ def run(args: argparse.Namespace) -> int:
     from gpt_scratch import gradebook  # (it imports this module)
 
     prog = getattr(args, "grade_prog", "python -m gpt_scratch grade")
-    chapters = chapters_with_exercises() if "all" in args.chapter else sorted({int(c) for c in args.chapter})
-    folder = args.dir or REPO / ("solutions" if args.solutions else "exercises")
+    options = from_flags(GradeOptions, args)
+    chapters = chapters_with_exercises() if "all" in options.chapter else sorted({int(c) for c in options.chapter})
+    folder = options.dir or REPO / ("solutions" if options.solutions else "exercises")
     try:
-        if args.class_dir is not None and args.format == "gradescope":
+        if options.class_dir is not None and options.format == "gradescope":
             raise ValueError("--format gradescope grades one submission (Gradescope runs the autograder once "
                              "per student): use it with --dir")
-        if args.out is not None and args.class_dir is None and args.format != "gradescope":
+        if options.out is not None and options.class_dir is None and options.format != "gradescope":
             raise ValueError("--out is for --class or --format gradescope; the table is printed")
-        if args.jobs is not None and args.class_dir is None:
+        if options.jobs is not None and options.class_dir is None:
             raise ValueError("--jobs is for --class (one student is graded by one process)")
-        if args.extra_tests is not None:
-            check_extra_tests(args.extra_tests)
-        points = gradebook.read_points(args.points, args.extra_tests) if args.points else {}
+        if options.extra_tests is not None:
+            check_extra_tests(options.extra_tests)
+        points = gradebook.read_points(options.points, options.extra_tests) if options.points else {}
         missing = [c for c in chapters if not handed_in(folder, c)]
-        if args.class_dir is None and args.format == "table" and missing:  # a typing error, most likely
+        if options.class_dir is None and options.format == "table" and missing:  # a typing error, most likely
             what = (f"has no ch{missing[0]:02d}/ folder" if not (folder / f"ch{missing[0]:02d}").is_dir()
                     else f"has no {' or '.join(scripts_of(missing[0]))} in ch{missing[0]:02d}/")
             raise ValueError(f"{folder} {what}; pass the folder that holds ch01/, ch02/, ... or choose another "
                              "--chapter")
-        if args.class_dir is not None:
-            return gradebook.grade_class(args.class_dir, chapters, args.out or Path("grades"), args.timeout,
-                                         args.extra_tests, points, args.jobs or 1, args.verbose)
-        results = grade(folder, chapters, args.timeout, args.verbose, args.extra_tests, points)
+        if options.class_dir is not None:
+            return gradebook.grade_class(options.class_dir, chapters, options.out or Path("grades"), options.timeout,
+                                         options.extra_tests, points, options.jobs or 1, options.verbose)
+        results = grade(folder, chapters, options.timeout, options.verbose, options.extra_tests, points)
     except ValueError as err:  # a bad flag, folder or file
         print_error(prog, f"{err}; see --help")
         return 2
     except RuntimeError as err:
         print_error(prog, str(err))
         return 1
-    if args.format == "gradescope":
-        path = gradebook.write_gradescope(args.out or Path("."), results, chapters)
+    if options.format == "gradescope":
+        path = gradebook.write_gradescope(options.out or Path("."), results, chapters)
         print(f"{path}: {sum(r.points for r in results):g}/{sum(r.worth for r in results):g} points")
     else:
         print(format_report(folder, results))

@@ -59,7 +59,7 @@ the update is the one a single process makes on the whole batch. The logged numb
 over the processes; rank 0 alone measures held-out and writes files.
 """
 
-import copy
+import argparse
 import math
 import random
 import time
@@ -69,16 +69,20 @@ from pathlib import Path
 import torch
 
 from gpt_scratch import distributed
-from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
-from gpt_scratch.evaluate import answer, answer_with_ends, check_judgeable, load_split, peak_memory_mb, win_rate
+from gpt_scratch.args import UsageError, float_range, int_range, positive_float, positive_int
+from gpt_scratch.evaluate import (HeldOut, answer, answer_with_ends, check_judgeable, judge_against_sft, load_split,
+                                  peak_memory_mb)
 from gpt_scratch.formats import write_json
-from gpt_scratch.hardware import autocast_for, pick_device
+from gpt_scratch.hardware import autocast_for, check_device, pick_device
 from gpt_scratch.logprobs import token_logprobs
-from gpt_scratch.model import disable_dropout
+from gpt_scratch.lora import LoRASettings, adapters_off
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import AGGREGATIONS, aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_per_token
-from gpt_scratch.rollout import Rollout, join_rows, rollout
-from gpt_scratch.train import check_finite_loss, resume_from
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.rl import Part, PolicyRun, adamw, load_policy, make_reference
+from gpt_scratch.rollout import Rollout, join_rows, reference_logprobs, rollout
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.train import RunSettings, check_finite_loss
 from gpt_scratch.world.judge import is_correct, score, style_of
 from gpt_scratch.world.preferences import prompt_of
 
@@ -88,52 +92,74 @@ STD_EPS = 1e-4  # keeps the division finite; irrelevant next to a 0/1 reward's s
 
 
 @dataclass
-class GRPOConfig:
-    steps: int = 100
-    batch_size: int = 128  # answers per step: batch_size / group_size prompts, group_size answers each
-    group_size: int = 8
-    minibatch_size: int = 64  # answers per gradient step
-    epochs: int = 1  # passes over each rollout batch
-    lr: float = 5e-5
-    clip_range: float = 0.2
-    kl_coef: float = 0.0  # weight of the k3 KL to the SFT reference in the loss
-    std: bool = True  # divide by the group's std (GRPO); False: do not (Dr. GRPO)
-    population_std: bool = False  # that std divided by G; False: by G - 1 (Bessel), as DeepSeekMath and TRL
-    aggregation: str = "seq-mean-token-mean"  # ppo_math.AGGREGATIONS
-    format_reward: float = 0.0  # bonus for an answer in the preferred style (0 = correctness only)
-    dynamic_sampling: bool = False  # replace groups whose rewards are all equal
-    max_resample: int = 2  # extra rollouts per step at most, with dynamic_sampling (0..15: a seed each)
-    family_weights: str = "uniform"  # or "sft-error"
-    weight_sample: int = 1000  # training prompts the SFT error rates are measured on
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_samples: int = 8  # sampled answers per held-out prompt for pass@k (at least group_size)
+class GRPOConfig(RunSettings, LoRASettings):
+    """GRPO's settings. It is also a RunSettings (seed, device, dtype, grad_clip) and a LoRASettings (lora_rank,
+    lora_alpha, lora_targets: with a rank, LoRA adapters train and the reference is the policy with them off)."""
+    steps: int = setting(100, "GRPO steps (rollout + update)", type=positive_int)
+    batch_size: int = setting(128, "answers per step: batch-size / group-size prompts, group-size answers each",
+                              type=positive_int)
+    group_size: int = setting(8, "answers per prompt, G (at least 2; must divide --batch-size)", type=int_range(2, 1024))
+    minibatch_size: int = setting(64, "answers per gradient step (must divide --batch-size)", type=positive_int)
+    epochs: int = setting(1, "passes over each rollout batch", type=int_range(1, 100))
+    lr: float = setting(5e-5, "learning rate", type=positive_float)
+    clip_range: float = setting(0.2, "ratio clip epsilon", type=float_range(0.0, 10.0, include_low=False))
+    kl_coef: float = setting(0.0, "weight of the k3 KL to the SFT reference in the loss (0 = none)",
+                             type=float_range(0.0, 100.0))
+    std: bool = setting(True, "divide each group's advantages by the group's std (GRPO); --no-std: do not (Dr. GRPO)",
+                        negatable=True)
+    population_std: bool = setting(False, "the group's std divided by G (the population std) instead of G - 1 "
+                                          "(Bessel's correction, as DeepSeekMath and TRL compute it)")
+    aggregation: str = setting("seq-mean-token-mean", "how token losses become one: seq-mean-token-mean (GRPO), "
+                                                      "token-mean (DAPO), seq-mean-token-sum-norm (Dr. GRPO: each "
+                                                      "answer's sum / --max-new-tokens)",
+                               choices=AGGREGATIONS, flag="--loss-agg")
+    format_reward: float = setting(0.0, "reward on top for an answer in the preferred style 'The answer is X.' (0 = off)",
+                                   type=float_range(0.0, 100.0))
+    dynamic_sampling: bool = setting(False, "replace groups whose rewards are all equal (they teach nothing) by fresh "
+                                            "prompts", negatable=True)
+    max_resample: int = setting(2, "with --dynamic-sampling: extra rollouts per step at most, 0 to 15",
+                                type=int_range(0, 15))
+    family_weights: str = setting("uniform", "uniform: every training prompt alike; sft-error: families in proportion "
+                                             "to the SFT model's error rate on training prompts (measured once, greedy)",
+                                  choices=FAMILY_WEIGHTS)
+    weight_sample: int = setting(1000, "with --family-weights sft-error: training prompts the error rates are "
+                                       "measured on", type=positive_int)
+    max_new_tokens: int = setting(24, "longest answer sampled", type=int_range(1, 8192))
+    temperature: float = setting(1.0, "sampling temperature of the rollouts and of pass@k; every log-prob is taken "
+                                      "under softmax(logits / temperature)",
+                                 type=float_range(0.0, 100.0, include_low=False))
+    eval_every: int = setting(100, "held-out accuracy and pass@k every N steps", type=positive_int)
+    eval_samples: int = setting(8, "sampled answers per held-out prompt for pass@k (at least --group-size)",
+                                type=positive_int)
     save_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
-            raise ValueError(f"group_size must be at least 2 (a group of one has no baseline), got {self.group_size}")
+            raise ValueError(f"--group-size must be at least 2 (a group of one has no baseline), got {self.group_size}")
         if self.batch_size % self.group_size != 0:
-            raise ValueError(f"group_size {self.group_size} must divide batch_size {self.batch_size}")
+            raise ValueError(f"--group-size {self.group_size} must divide --batch-size {self.batch_size} (a step "
+                             f"holds whole groups)")
         if self.batch_size % self.minibatch_size != 0:
-            raise ValueError(f"minibatch_size {self.minibatch_size} must divide batch_size {self.batch_size}")
+            raise ValueError(f"--minibatch-size {self.minibatch_size} must divide --batch-size {self.batch_size}")
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}")
+            raise ValueError(f"--loss-agg must be one of {AGGREGATIONS}, not {self.aggregation!r}")
         if self.family_weights not in FAMILY_WEIGHTS:
-            raise ValueError(f"family_weights must be one of {FAMILY_WEIGHTS}, not {self.family_weights!r}")
+            raise ValueError(f"--family-weights must be one of {FAMILY_WEIGHTS}, not {self.family_weights!r}")
         if not 0 <= self.max_resample <= 15:
-            raise ValueError(f"max_resample must be from 0 to 15, got {self.max_resample}")
-        if self.population_std and not self.std:
-            raise ValueError("population_std (--population-std) chooses how the std is computed, and std=False "
-                             "(--no-std) divides by no std at all: give one of them")
+            raise ValueError(f"--max-resample must be from 0 to 15, got {self.max_resample}")
         if self.eval_samples < self.group_size:
-            raise ValueError(f"eval_samples {self.eval_samples} must be at least group_size {self.group_size} "
-                             f"(pass@G needs G samples)")
+            raise ValueError(f"--eval-samples {self.eval_samples} must be at least --group-size {self.group_size} "
+                             f"(pass@G needs G samples per prompt)")
+        if self.population_std and not self.std:
+            raise ValueError("--population-std chooses how the std is computed, and --no-std divides by no std at "
+                             "all: give one of them")
+
+    def validate(self, given: set[str]) -> None:
+        super().validate(given)
+        if "max_resample" in given and not self.dynamic_sampling:
+            raise ValueError("--max-resample needs --dynamic-sampling (without it nothing is resampled)")
+        if "weight_sample" in given and self.family_weights != "sft-error":
+            raise ValueError("--weight-sample needs --family-weights sft-error (uniform weights measure nothing)")
 
 
 # The two formulas of the chapter ------------------------------------------------------------------------------
@@ -273,7 +299,7 @@ def grpo_step(policy, reference, tokenizer, by_family: dict[str, list[dict]], we
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
     with torch.no_grad(), autocast_for(device, cfg.dtype):  # every log-prob under softmax(logits / T), as sampled
         old_logp = token_logprobs(policy(x), y, cfg.temperature)
-        ref_logp = token_logprobs(reference(x), y, cfg.temperature)
+        ref_logp = reference_logprobs(policy, reference, x, y, cfg.temperature)
     advantages = group_advantages(rewards, cfg.group_size, cfg.std, population_std=cfg.population_std).to(device)
     token_advantages = advantages[:, None].expand_as(old_logp)  # every token of an answer shares its advantage
 
@@ -343,26 +369,13 @@ def pass_rates(policy, tokenizer, records: list[dict], cfg: GRPOConfig) -> dict:
 
 def judge_policy(policy, tokenizer, records: list[dict], sft_answers: list[str], cfg: GRPOConfig) -> dict:
     """Greedy accuracy per family, preferred style, win-rate against the SFT model, pass@1 and pass@G."""
-    responses = answer(policy, tokenizer, records, TEMPLATE, cfg.max_new_tokens)
-    scores, versus = score(records, responses), win_rate(records, responses, sft_answers)
-    return {"accuracy": scores["accuracy"], "sentence_rate": scores["sentence_rate"], "win_rate": versus["win_rate"],
-            "tie_share": versus["tie_share"], "scores": scores, "passes": pass_rates(policy, tokenizer, records, cfg)}
+    judged = judge_against_sft(policy, tokenizer, records, sft_answers, TEMPLATE, cfg.max_new_tokens)
+    passes = pass_rates(policy, tokenizer, records, cfg)
+    return {**judged, "passes": passes, "pass_at_1": passes["pass_at_1"], "pass_at_g": passes["pass_at_g"],
+            "families": {family: row["accuracy"] for family, row in judged["scores"]["families"].items()}}
 
 
-def record_eval(history: dict, step: int, judged: dict) -> dict:
-    history["eval_step"].append(step)
-    history["eval_accuracy"].append(judged["accuracy"])
-    history["eval_sentence_rate"].append(judged["sentence_rate"])
-    history["eval_win_rate"].append(judged["win_rate"])
-    history["eval_pass_at_1"].append(judged["passes"]["pass_at_1"])
-    history["eval_pass_at_g"].append(judged["passes"]["pass_at_g"])
-    history["eval_families"].append({family: row["accuracy"] for family, row in judged["scores"]["families"].items()})
-    return judged
-
-
-def new_history() -> dict:
-    return {"step": [], "eval_step": [], "eval_accuracy": [], "eval_sentence_rate": [], "eval_win_rate": [],
-            "eval_pass_at_1": [], "eval_pass_at_g": [], "eval_families": [], "seconds": 0.0}
+RECORDED = ("accuracy", "sentence_rate", "win_rate", "pass_at_1", "pass_at_g", "families")  # kept in the history
 
 
 def plot_history(history: dict, group_size: int, path: Path) -> Path:
@@ -385,17 +398,17 @@ def plot_history(history: dict, group_size: int, path: Path) -> Path:
 
 def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: GRPOConfig,
                n_eval: int | None = None, resume: bool = False, quiet: bool = False) -> dict:
-    """The whole stage: policy and frozen reference from SFT, GRPO against the judge; returns the metrics.
+    """The whole stage: policy and reference from SFT, GRPO against the judge; returns the metrics.
 
-    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
+    Around the step, rl.py's skeleton: loading, judging, checkpoints, resume, LoRA. Under torchrun rank 0
+    returns the metrics, and the other ranks return {} once trained.
     """
     began = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
-    disable_dropout(policy)  # and so the reference copied from it: exact log-probs, ratio 1 at the start
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    policy, tokenizer, sft_meta = load_policy(sft_dir, device)
+    reference = make_reference(policy, cfg)  # None with LoRA: the policy's own base, adapters off
     train_records = load_split(data_dir, "train")  # the reward is computed on training prompts only
     test_records = load_split(data_dir, "test", n_eval)
     check_judgeable(train_records, data_dir / "sft_train.json")
@@ -406,46 +419,45 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
     by_family: dict[str, list[dict]] = {}
     for record in train_records:
         by_family.setdefault(record["family"], []).append(record)
-    errors = sft_error_rates(reference, tokenizer, train_records, cfg) if cfg.family_weights == "sft-error" else None
+    sft_model = policy if reference is None else reference  # the SFT model, with a LoRA policy's adapters off
+    errors = None
+    if cfg.family_weights == "sft-error":
+        with adapters_off(policy):
+            errors = sft_error_rates(sft_model, tokenizer, train_records, cfg)
     weights = {family: row["weight"] for family, row in errors.items()} if errors else None
     if errors and not quiet:
         print("SFT error rate on training prompts -> share of the prompts: " + ", ".join(
             f"{family} {row['error_rate']:.1%} -> {row['weight']:.1%}" for family, row in errors.items()))
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    start, history = 0, new_history()
-    if resume:
-        start, history = resume_from(out_dir, policy, optimizer, new_history)  # train.py's, with GRPO's history
-    ddp = distributed.wrap(policy) if distributed.world_size() > 1 else None
-    main = distributed.is_main()  # rank 0 alone measures held-out and writes files
-    sft_answers = answer(reference, tokenizer, test_records, TEMPLATE, cfg.max_new_tokens) if main else []
     meta = {"stage": "grpo", "base": str(sft_dir), "template": TEMPLATE, "grpo_config": asdict(cfg),
             "corpus": sft_meta.get("corpus")}
+    run = PolicyRun(out_dir, tokenizer, meta, [Part("checkpoint", policy, adamw(policy, cfg.lr))], RECORDED)
+    start, history, _ = run.resume() if resume else (0, run.new_history(), {})
+    ddp = distributed.wrap(policy) if distributed.world_size() > 1 else None
+    main = distributed.is_main()  # rank 0 alone measures held-out and writes files
+    sft_answers = []
+    if main:
+        with adapters_off(policy):
+            sft_answers = answer(sft_model, tokenizer, test_records, TEMPLATE, cfg.max_new_tokens)
 
-    judged = None
-    if start == 0 and main:
-        judged = record_eval(history, 0, judge_policy(policy, tokenizer, test_records, sft_answers, cfg))
-        history["before"] = {"families": judged["scores"]["families"], "passes": judged["passes"]}
-    for step in range(start, cfg.steps):
-        step_began = time.perf_counter()
-        metrics = grpo_step(policy, reference, tokenizer, by_family, weights, cfg, optimizer, step, device, ddp=ddp)
-        history["seconds"] += time.perf_counter() - step_began
-        history["step"].append(step + 1)
-        for name, value in metrics.items():
-            history.setdefault(name, []).append(value)
-        evaluated = main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps)
-        if evaluated:
-            judged = record_eval(history, step + 1, judge_policy(policy, tokenizer, test_records, sft_answers, cfg))
-        if not quiet:
-            print(f"grpo step {step + 1}/{cfg.steps}: reward {metrics['reward']:.3f} zero-std groups "
-                  f"{metrics['zero_std_share']:.0%} kl {metrics['kl']:.3f} clipfrac {metrics['clipfrac']:.3f} "
-                  f"entropy {metrics['entropy']:.3f} length {metrics['response_length']:.1f}"
-                  + (f"; held-out accuracy {history['eval_accuracy'][-1]:.1%}, pass@1 "
-                     f"{history['eval_pass_at_1'][-1]:.1%}, pass@{cfg.group_size} {history['eval_pass_at_g'][-1]:.1%}"
-                     if evaluated else ""), flush=True)
-        if main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-            save_checkpoint(out_dir / "checkpoint", policy, tokenizer, {**meta, "step": step + 1},
-                            {"step": step + 1, "history": history}, optimizer)
+    def judge() -> dict:
+        judged = judge_policy(policy, tokenizer, test_records, sft_answers, cfg)
+        history.setdefault("before", {"families": judged["scores"]["families"], "passes": judged["passes"]})
+        return judged
 
+    def line(i: int, metrics: dict) -> str:
+        judged_now = history["eval_step"] and history["eval_step"][-1] == i + 1
+        return (f"grpo step {i + 1}/{cfg.steps}: reward {metrics['reward']:.3f} zero-std groups "
+                f"{metrics['zero_std_share']:.0%} kl {metrics['kl']:.3f} clipfrac {metrics['clipfrac']:.3f} "
+                f"entropy {metrics['entropy']:.3f} length {metrics['response_length']:.1f}"
+                + (f"; held-out accuracy {history['eval_accuracy'][-1]:.1%}, pass@1 "
+                   f"{history['eval_pass_at_1'][-1]:.1%}, pass@{cfg.group_size} {history['eval_pass_at_g'][-1]:.1%}"
+                   if judged_now else ""))
+
+    judged = run.loop(cfg, start, history, lambda i: grpo_step(policy, reference, tokenizer, by_family, weights, cfg,
+                                                               run.parts[0].optimizer, i, device, ddp=ddp),
+                      judge, line, quiet=quiet)
+    if main and cfg.lora_rank is not None and start < cfg.steps:
+        run.merge_lora(sft_dir, cfg.steps, history, {})
     if not main:
         return {}
     final = judged if start < cfg.steps else judge_policy(policy, tokenizer, test_records, sft_answers, cfg)
@@ -487,3 +499,37 @@ def grpo_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path, c
     return metrics
 
 
+# The command: python -m gpt_scratch grpo -------------------------------------------------------------------
+
+@dataclass
+class GRPOOptions:
+    """The grpo command's folders (GRPO's settings are a GRPOConfig)."""
+    sft: str = setting("runs/default/sft", "the SFT stage folder: the policy and the reference", preset=False)
+    data: str = setting("runs/default/data", "folder with sft_train.json (the prompts trained on) and sft_test.json "
+                                             "(held out)", preset=False)
+    out: str = setting("runs/default/grpo", "stage folder", preset=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, GRPOOptions)
+    add_flags(parser, HeldOut, preset=PRESETS["default"]["grpo"])
+    add_flags(parser, GRPOConfig, "GRPO (default: the preset's grpo settings)", skip=("lora_dropout",),
+              defaults=PRESETS["default"]["grpo"])
+    add_flags(parser, StageOptions, "the run")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    preset = PRESETS[run_as.preset]["grpo"]
+    cfg = from_flags(GRPOConfig, args, preset, run_as.preset)
+    groups, processes = cfg.batch_size // cfg.group_size, distributed.world_size()
+    if groups % processes != 0:  # each process rolls out whole groups
+        raise UsageError(f"--batch-size {cfg.batch_size} / --group-size {cfg.group_size} = {groups} groups per step "
+                         f"cannot be split over {processes} processes: use a multiple of {processes} groups")
+    distributed.check_split("--minibatch-size", cfg.minibatch_size)
+    check_device(cfg.device)
+    options = from_flags(GRPOOptions, args)
+    distributed.start(pick_device(cfg.device))
+    grpo_stage(options.sft, options.data, options.out, cfg, from_flags(HeldOut, args, preset).n_eval,
+               resume=run_as.resume, quiet=run_as.quiet)
+    return 0

@@ -17,6 +17,11 @@ from pathlib import Path
 
 import torch
 
+from gpt_scratch.args import UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16")
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """The device a name asks for; "auto" is a CUDA GPU, else an Apple GPU, else the CPU."""
@@ -32,9 +37,9 @@ def pick_device(name: str = "auto") -> torch.device:
 def check_device(name: str) -> None:
     """Refuse, with one line, a device this machine does not have (--device cuda or mps without that GPU)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
+        raise UsageError("--device cuda: no CUDA GPU is visible here; use --device auto or cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: no Apple GPU is visible here; use --device auto or cpu")
+        raise UsageError("--device mps: no Apple GPU is visible here; use --device auto or cpu")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -38,8 +38,10 @@ scaling (Llama 3.1 and later's "llama3" rope type), a head_dim other than hidden
 biases in only some of the layers, an activation other than SiLU.
 """
 
+import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ from gpt_scratch.args import int_range
 from gpt_scratch.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from gpt_scratch.files import atomic_path, write_atomic
 from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.settings import add_flags, from_flags, setting
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json")  # copied aside on import, written back on export
@@ -258,34 +261,52 @@ HELP_TOKENIZER = ("The course's tokenizer does not read a Hugging Face tokenizer
                   f"OUT/{TOKENIZER_FOLDER}; export-llama writes them back.")
 
 
-def add_commands(stages) -> None:
-    """import-llama and export-llama, as subcommands of the command line's parser."""
-    imp = stages.add_parser("import-llama",
-                            help="a Hugging Face Llama-family folder (LlamaForCausalLM) as a checkpoint",
-                            description=f"{__doc__.splitlines()[0]} {HELP_TOKENIZER} Downloading real weights "
-                                        f"needs the internet once: hf download HuggingFaceTB/SmolLM2-135M "
-                                        f"--local-dir smollm2")
-    imp.add_argument("--hf", required=True, help="a folder with config.json + model.safetensors (or shards)")
-    imp.add_argument("--out", default="runs/llama/base", help="stage folder; the checkpoint goes into its checkpoint/")
-    imp.add_argument("--block-size", type=int_range(2), help="the longest context to allow (default: the config's "
-                                                    "max_position_embeddings); smaller keeps a KV cache small")
-    exp = stages.add_parser("export-llama", help="a checkpoint in the Llama layout as a Hugging Face Llama folder",
-                            description="Writes config.json and model.safetensors (float32) that transformers' "
-                                        "LlamaForCausalLM.from_pretrained reads, plus the tokenizer files kept by "
-                                        "import-llama, if any.")
-    exp.add_argument("--checkpoint", required=True, help="a checkpoint or stage folder")
-    exp.add_argument("--out", required=True, help="the folder to write")
+# The commands: python -m gpt_scratch import-llama, and export-llama ------------------------------------------
+
+IMPORT_DESCRIPTION = (f"{__doc__.splitlines()[0]} {HELP_TOKENIZER} Downloading real weights needs the internet "
+                      f"once: hf download HuggingFaceTB/SmolLM2-135M --local-dir smollm2")
+EXPORT_DESCRIPTION = ("Writes config.json and model.safetensors (float32) that transformers' "
+                      "LlamaForCausalLM.from_pretrained reads, plus the tokenizer files kept by import-llama, if any.")
 
 
-def run(args) -> int:
-    if args.stage == "import-llama":
-        folder = import_llama(args.hf, args.out, args.block_size)
-        kept = Path(args.out) / TOKENIZER_FOLDER
-        where = f"its tokenizer files are in {kept}" if kept.is_dir() else "the folder had no tokenizer files"
-        print(f"imported {args.hf} into {folder} (float32, no course tokenizer: {where}; encode text with "
-              f"transformers' AutoTokenizer); back to Hugging Face: python -m gpt_scratch export-llama "
-              f"--checkpoint {args.out} --out FOLDER")
-    else:
-        folder = export_llama(args.checkpoint, args.out)
-        print(f"exported {args.checkpoint} to {folder}; LlamaForCausalLM.from_pretrained({str(folder)!r}) reads it")
+@dataclass
+class ImportOptions:
+    hf: str = setting(None, "a folder with config.json + model.safetensors (or shards)", preset=False, required=True)
+    out: str = setting("runs/llama/base", "stage folder; the checkpoint goes into its checkpoint/", preset=False)
+    block_size: int | None = setting(None, "the longest context to allow (default: the config's "
+                                           "max_position_embeddings); smaller keeps a KV cache small",
+                                     type=int_range(2), preset=False)
+
+
+@dataclass
+class ExportOptions:
+    checkpoint: str = setting(None, "a checkpoint or stage folder", preset=False, required=True)
+    out: str = setting(None, "the folder to write", preset=False, required=True)
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = IMPORT_DESCRIPTION
+    add_flags(parser, ImportOptions)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    options = from_flags(ImportOptions, args)
+    folder = import_llama(options.hf, options.out, options.block_size)
+    kept = Path(options.out) / TOKENIZER_FOLDER
+    where = f"its tokenizer files are in {kept}" if kept.is_dir() else "the folder had no tokenizer files"
+    print(f"imported {options.hf} into {folder} (float32, no course tokenizer: {where}; encode text with "
+          f"transformers' AutoTokenizer); back to Hugging Face: python -m gpt_scratch export-llama "
+          f"--checkpoint {options.out} --out FOLDER")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = EXPORT_DESCRIPTION
+    add_flags(parser, ExportOptions)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    options = from_flags(ExportOptions, args)
+    folder = export_llama(options.checkpoint, options.out)
+    print(f"exported {options.checkpoint} to {folder}; LlamaForCausalLM.from_pretrained({str(folder)!r}) reads it")
     return 0

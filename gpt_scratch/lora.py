@@ -26,7 +26,7 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -36,10 +36,12 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt_scratch.formats import write_json
+from gpt_scratch.args import float_range, positive_float, positive_int
 from gpt_scratch.files import atomic_path
+from gpt_scratch.formats import write_json
 from gpt_scratch.freeze import head_is_tied
 from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.settings import setting
 
 # Which Linear layers each target name means; names are matched at the end of module names,
 # so "attn.c_proj" is transformer.h.<i>.attn.c_proj and never transformer.h.<i>.mlp.c_proj.
@@ -156,6 +158,35 @@ def untie_head(model: GPT) -> None:
 def refuse_if_has_lora(model: nn.Module) -> None:
     if lora_layers(model):
         raise ValueError("the model already has LoRA layers; call remove_lora(model) first")
+
+
+@dataclass
+class LoRASettings:
+    """LoRA's settings, one group for every stage that can train adapters (SFT, DPO, PPO, GRPO): without a
+    rank there is no LoRA. The alpha that is not given is 2 * rank, so that alpha / rank is 2 at any rank."""
+    lora_rank: int | None = setting(None, "train LoRA adapters of this rank instead of every weight (the base "
+                                          "frozen; the alignment stages' reference is the policy with its adapters "
+                                          "off)", type=positive_int, preset=False)
+    lora_alpha: float | None = setting(None, "LoRA scale numerator; the update is scaled by alpha / rank (default: "
+                                             "2 * rank)", type=positive_float, preset=False)
+    lora_targets: list[str] = setting(["attn", "mlp"], "layers that get adapters", choices=sorted(TARGETS), nargs="+",
+                                      preset=False)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA path", type=float_range(0.0, 1.0, include_high=False),
+                                  preset=False)
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+    def add_to(self, model: GPT) -> list[str]:
+        """add_lora with these settings (a rank is needed)."""
+        return add_lora(model, self.lora_rank, self.alpha, tuple(self.lora_targets), self.lora_dropout)
+
+    def validate(self, given: set[str]) -> None:
+        lora_only = [f"--{name.replace('_', '-')}" for name in ("lora_alpha", "lora_targets", "lora_dropout")
+                     if name in given]
+        if self.lora_rank is None and lora_only:
+            raise ValueError(f"{lora_only[0]} needs --lora-rank (LoRA is off without a rank)")
 
 
 def add_lora(model: GPT, rank: int, alpha: float, targets: tuple[str, ...] = ("attn", "mlp"), dropout: float = 0.0,

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt_scratch.args import float_range, int_range
+from gpt_scratch.settings import setting
 
 MLP_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this (see swiglu_width)
 
@@ -55,15 +57,17 @@ def swiglu_width(n_embd: int) -> int:
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 2048
-    block_size: int = 128  # the context length: the most tokens the model sees at once
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    vocab_size: int = 2048  # set by the tokenizer
+    block_size: int = setting(128, "context length in tokens: the most the model sees at once",
+                              type=int_range(2, 8192))
+    n_layer: int = setting(4, "transformer blocks", type=int_range(1, 96))
+    n_head: int = setting(4, "attention heads (must divide --n-embd)", type=int_range(1, 128))
+    n_embd: int = setting(128, "embedding width", type=int_range(1, 16384))
+    dropout: float = setting(0.0, "dropout rate", type=float_range(0.0, 1.0, include_high=False))
     bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
     tie_weights: bool = True  # lm_head shares its weight with the token embedding
-    attention: str = "manual"  # "manual" (written out below) or "sdpa" (PyTorch's fused kernel)
+    attention: str = setting("manual", "written-out attention or PyTorch's SDPA (the same numbers)",
+                             choices=("manual", "sdpa"))
     layer_norm_eps: float = 1e-5  # the eps of every norm, LayerNorm or RMSNorm
     # The modern layout's switches (chapter 12); the defaults are GPT-2's. A config.json saved
     # before they existed lacks them and loads as GPT-2, which it is.
@@ -76,7 +80,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ValueError(f"--n-embd {self.n_embd} must be divisible by --n-head {self.n_head}")
         for name, allowed in (("attention", ("manual", "sdpa")), ("norm", ("layernorm", "rmsnorm")),
                               ("position", ("learned", "rope")), ("mlp", ("gelu", "swiglu"))):
             if getattr(self, name) not in allowed:

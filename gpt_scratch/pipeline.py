@@ -15,16 +15,20 @@ float32 and the default preset would take about twice as long. The run folder re
 it was started with (run.json), so a resumed run carries on with the same one.
 """
 
+import argparse
 import json
 import time
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from gpt_scratch.args import UsageError, non_negative_int
 from gpt_scratch.files import write_atomic
-from gpt_scratch.hardware import native_bf16, pick_device
-from gpt_scratch.presets import PRESETS
-from gpt_scratch.train import TrainConfig
+from gpt_scratch.hardware import check_device, native_bf16, pick_device
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.tokenizer import GPT2Vocabulary
+from gpt_scratch.train import RunSettings, TrainConfig
 
 
 def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool) -> dict:
@@ -93,9 +97,7 @@ def preset_note(asked: str, preset: str, device: str) -> str | None:
 
 def stage_train_config(preset: str, stage: str, seed: int, device: str) -> TrainConfig:
     """The preset's training settings of a stage (its other settings, such as a LoRA rank, left out)."""
-    known = {f.name for f in fields(TrainConfig)}
-    settings = {k: v for k, v in PRESETS[preset][stage].items() if k in known}
-    return TrainConfig(**{**settings, "seed": seed, "device": device})
+    return from_flags(TrainConfig, None, PRESETS[preset][stage], preset, seed=seed, device=device)
 
 
 def headline(results: dict[str, dict]) -> list[str]:
@@ -227,3 +229,35 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
         print(report)
         print(f"total {time.perf_counter() - began:.0f} s; report: {run_dir / 'report.md'}")
     return results
+
+
+# The command: python -m gpt_scratch run --------------------------------------------------------------------
+
+@dataclass
+class RunOptions:
+    """The main job's settings: one knob for the sizes (--preset), the rest where it runs."""
+    out: str = setting("runs/default", "run folder", preset=False)
+    preset: str = setting("auto", "size of everything; auto: default, or fast on a CPU without bf16 hardware "
+                                  "(float32)", choices=("auto", *sorted(PRESETS)), preset=False)
+    seed: int = setting(0, "seed for data and training", type=non_negative_int, preset=False)
+    corpus: str | None = setting(None, "train on this text file instead of the generated corpus", preset=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, RunOptions)
+    add_flags(parser, RunSettings, only=("device",))
+    add_flags(parser, StageOptions, only=("quiet",))
+    add_flags(parser, GPT2Vocabulary)
+
+
+def run(args: argparse.Namespace) -> int:
+    options, device = from_flags(RunOptions, args), from_flags(RunSettings, args).device
+    check_device(device)
+    if args.gpt2_vocab is not None and (options.preset == "auto" or PRESETS[options.preset]["tokenizer"] != "gpt2"):
+        raise UsageError(f"--gpt2-vocab is for --preset gpt2; the {options.preset} preset trains its tokenizer")
+    if options.corpus is not None and not Path(options.corpus).is_file():  # found now, not after the data stage
+        raise FileNotFoundError(f"corpus file {options.corpus} not found; give a UTF-8 text file or leave out "
+                                f"--corpus to use the generated one")
+    run_pipeline(options.out, options.preset, options.seed, options.corpus, device, from_flags(StageOptions, args).quiet,
+                 args.gpt2_vocab)
+    return 0

@@ -40,30 +40,32 @@ averages their gradients over the processes. Each process whitens the advantages
 it keeps one coefficient everywhere. Rank 0 alone measures held-out and writes files.
 """
 
+import argparse
 import copy
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from gpt_scratch import distributed
-from gpt_scratch.checkpoint import (find_checkpoint, load_model_into, load_stage_checkpoint, load_train_state,
-                                    load_with_head, save_checkpoint)
-from gpt_scratch.evaluate import answer, check_judgeable, load_split, peak_memory_mb, win_rate
+from gpt_scratch.args import float_range, int_range, positive_float, positive_int
+from gpt_scratch.checkpoint import load_stage_checkpoint, load_with_head
+from gpt_scratch.evaluate import HeldOut, answer, check_judgeable, judge_against_sft, load_split, peak_memory_mb
 from gpt_scratch.formats import write_json
-from gpt_scratch.hardware import autocast_for, pick_device
+from gpt_scratch.hardware import autocast_for, check_device, pick_device
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import token_logprobs
-from gpt_scratch.lora import adapters_off, add_lora, remove_lora, save_adapter
-from gpt_scratch.model import disable_dropout
+from gpt_scratch.lora import LoRASettings, adapters_off
 from gpt_scratch.plots import plot_curves
-from gpt_scratch.ppo_math import (AdaptiveKLController, FixedKLController, clipped_policy_loss, clipped_value_loss,
+from gpt_scratch.ppo_math import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, clipped_policy_loss, clipped_value_loss,
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
+from gpt_scratch.presets import PRESETS, StageOptions
 from gpt_scratch.reward import score_texts
-from gpt_scratch.rollout import answer_kl, rollout
-from gpt_scratch.train import check_finite_loss
+from gpt_scratch.rl import Part, PolicyRun, adamw, load_policy, make_reference
+from gpt_scratch.rollout import answer_kl, reference_logprobs, rollout
+from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.train import RunSettings, check_finite_loss
 from gpt_scratch.world.judge import format_change_table, score
 from gpt_scratch.world.preferences import prompt_of
 
@@ -71,37 +73,41 @@ TEMPLATE = "chat"
 
 
 @dataclass
-class PPOConfig:
-    steps: int = 40
-    batch_size: int = 64  # rollouts (prompts) per step
-    minibatch_size: int = 32
-    epochs: int = 4  # passes over each rollout batch (with one pass, clipping would never act)
-    lr: float = 3e-5
-    value_lr: float = 9e-5
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"
-    kl_target: float | None = None  # when set, the adaptive controller steers the KL per answer to it
-    kl_horizon: int = 10_000
-    clip_range: float = 0.2
-    value_clip: float = 0.2
-    value_baseline: bool = True  # False (an ablation): no value model; a token's advantage is the return still to come
-    gamma: float = 1.0
-    lam: float = 0.95
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    no_end_penalty: float = -2.0
-    grad_clip: float = 1.0
-    lora_rank: int | None = None  # train LoRA adapters of this rank instead of every weight
-    lora_alpha: float | None = None  # default 2 * rank, as in SFT
-    eval_every: int = 20
+class PPOConfig(RunSettings, LoRASettings):
+    """PPO's settings. It is also a RunSettings (seed, device, dtype, grad_clip) and a LoRASettings (lora_rank,
+    lora_alpha, lora_targets: with a rank, LoRA adapters train and the reference is the policy with them off)."""
+    steps: int = setting(40, "PPO steps (rollout + update)", type=positive_int)
+    batch_size: int = setting(64, "rollouts (prompts) per step (under torchrun: of all the processes together)",
+                              type=positive_int)
+    minibatch_size: int = setting(32, "rollouts per gradient step (must divide --batch-size)", type=positive_int)
+    epochs: int = setting(4, "passes over each rollout batch (with one, clipping never acts)", type=int_range(1, 100))
+    lr: float = setting(3e-5, "policy learning rate", type=positive_float)
+    value_lr: float = setting(9e-5, "value model learning rate", type=positive_float)
+    kl_coef: float = setting(0.05, "weight of the per-token KL penalty to the SFT reference (0 = none)",
+                             type=float_range(0.0, 100.0))
+    kl_estimator: str = setting("k1", "KL estimator per token", choices=KL_ESTIMATORS)
+    kl_target: float | None = setting(None, "adaptive KL: steer the KL per answer (nats) to this target (needs "
+                                            "--kl-coef > 0)", type=positive_float)
+    kl_horizon: int = 10_000  # how fast the adaptive controller moves the coefficient (ppo_math)
+    clip_range: float = setting(0.2, "PPO ratio clip epsilon", type=float_range(0.0, 10.0, include_low=False))
+    value_clip: float = setting(0.2, "value clip epsilon", type=float_range(0.0, 100.0, include_low=False))
+    value_baseline: bool = setting(True, "the value model's values as the baseline of GAE; --no-value-baseline: no "
+                                         "value model, a token's advantage is the reward still to come, whitened (an "
+                                         "ablation)", negatable=True)
+    gamma: float = setting(1.0, "discount", type=float_range(0.0, 1.0))
+    lam: float = setting(0.95, "GAE lambda", type=float_range(0.0, 1.0))
+    max_new_tokens: int = setting(24, "longest answer sampled", type=int_range(1, 8192))
+    temperature: float = setting(1.0, "sampling temperature of the rollouts; every log-prob is taken under "
+                                      "softmax(logits / temperature)", type=float_range(0.0, 100.0, include_low=False))
+    no_end_penalty: float = setting(-2.0, "score of an answer that never ends", type=float_range(-1000.0, 0.0))
+    eval_every: int = setting(20, "held-out accuracy and win-rate every N steps", type=positive_int)
     save_every: int = 20
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size % self.minibatch_size != 0:
-            raise ValueError(f"minibatch_size {self.minibatch_size} must divide batch_size {self.batch_size}")
+            raise ValueError(f"--minibatch-size {self.minibatch_size} must divide --batch-size {self.batch_size}")
+        if self.kl_target is not None and self.kl_coef == 0:
+            raise ValueError("--kl-target needs --kl-coef > 0 (the adaptive controller scales the coefficient)")
 
 
 def step_prompts(records: list[dict], cfg: PPOConfig, step: int) -> list[str]:
@@ -109,15 +115,6 @@ def step_prompts(records: list[dict], cfg: PPOConfig, step: int) -> list[str]:
     this rank's share of it)."""
     sample = random.Random(f"{cfg.seed}:{step}").sample(records, cfg.batch_size)
     return [prompt_of(r) for r in distributed.share(sample, "rollout batch")]
-
-
-def reference_logprobs(reference, policy, x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log p_ref of the sampled tokens at the rollout temperature: the frozen SFT copy, or (reference None)
-    the LoRA policy's base."""
-    if reference is None:
-        with adapters_off(policy):
-            return token_logprobs(policy(x), y, temperature)
-    return token_logprobs(reference(x), y, temperature)
 
 
 def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithHead, tokenizer, prompts: list[str],
@@ -134,7 +131,7 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
     x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
     with torch.no_grad(), autocast_for(device, cfg.dtype):  # every log-prob under softmax(logits / T), as sampled
         old_logp = token_logprobs(policy(x), y, cfg.temperature)
-        ref_logp = reference_logprobs(reference, policy, x, y, cfg.temperature)
+        ref_logp = reference_logprobs(policy, reference, x, y, cfg.temperature)
         old_values = value_model(x) if cfg.value_baseline else torch.zeros_like(old_logp)
     scores = score_texts(reward_model, tokenizer, prompts, batch.responses, dtype=cfg.dtype).to(device)
     scores = torch.where(batch.ended.to(device), scores, torch.full_like(scores, cfg.no_end_penalty))
@@ -185,14 +182,6 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
     })
 
 
-def judge_policy(policy, tokenizer, records: list[dict], sft_answers: list[str]) -> dict:
-    """Held-out accuracy, preferred-style rate and win-rate against the SFT model's answers."""
-    responses = answer(policy, tokenizer, records, TEMPLATE)
-    scores, versus = score(records, responses), win_rate(records, responses, sft_answers)
-    return {"accuracy": scores["accuracy"], "sentence_rate": scores["sentence_rate"], "win_rate": versus["win_rate"],
-            "tie_share": versus["tie_share"], "scores": scores, "responses": responses}
-
-
 def plot_history(history: dict, path: Path) -> Path:
     """Every metric of every step, and the held-out measures every eval_every steps."""
     steps, evals = history["step"], history["eval_step"]
@@ -214,89 +203,64 @@ def plot_history(history: dict, path: Path) -> Path:
     return plot_curves(panels, path, xlabel="PPO step", title="PPO: training signals and held-out measures")
 
 
-def new_history() -> dict:
-    return {"step": [], "eval_step": [], "eval_accuracy": [], "eval_sentence_rate": [], "eval_win_rate": [],
-            "seconds": 0.0}
+RECORDED = ("accuracy", "sentence_rate", "win_rate")  # the judge's measures the history keeps
 
 
 def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: PPOConfig,
               n_eval: int | None = None, resume: bool = False, quiet: bool = False) -> dict:
     """The whole stage: policy, value model and reference from SFT, PPO against the reward model; returns metrics.
 
-    Under torchrun rank 0 returns the metrics, and the other ranks return {} once trained.
+    Around the step, rl.py's skeleton: loading, judging, checkpoints, resume, LoRA. Under torchrun rank 0
+    returns the metrics, and the other ranks return {} once trained.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    policy, tokenizer, sft_meta = load_stage_checkpoint(sft_dir, device=device)
-    disable_dropout(policy)  # and so the value model and the reference copied from it: exact log-probs
+    policy, tokenizer, sft_meta = load_policy(sft_dir, device)
     reward_model = load_with_head(reward_dir, "reward", device=device)[0].eval().requires_grad_(False)
     value_model = GPTWithHead(copy.deepcopy(policy), "value").to(device)
-    reference = None  # the LoRA policy's own base (adapters off)
-    if cfg.lora_rank is None:
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    else:
-        torch.manual_seed(cfg.seed)  # the adapters' random A matrices: a function of the seed only
-        add_lora(policy, cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank)
+    reference = make_reference(policy, cfg)  # None with LoRA: the policy's own base, adapters off
     train_records = load_split(data_dir, "train")
     test_records = load_split(data_dir, "test", n_eval)
     check_judgeable(test_records, data_dir / "sft_test.json")
     if len(train_records) < cfg.batch_size:
         raise ValueError(f"{data_dir} has {len(train_records)} training prompts, fewer than batch_size {cfg.batch_size}")
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizers = (torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0),
-                  torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95), weight_decay=0.0))
-    kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
-                     else FixedKLController(cfg.kl_coef))
-    start, history = 0, new_history()
-    if resume:
-        start, history = resume_from(out_dir, policy, value_model, optimizers, kl_controller)
-    ddp = (distributed.wrap(policy), distributed.wrap(value_model)) if distributed.world_size() > 1 else None
-    main = distributed.is_main()  # rank 0 alone measures held-out and writes files
-    sft_answers = []
-    if main:
-        with adapters_off(policy):  # a no-op for a policy without LoRA; the SFT model's own answers
-            sft_answers = answer(policy if reference is None else reference, tokenizer, test_records, TEMPLATE)
     meta = {"stage": "ppo", "base": str(sft_dir), "reward": str(reward_dir), "template": TEMPLATE,
             "ppo_config": asdict(cfg), "corpus": sft_meta.get("corpus")}
+    run = PolicyRun(out_dir, tokenizer, meta, [Part("checkpoint", policy, adamw(policy, cfg.lr)),
+                                               Part("value", value_model, adamw(value_model, cfg.value_lr))], RECORDED)
+    kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
+                     else FixedKLController(cfg.kl_coef))
+    start, history, state = run.resume() if resume else (0, run.new_history(), {})
+    kl_controller.value = state.get("kl_coef", kl_controller.value)
+    ddp = (distributed.wrap(policy), distributed.wrap(value_model)) if distributed.world_size() > 1 else None
+    sft_answers = []
+    if distributed.is_main():  # rank 0 alone measures held-out: the SFT model's own answers first
+        with adapters_off(policy):  # a no-op for a policy without LoRA
+            sft_answers = answer(policy if reference is None else reference, tokenizer, test_records, TEMPLATE)
 
-    def save(step: int) -> None:
-        state = {"step": step, "history": history, "kl_coef": kl_controller.value}
-        save_checkpoint(out_dir / "checkpoint", policy, tokenizer, {**meta, "step": step}, state, optimizers[0])
-        save_checkpoint(out_dir / "value", value_model, None, {"stage": "ppo value model", "step": step},
-                        {"step": step}, optimizers[1])
-
-    judged = None
-    if start == 0 and main:
-        judged = record_eval(history, 0, judge_policy(policy, tokenizer, test_records, sft_answers))
-    for step in range(start, cfg.steps):
-        began = time.perf_counter()
-        metrics = ppo_step(policy, value_model, reference, reward_model, tokenizer, step_prompts(train_records, cfg, step),
-                           cfg, kl_controller.value, optimizers, step, device, ddp=ddp)
+    def step(i: int) -> dict:
+        metrics = ppo_step(policy, value_model, reference, reward_model, tokenizer, step_prompts(train_records, cfg, i),
+                           cfg, kl_controller.value, (run.parts[0].optimizer, run.parts[1].optimizer), i, device,
+                           ddp=ddp)
         kl_controller.update(metrics["kl"], cfg.batch_size)
-        history["seconds"] += time.perf_counter() - began
-        history["step"].append(step + 1)
-        for name, value in metrics.items():
-            history.setdefault(name, []).append(value)
-        if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            judged = record_eval(history, step + 1, judge_policy(policy, tokenizer, test_records, sft_answers))
-        if not quiet:
-            print(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.2f} kl {metrics['kl']:.3f} "
-                  f"clipfrac {metrics['clipfrac']:.3f} entropy {metrics['entropy']:.2f}"
-                  + (f"; held-out accuracy {history['eval_accuracy'][-1]:.1%}, preferred style "
-                     f"{history['eval_sentence_rate'][-1]:.1%}, win-rate {history['eval_win_rate'][-1]:.1%}"
-                     if history["eval_step"][-1] == step + 1 else ""), flush=True)
-        if main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-            save(step + 1)
+        return metrics
 
-    if not main:
+    def line(i: int, metrics: dict) -> str:
+        judged_now = history["eval_step"] and history["eval_step"][-1] == i + 1
+        return (f"ppo step {i + 1}/{cfg.steps}: score {metrics['score']:.2f} kl {metrics['kl']:.3f} "
+                f"clipfrac {metrics['clipfrac']:.3f} entropy {metrics['entropy']:.2f}"
+                + (f"; held-out accuracy {history['eval_accuracy'][-1]:.1%}, preferred style "
+                   f"{history['eval_sentence_rate'][-1]:.1%}, win-rate {history['eval_win_rate'][-1]:.1%}"
+                   if judged_now else ""))
+
+    judged = run.loop(cfg, start, history, step, lambda: judge_against_sft(policy, tokenizer, test_records, sft_answers),
+                      line, state=lambda: {"kl_coef": kl_controller.value}, quiet=quiet)
+    if not distributed.is_main():
         return {}
     if cfg.lora_rank is not None and start < cfg.steps:
-        save_adapter(policy, out_dir / "adapter", base=str(sft_dir))
-        remove_lora(policy)  # merge: checkpoint/ holds an ordinary GPT, as every stage's does
-        save_checkpoint(out_dir / "checkpoint", policy, tokenizer, {**meta, "step": cfg.steps, "merged_lora": True},
-                        {"step": cfg.steps, "history": history, "kl_coef": kl_controller.value, "merged_lora": True})
-    final = judged if start < cfg.steps else judge_policy(policy, tokenizer, test_records, sft_answers)
+        run.merge_lora(sft_dir, cfg.steps, history, {"kl_coef": kl_controller.value})
+    final = judged if start < cfg.steps else judge_against_sft(policy, tokenizer, test_records, sft_answers)
     # The KL from the SFT model on held-out prompts, measured as every alignment stage measures it (the
     # rollout KL above is on training prompts). A LoRA policy is merged by now: its reference is reloaded.
     sft_model = reference if reference is not None else load_stage_checkpoint(sft_dir, device=device)[0]
@@ -325,30 +289,34 @@ def ppo_stage(sft_dir: str | Path, reward_dir: str | Path, data_dir: str | Path,
     return metrics
 
 
-def record_eval(history: dict, step: int, judged: dict) -> dict:
-    history["eval_step"].append(step)
-    history["eval_accuracy"].append(judged["accuracy"])
-    history["eval_sentence_rate"].append(judged["sentence_rate"])
-    history["eval_win_rate"].append(judged["win_rate"])
-    return judged
+# The command: python -m gpt_scratch ppo --------------------------------------------------------------------
+
+@dataclass
+class PPOOptions:
+    """The ppo command's folders (PPO's settings are a PPOConfig)."""
+    sft: str = setting("runs/default/sft", "the SFT stage folder: policy, reference, value model", preset=False)
+    reward: str = setting("runs/default/reward", "the reward stage folder (a head checkpoint)", preset=False)
+    data: str = setting("runs/default/data", "folder with sft_train.json and sft_test.json", preset=False)
+    out: str = setting("runs/default/ppo", "stage folder", preset=False)
 
 
-def resume_from(out_dir: Path, policy, value_model: GPTWithHead, optimizers: tuple, kl_controller) -> tuple[int, dict]:
-    """Weights, optimizer moments, history and kl_coef of the last saved step, if there is one."""
-    try:
-        folder, value_folder = find_checkpoint(out_dir / "checkpoint"), find_checkpoint(out_dir / "value")
-    except FileNotFoundError:
-        return 0, new_history()
-    (state, policy_state), (_, value_state) = load_train_state(folder), load_train_state(value_folder)
-    if state.get("merged_lora"):  # a finished LoRA run: its adapters are merged into the checkpoint
-        remove_lora(policy)
-        load_model_into(policy, folder)
-        return state["step"], state["history"]
-    if "step" not in state or policy_state is None or value_state is None:
-        return 0, new_history()
-    load_model_into(policy, folder)
-    load_model_into(value_model, value_folder)
-    optimizers[0].load_state_dict(policy_state)
-    optimizers[1].load_state_dict(value_state)
-    kl_controller.value = state["kl_coef"]
-    return state["step"], state["history"]
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, PPOOptions)
+    add_flags(parser, HeldOut, preset=PRESETS["default"]["ppo"])
+    add_flags(parser, PPOConfig, "PPO (default: the preset's ppo settings)", skip=("lora_dropout",),
+              defaults=PRESETS["default"]["ppo"])
+    add_flags(parser, StageOptions, "the run")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    preset = PRESETS[run_as.preset]["ppo"]
+    cfg = from_flags(PPOConfig, args, preset, run_as.preset)
+    for flag, value in (("--batch-size", cfg.batch_size), ("--minibatch-size", cfg.minibatch_size)):
+        distributed.check_split(flag, value)  # under torchrun, shared out over the processes
+    check_device(cfg.device)
+    options = from_flags(PPOOptions, args)
+    distributed.start(pick_device(cfg.device))
+    ppo_stage(options.sft, options.reward, options.data, options.out, cfg, from_flags(HeldOut, args, preset).n_eval,
+              resume=run_as.resume, quiet=run_as.quiet)
+    return 0

@@ -19,6 +19,10 @@ It needs GPT-2's vocabulary: downloaded once by tiktoken, or a local gpt2.tiktok
 Any single value can still be overridden on the command line (--n-layer, --lr, ...).
 """
 
+from dataclasses import dataclass
+
+from gpt_scratch.settings import setting
+
 PRESETS: dict[str, dict] = {
     "tiny": {
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 128},
@@ -123,3 +127,12 @@ PRESETS["fast"] = {
     "sft": {**PRESETS["default"]["sft"], "max_steps": 2000, "lr": 2e-3},
     "lora": {**PRESETS["default"]["lora"], "max_steps": 1800, "lr": 1e-2},
 }
+
+
+@dataclass
+class StageOptions:
+    """How a stage's command runs: at which preset's sizes, resuming a stopped run or not, quietly or not."""
+    preset: str = setting("default", "the sizes of the model, the data and the training", choices=sorted(PRESETS),
+                          preset=False)
+    resume: bool = setting(False, "continue from the stage folder's checkpoint", preset=False)
+    quiet: bool = setting(False, "no progress bar", preset=False)

@@ -16,19 +16,25 @@ Under torchrun (distributed.py) every process trains on its share of each batch 
 alone writes these files.
 """
 
+import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gpt_scratch import distributed
-from gpt_scratch.formats import write_json
+from gpt_scratch.args import UsageError, float_range, int_range
 from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
+from gpt_scratch.formats import write_json
 from gpt_scratch.generate import generate_text
+from gpt_scratch.hardware import pick_device
 from gpt_scratch.model import GPT, GPTConfig
-from gpt_scratch.tokenizer import Tokenizer
-from gpt_scratch.train import TrainConfig, train
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, given, setting
+from gpt_scratch.tokenizer import GPT2Vocabulary, Tokenizer, gpt2_tokenizer
+from gpt_scratch.train import TrainConfig, add_training_flags, train, training_settings
 
 SAMPLE_PROMPTS = ["Once upon a time", "The cat", "3 plus 4 is"]
 
@@ -113,3 +119,46 @@ def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, trai
     if not quiet:
         print(json.dumps(metrics, indent=2))
     return metrics
+
+
+# The command: python -m gpt_scratch pretrain ----------------------------------------------------------------
+
+@dataclass
+class PretrainOptions:
+    """The pretrain command's own settings (the model's are GPTConfig's, the training's TrainConfig's)."""
+    corpus: str = setting("data/corpus.txt", "UTF-8 text file", preset=False)
+    out: str = setting("runs/default/pretrain", "stage folder", preset=False)
+    tokenizer: str = setting("train", "train: a BPE tokenizer learnt on the corpus; gpt2: GPT-2's own",
+                             choices=("train", "gpt2"))
+    vocab_size: int = setting(1024, "BPE vocabulary incl. special tokens", type=int_range(260, 200_000))
+    val_fraction: float = setting(0.05, "share of the corpus kept for validation",
+                                  type=float_range(0.0, 0.5, include_low=False), preset=False)
+
+    def validate(self, given: set[str]) -> None:
+        if self.tokenizer == "gpt2" and "vocab_size" in given:
+            raise ValueError("--vocab-size sizes a tokenizer trained on the corpus; GPT-2's has its own 50,257 tokens "
+                             "(leave out --vocab-size, or give --tokenizer train)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, PretrainOptions, preset=PRESETS["default"])
+    add_flags(parser, GPT2Vocabulary)
+    add_flags(parser, GPTConfig, "model (default: from --preset)", preset=PRESETS["default"]["model"])
+    add_training_flags(parser, "pretrain")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    preset = PRESETS[run_as.preset]
+    model = from_flags(GPTConfig, args, preset["model"], run_as.preset)  # checked now, before any file is read
+    cfg = training_settings(args, "pretrain")
+    options = from_flags(PretrainOptions, args, preset, run_as.preset)
+    if options.tokenizer == "train" and args.gpt2_vocab is not None:
+        raise UsageError("--gpt2-vocab needs --tokenizer gpt2 (here the tokenizer is trained on the corpus)")
+    # GPT-2's tokenizer is loaded first, so that without its vocabulary the stage stops before any work.
+    tokenizer = gpt2_tokenizer(args.gpt2_vocab, chat_tokens=True) if options.tokenizer == "gpt2" else None
+    distributed.start(pick_device(cfg.device))
+    settings = {name: getattr(model, name) for name in {**preset["model"], **given(args, GPTConfig)}}
+    pretrain(options.corpus, options.out, settings, cfg, options.vocab_size, options.val_fraction, resume=run_as.resume,
+             quiet=run_as.quiet, tokenizer=tokenizer)
+    return 0

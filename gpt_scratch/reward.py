@@ -37,8 +37,10 @@ Under torchrun (distributed.py) every process trains on its share of each batch 
 alone measures the model and writes the files.
 """
 
+import argparse
 import random
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_scratch import distributed
+from gpt_scratch.args import float_range, int_range, positive_int
 from gpt_scratch.best_of_n import best_of_n_curves, plot_best_of_n
 from gpt_scratch.checkpoint import load_checkpoint, load_stage_checkpoint
 from gpt_scratch.data import IGNORE, Encoded, ExampleBatches, pad_batch
@@ -56,8 +59,10 @@ from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.logprobs import encode_completions, token_logprobs
 from gpt_scratch.model import disable_dropout
 from gpt_scratch.plots import plot_histograms
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.tokenizer import Tokenizer
-from gpt_scratch.train import TrainConfig, train
+from gpt_scratch.train import TrainConfig, add_training_flags, train, training_settings
 from gpt_scratch.world.judge import style_of
 from gpt_scratch.world.preferences import preference_rank
 
@@ -151,6 +156,21 @@ def encode_pairs(tokenizer: Tokenizer, pairs: list[dict], block_size: int) -> li
 
 
 @torch.no_grad()
+def pair_batches(tokenizer: Tokenizer, pairs: list[dict], block_size: int, cfg: TrainConfig,
+                 make_batch) -> tuple[list[tuple[Encoded, Encoded]], ExampleBatches, list]:
+    """(the training pairs, their batches for every step, the held-back batches), for the reward model and DPO.
+
+    The last 2% of the pairs (at least one) are held back for the validation loss; make_batch turns a list
+    of encoded pairs into one batch (each stage has its own layout).
+    """
+    n_val = max(1, len(pairs) // 50)
+    encoded = encode_pairs(tokenizer, pairs, block_size)
+    train_pairs, val_pairs = encoded[:-n_val], encoded[-n_val:]
+    batches = ExampleBatches(train_pairs, cfg.batch_size, cfg.grad_accum, make_batch, cfg.seed)
+    val_batches = [make_batch(val_pairs[i:i + cfg.batch_size]) for i in range(0, len(val_pairs), cfg.batch_size)]
+    return train_pairs, batches, val_batches
+
+
 def score_texts(model: GPTWithHead, tokenizer: Tokenizer, prompts: list[str], responses: list[str],
                 batch_size: int = 256, dtype: str = "auto") -> torch.Tensor:
     """The reward model's score of each (prompt, response), in eval mode: a float tensor (N,).
@@ -243,13 +263,8 @@ def reward_stage(sft_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"{data_dir} needs at least 2 training pairs and test pairs that match sft_test.json's ids "
                          f"(the files of `python -m gpt_scratch data` do)")
 
-    # The last 2% of the training pairs (at least one) are held back for the validation loss.
-    n_val = max(1, len(pairs) // 50)
-    encoded = encode_pairs(tokenizer, pairs, gpt.config.block_size)
-    train_pairs, val_pairs = encoded[:-n_val], encoded[-n_val:]
-    make_batch = partial(pair_batch, pad_id=tokenizer.eot_id)
-    batches = ExampleBatches(train_pairs, cfg.batch_size, cfg.grad_accum, make_batch, cfg.seed)
-    val_batches = [make_batch(val_pairs[i:i + cfg.batch_size]) for i in range(0, len(val_pairs), cfg.batch_size)]
+    train_pairs, batches, val_batches = pair_batches(tokenizer, pairs, gpt.config.block_size, cfg,
+                                                    partial(pair_batch, pad_id=tokenizer.eot_id))
 
     model = GPTWithHead(gpt, "reward", with_logprob=score == "head+logprob")
     if body == "frozen":  # the SFT model stays as it is; only the head (and logprob_weight) learn
@@ -348,3 +363,48 @@ def plot_score_histograms(pairs: list[dict], records_by_id: dict[str, dict], r_c
         panel[1].append(worse)
     plot_histograms(panels, ("preferred by the rule", "the other answer"), path,
                     xlabel="reward-model score", title="held-out pairs")
+
+
+# The command: python -m gpt_scratch reward -----------------------------------------------------------------
+
+@dataclass
+class RewardOptions:
+    """The reward command's own settings (the training's are a TrainConfig)."""
+    sft: str = setting("runs/default/sft", "the SFT stage (or checkpoint) folder whose model the reward model starts "
+                                           "from", preset=False)
+    data: str = setting("runs/default/data", "folder with preferences_train.jsonl, preferences_test.jsonl, "
+                                             "sft_test.json (from `data`)", preset=False)
+    out: str = setting("runs/default/reward", "stage folder", preset=False)
+    score: str = setting("head+logprob", "head: the scalar head at the last real token (the classic reward model); "
+                                         "head+logprob: plus a learned multiple of log p(answer | prompt) under the "
+                                         "body", choices=SCORES, preset=False)
+    body: str = setting("frozen", "frozen: only the head learns, the SFT body stays as it is; trained: the whole "
+                                  "model learns (give a smaller --lr, e.g. 5e-4)", choices=BODIES, preset=False)
+    margin: float = setting(0.0, "ask for r_chosen - r_rejected > margin in the loss", type=float_range(0.0, 100.0),
+                            preset=False)
+    center_coef: float = setting(0.0, "weight of the centering term mean((r_chosen + r_rejected)^2) (0 = off)",
+                                 type=float_range(0.0, 100.0), preset=False)
+    n_train: int | None = setting(None, "use only the first N training pairs", type=int_range(2), preset=False)
+    n_eval: int | None = setting(None, "score only the first N held-out pairs", type=positive_int, preset=False)
+    best_of: int = setting(0, "best-of-n up to this n on held-out prompts, 0 = off", type=int_range(0, 1024))
+    best_of_prompts: int = setting(200, "held-out prompts for best-of-n", type=positive_int)
+
+    def validate(self, given: set[str]) -> None:
+        if "best_of_prompts" in given and self.best_of == 0:
+            raise ValueError("--best-of-prompts needs best-of-n: give --best-of N with N > 0")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, RewardOptions, preset=PRESETS["default"]["reward"])
+    add_training_flags(parser, "reward")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_as = from_flags(StageOptions, args)
+    cfg = training_settings(args, "reward")
+    options = from_flags(RewardOptions, args, PRESETS[run_as.preset]["reward"], run_as.preset)
+    distributed.start(pick_device(cfg.device))
+    reward_stage(options.sft, options.data, options.out, cfg, options.margin, options.center_coef, options.n_train,
+                 options.n_eval, options.best_of, options.best_of_prompts, options.score, options.body,
+                 resume=run_as.resume, quiet=run_as.quiet)
+    return 0

@@ -120,7 +120,14 @@ def answer_kl(policy: GPT, reference: GPT | None, tokenizer: Tokenizer, prompts:
         x, y, mask = batch.x.to(device), batch.y.to(device), batch.response_mask.to(device)
         with autocast_for(device, dtype):
             logp = token_logprobs(policy(x), y)
-            with adapters_off(policy) if reference is None else contextlib.nullcontext():
-                ref_logp = token_logprobs((reference or policy)(x), y)
+            ref_logp = reference_logprobs(policy, reference, x, y)
         total += kl_per_token(logp, ref_logp, mask, "k1").sum().item()
     return total / len(prompts)
+
+
+def reference_logprobs(policy: GPT, reference: GPT | None, x: torch.Tensor, y: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """log p_ref of the targets y (B, T) under softmax(logits / temperature): the reference model's, or, with
+    reference None, the LoRA policy's own base (its adapters switched off: lora.adapters_off)."""
+    with adapters_off(policy) if reference is None else contextlib.nullcontext():
+        return token_logprobs((reference or policy)(x), y, temperature)

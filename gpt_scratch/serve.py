@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
-import torch
 import uvicorn
 from anyio import CapacityLimiter, to_thread
 from starlette.applications import Starlette
@@ -62,10 +61,12 @@ from gpt_scratch.chat import (answer_pieces, choose_template, encode_conversatio
                               has_chat_tokens)
 from gpt_scratch.checkpoint import load_stage_checkpoint
 from gpt_scratch.evaluate import load_split
-from gpt_scratch.hardware import pick_device
+from gpt_scratch.hardware import check_device, pick_device
 from gpt_scratch.model import GPT
+from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.templates import to_messages
 from gpt_scratch.tokenizer import Tokenizer
+from gpt_scratch.train import RunSettings
 from gpt_scratch.world.judge import is_correct, style_of
 
 PAGE = Path(__file__).parent / "static" / "chat.html"
@@ -216,7 +217,7 @@ class ChatRequest:
     seed: int
 
 
-def setting(body: dict, name: str, kind: type):
+def request_setting(body: dict, name: str, kind: type):
     """A sampling setting of the request, checked against LIMITS; its default when absent or null."""
     value = body.get(name)
     if value is None:
@@ -275,9 +276,9 @@ def parse_chat_request(raw: bytes, models: dict[str, ChatModel]) -> ChatRequest:
     if name not in models:
         raise BadRequest(404, f"unknown model {json.dumps(name)}; the models are {', '.join(models)}")
     history, question = check_messages(body.get("messages"))
-    request = ChatRequest(models[name], history, question, setting(body, "temperature", float),
-                          setting(body, "top_k", int), setting(body, "top_p", float),
-                          setting(body, "max_new_tokens", int), setting(body, "seed", int))
+    request = ChatRequest(models[name], history, question, request_setting(body, "temperature", float),
+                          request_setting(body, "top_k", int), request_setting(body, "top_p", float),
+                          request_setting(body, "max_new_tokens", int), request_setting(body, "seed", int))
     if request.temperature == 0:  # as the command line: a setting that would be silently ignored is refused
         ignored = next((n for n in ("top_k", "top_p") if getattr(request, n) is not None), None)
         if ignored:
@@ -394,25 +395,26 @@ def build_app(models: dict[str, ChatModel], questions: dict[str, tuple[dict, boo
 
 # --- the command -----------------------------------------------------------------------------------------
 
+@dataclass
+class ServeOptions:
+    run: Path | None = setting(None, "run folder: every stage folder in it with a checkpoint is served (default "
+                                     "runs/default, unless --checkpoint is given)", type=Path, metavar="DIR",
+                               preset=False)
+    checkpoint: list[Path] = setting([], "also serve this checkpoint or stage folder (repeat it for several)",
+                                     type=Path, metavar="DIR", repeat=True, preset=False)
+    data: Path | None = setting(None, "the world's data folder, for the judge's verdicts and the example questions "
+                                      "(default: the run's data/)", type=Path, metavar="DIR", preset=False)
+    host: str = setting("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+                                     "network)", preset=False)
+    port: int = setting(8000, "port to listen on (0 picks a free one)", type=int_range(0, 65535), preset=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("A local web page to chat with the models of a run: ask one question of several and read "
                           "their answers side by side, streamed as they are written. Open the address it prints; "
                           "scripts can call its JSON API (GET /api/models, POST /api/chat: see the README).")
-    parser.add_argument("--run", type=Path, metavar="DIR",
-                        help="run folder: every stage folder in it with a checkpoint is served (default runs/default, "
-                             "unless --checkpoint is given)")
-    parser.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="DIR",
-                        help="also serve this checkpoint or stage folder (repeat it for several)")
-    parser.add_argument("--data", type=Path, metavar="DIR",
-                        help="the world's data folder, for the judge's verdicts and the example questions "
-                             "(default: the run's data/)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
-                             "the network)")
-    parser.add_argument("--port", type=int_range(0, 65535), default=8000,
-                        help="port to listen on (default 8000; 0 picks a free one)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                        help="where the models run (default auto: a GPU when there is one)")
+    add_flags(parser, ServeOptions)
+    add_flags(parser, RunSettings, only=("device",))
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -431,6 +433,7 @@ def open_socket(host: str, port: int) -> socket.socket:
 
 def run(args: argparse.Namespace) -> int:
     """Load the models, then serve the page and the API until Ctrl-C."""
+    args, device_name = from_flags(ServeOptions, args), from_flags(RunSettings, args).device
     run_dir = args.run
     if run_dir is None and not args.checkpoint:
         run_dir = Path("runs/default")
@@ -438,10 +441,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None and not (args.data / "sft_test.json").is_file():
         raise FileNotFoundError(f"{args.data} holds no sft_test.json; give the data folder of a run "
                                 f"(`python -m gpt_scratch data` writes one)")
-    device = pick_device(args.device)
-    visible = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device.type in visible and not visible[device.type]():
-        raise ValueError(f"--device {args.device}: no such GPU is visible here; use --device auto or cpu")
+    check_device(device_name)
+    device = pick_device(device_name)
     sock = open_socket(args.host, args.port)  # first, so that a port in use is said before the models load
     try:
         models = load_models(run_dir, args.checkpoint, device)

@@ -25,52 +25,64 @@ Under torchrun (distributed.py) every process trains on its share of each batch 
 replayed windows); rank 0 alone judges the model and writes the files.
 """
 
+import argparse
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from gpt_scratch import distributed
-from gpt_scratch.checkpoint import load_stage_checkpoint, save_checkpoint
+from gpt_scratch.args import UsageError, int_range, non_negative_int, positive_int
+from gpt_scratch.checkpoint import find_checkpoint, load_stage_checkpoint, read_config, save_checkpoint
 # encode_records, collate (data.py) and answer, evaluate (evaluate.py) are imported here for the chapter too
 from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records,  # noqa: F401
                               read_corpus)
-from gpt_scratch.evaluate import answer, check_judgeable, evaluate, load_split, peak_memory_mb
+from gpt_scratch.evaluate import HeldOut, answer, check_judgeable, evaluate, load_split, peak_memory_mb
 from gpt_scratch.formats import load_instructions, write_json
-from gpt_scratch.freeze import apply_freezing, count_parameters, trainable_table
+from gpt_scratch.freeze import STRATEGIES, apply_freezing, count_parameters, trainable_table
 from gpt_scratch.hardware import pick_device
-from gpt_scratch.lora import add_lora, remove_lora, save_adapter
+from gpt_scratch.lora import LoRASettings, remove_lora, save_adapter
 from gpt_scratch.model import GPT
 from gpt_scratch.plots import plot_bars
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.templates import encode_prompt, to_messages
 from gpt_scratch.tokenizer import ASSISTANT, USER, Tokenizer
-from gpt_scratch.train import TrainConfig, train
+from gpt_scratch.train import TrainConfig, add_training_flags, train, training_settings
 from gpt_scratch.world.judge import format_table, majority_baseline
 
 HELD_OUT_SHARE = 0.05  # of a plain instruction file: the validation slice (at least one record)
 
 
 @dataclass
-class Tuning:
+class Tuning(LoRASettings):
     """Which parameters fine-tuning may change (chapters 6 and 7); the default trains them all.
 
-    freeze: a strategy of freeze.py (full, last_blocks, head, norms_biases, embeddings_frozen);
-    lora_rank: if set, the base model is frozen and LoRA adapters are trained instead.
+    freeze: a strategy of freeze.py (full, last_blocks, head, norms_biases, embeddings_frozen); with a
+    lora_rank (Tuning is also a LoRASettings: lora_rank, lora_alpha, lora_targets, lora_dropout) the
+    base model is frozen and LoRA adapters are trained instead.
     """
-    freeze: str = "full"
-    trainable_blocks: int | None = None
-    lora_rank: int | None = None
-    lora_alpha: float | None = None  # default 2 * rank: the same scale (alpha / rank = 2) for every rank
-    lora_targets: tuple[str, ...] = field(default_factory=lambda: ("attn", "mlp"))
-    lora_dropout: float = 0.0
+    freeze: str = setting("full", "freezing strategy (last_blocks needs --trainable-blocks; full = nothing frozen)",
+                          choices=STRATEGIES, preset=False)
+    trainable_blocks: int | None = setting(None, "with --freeze last_blocks: how many of the last blocks train "
+                                                 "(0..n_layer of the base)", type=non_negative_int, preset=False)
+
+    def validate(self, given: set[str]) -> None:
+        super().validate(given)
+        if self.lora_rank is not None and (self.freeze != "full" or self.trainable_blocks is not None):
+            raise ValueError("--lora-rank cannot be combined with --freeze/--trainable-blocks: LoRA freezes the whole "
+                             "base model itself")
+        if self.freeze == "last_blocks" and self.trainable_blocks is None:
+            raise ValueError("--freeze last_blocks needs --trainable-blocks N")
+        if self.trainable_blocks is not None and self.freeze != "last_blocks":
+            raise ValueError(f"--trainable-blocks only works with --freeze last_blocks, not --freeze {self.freeze}")
 
     def apply(self, model: GPT) -> None:
         if self.lora_rank is not None:
-            add_lora(model, self.lora_rank, self.lora_alpha or 2.0 * self.lora_rank, self.lora_targets,
-                     self.lora_dropout)
+            self.add_to(model)
         else:
             apply_freezing(model, self.freeze, self.trainable_blocks)
 
@@ -255,3 +267,68 @@ def write_reports(out_dir: Path, records: list[dict], responses: list[str], befo
     families = list(after["families"])
     plot_bars(families, [after["families"][f]["accuracy"] for f in families], out_dir / "accuracy.png",
               ylabel="held-out accuracy", title="accuracy per task family after SFT")
+
+
+# The command: python -m gpt_scratch sft --------------------------------------------------------------------
+
+@dataclass
+class SFTOptions:
+    """The sft command's own settings (what to train is a Tuning, how long a TrainConfig)."""
+    base: str = setting("runs/default/pretrain", "checkpoint to start from: a stage or checkpoint folder", preset=False)
+    data: str = setting("runs/default/data", "folder with sft_train.json, sft_val.json, sft_test.json (from `data`), "
+                                             "or one instruction file (Alpaca, prompt/completion or chat; .json or "
+                                             ".jsonl): validated on a held-out slice, no judge", preset=False)
+    out: str = setting("runs/default/sft", "stage folder", preset=False)
+    template: str = setting("chat", "prompt template (chat: shorter, and it carries pretraining knowledge over "
+                                    "better)", choices=("alpaca", "chat"), preset=False)
+    loss_on: str = setting("answer", "train on answer tokens only (prompt masked with -100) or on all tokens",
+                           choices=("answer", "all"), preset=False)
+    n_train: int | None = setting(None, "use only the first N training examples", type=positive_int, preset=False)
+    max_length: int | None = setting(None, "longest example in tokens (longer ones are cut, with a count); at most "
+                                           "the context", type=int_range(8, 8192), preset=False)
+    skip_before: bool = setting(False, "do not score the base model before training", preset=False)
+    replay: int = setting(0, "windows of pretraining text also trained on at every step, so that fine-tuning does not "
+                             "make the model forget it (0 = off)", type=non_negative_int)
+    replay_corpus: str | None = setting(None, "the text to replay (default: the corpus the base was pretrained on)",
+                                        preset=False)
+
+    def validate(self, given: set[str]) -> None:
+        if self.replay_corpus is not None and self.replay == 0:
+            raise ValueError("--replay-corpus needs replay: give --replay N with N > 0")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, SFTOptions, preset=PRESETS["default"]["sft"])
+    add_flags(parser, HeldOut)
+    add_flags(parser, Tuning, "what to train (default: every parameter)")
+    add_training_flags(parser, "sft")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Checks the flags against each other, then (reading the base's config) against the base model, then trains."""
+    run_as = from_flags(StageOptions, args)
+    cfg = training_settings(args, "sft")
+    tuning = from_flags(Tuning, args)
+    options = from_flags(SFTOptions, args, PRESETS[run_as.preset]["sft"], run_as.preset)
+    n_eval = from_flags(HeldOut, args).n_eval
+    if n_eval is not None and Path(options.data).is_file():
+        raise UsageError(f"--n-eval limits the judge's test questions, and a plain data file ({options.data}) has "
+                         f"none; leave it out (the file's held-out slice is always scored by its loss)")
+    config, base_meta = read_config(find_checkpoint(options.base))
+    replay = options.replay
+    if replay and args.replay is None and options.replay_corpus is None and not base_meta.get("corpus"):
+        replay = 0  # the preset's replay, and a base that names no pretraining text to rehearse (an imported GPT-2)
+        if not run_as.quiet:
+            print("replay off: the base names no pretraining corpus (give --replay-corpus FILE to rehearse one)")
+    distributed.check_split("--replay", replay)  # the replayed windows are shared out like the batch
+    if options.max_length is not None and options.max_length > config.block_size:
+        raise UsageError(f"--max-length {options.max_length} is longer than the base model's context "
+                         f"(block_size {config.block_size}); use at most {config.block_size}")
+    if tuning.trainable_blocks is not None and tuning.trainable_blocks > config.n_layer:
+        raise UsageError(f"--trainable-blocks {tuning.trainable_blocks} is more than the base model's {config.n_layer} "
+                         f"blocks; use 0..{config.n_layer}")
+    distributed.start(pick_device(cfg.device))
+    sft(options.base, options.data, options.out, cfg, options.template, options.loss_on == "answer", options.n_train,
+        options.max_length, n_eval, resume=run_as.resume, quiet=run_as.quiet, tuning=tuning,
+        score_before=not options.skip_before, replay=replay, replay_corpus=options.replay_corpus)
+    return 0

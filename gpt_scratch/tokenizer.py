@@ -28,12 +28,14 @@ import base64
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import regex
 import tiktoken
 
 from gpt_scratch.files import write_atomic
+from gpt_scratch.settings import setting
 
 # GPT-2's pre-split pattern: contractions, words, numbers, punctuation, whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -283,6 +285,14 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
         raise ValueError(f"{path}: the ranks are not 0..{len(ranks) - 1}, each once (a line is repeated, "
                          f"missing or edited); the file is damaged")
     return ranks
+
+
+@dataclass
+class GPT2Vocabulary:
+    """Where GPT-2's vocabulary comes from, for the commands that use GPT-2's tokenizer."""
+    gpt2_vocab: str | None = setting(None, "GPT-2's vocabulary as a local gpt2.tiktoken file, for a machine without "
+                                           "internet (else $GPT_SCRATCH_GPT2_TIKTOKEN, else tiktoken downloads it "
+                                           "once)", metavar="FILE", preset=False)
 
 
 def gpt2_tokenizer(path: str | Path | None = None, chat_tokens: bool = False) -> Tokenizer:

@@ -31,6 +31,7 @@ of every batch (get_batch and replay give it), DDP averages the gradients, the l
 are the means over the processes, and only rank 0 validates and writes files.
 """
 
+import argparse
 import contextlib
 import math
 import time
@@ -43,9 +44,12 @@ from tqdm import tqdm
 
 from gpt_scratch import distributed
 from gpt_scratch.checkpoint import find_checkpoint, load_model_into, load_train_state, save_checkpoint
-from gpt_scratch.hardware import autocast_for, pick_device
+from gpt_scratch.args import float_range, non_negative_int, positive_float, positive_int
+from gpt_scratch.hardware import DEVICES, DTYPES, autocast_for, check_device, pick_device
 from gpt_scratch.model import lm_loss
 from gpt_scratch.plots import plot_losses
+from gpt_scratch.presets import PRESETS, StageOptions
+from gpt_scratch.settings import add_flags, from_flags, setting
 
 Batch = tuple[torch.Tensor, ...]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor | tuple[torch.Tensor, dict[str, float]]]
@@ -84,20 +88,50 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
 
 
 @dataclass
-class TrainConfig:
-    max_steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
+class RunSettings:
+    """What every training stage (the loop below, PPO, GRPO) takes alike: its seed, where and in which dtype
+    it computes, and the gradient clipping after backward."""
+    seed: int = setting(0, "random seed", type=non_negative_int, preset=False)
+    device: str = setting("auto", "where to train: auto = cuda, else mps, else cpu", choices=DEVICES, preset=False)
+    dtype: str = setting("auto", "auto = bf16 autocast where the device has bf16 in hardware (a recent GPU, or a CPU "
+                                 "with AVX-512 BF16 / AMX), else float32", choices=DTYPES, preset=False)
+    grad_clip: float = setting(1.0, "max gradient norm (0 = off)", type=float_range(0.0, 1e6))
+
+
+@dataclass
+class TrainConfig(RunSettings):
+    """The training loop's settings (pretraining, SFT, the reward model, DPO)."""
+    max_steps: int = setting(1000, "optimizer steps", type=positive_int)
+    batch_size: int = setting(32, "sequences per micro-batch (under torchrun: of all the processes together)",
+                              type=positive_int)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", type=positive_int)
+    lr: float = setting(1e-3, "peak learning rate", type=positive_float)
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # 0 = no clipping
-    eval_every: int = 100
-    save_every: int = 200
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, mps
-    dtype: str = "auto"  # auto (bf16 where the device has it in hardware), float32, bfloat16
+    warmup_steps: int = setting(50, "linear warmup steps (<= --max-steps)", type=non_negative_int)
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices", type=float_range(0.0, 10.0))
+    eval_every: int = setting(100, "validate every N steps", type=positive_int)
+    save_every: int = setting(200, "checkpoint every N steps", type=positive_int)
+
+    def validate(self, given: set[str]) -> None:
+        """The command line's check (settings.from_flags); in Python a warmup longer than the run is allowed."""
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"--warmup-steps {self.warmup_steps} is larger than --max-steps {self.max_steps}")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, stage: str) -> None:
+    """The training loop's flags, and --preset, --resume, --quiet: every stage that trains with train()."""
+    add_flags(parser, TrainConfig, f"training (default: the preset's {stage} settings)",
+              preset=PRESETS["default"][stage])
+    add_flags(parser, StageOptions, "the run")
+
+
+def training_settings(args: argparse.Namespace, stage: str) -> TrainConfig:
+    """The stage's TrainConfig: the preset's settings with the flags given on top, checked (one line, exit 2)."""
+    preset = from_flags(StageOptions, args).preset
+    cfg = from_flags(TrainConfig, args, PRESETS[preset][stage], preset)
+    distributed.check_split("--batch-size", cfg.batch_size)  # under torchrun, shared out over the processes
+    check_device(cfg.device)
+    return cfg
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

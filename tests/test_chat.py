@@ -324,7 +324,8 @@ def sampled(monkeypatch):
         calls.append({"prompts": [list(p) for p in prompts], "temperature": kwargs.get("temperature")})
         return real_generate(model, prompts, max_new_tokens, **kwargs)
 
-    monkeypatch.setattr(generate_module, "generate", spy)
+    monkeypatch.setattr(generate_module, "generate", spy)  # generate_text's, for plain text
+    monkeypatch.setattr(chat_module, "generate", spy)  # the generate command's, for a question
     return calls
 
 

@@ -14,7 +14,7 @@ from gpt_scratch.cli import main
 from gpt_scratch.data import collate
 from gpt_scratch.dpo import LOSSES, batch_loss, dpo_loss, dpo_stage, pair_metrics, preference_loss, reference_logprobs
 from gpt_scratch.logprobs import completion_logprobs, encode_completions
-from gpt_scratch.lora import add_lora
+from gpt_scratch.lora import LoRASettings, add_lora
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig
@@ -255,7 +255,8 @@ def test_the_reference_log_probabilities_are_never_updated(tmp_path, folders, mo
 
 
 def test_a_lora_policy_trains_its_adapters_against_its_base(tmp_path, folders):
-    metrics = dpo_stage(folders["sft"], folders["data"], tmp_path / "lora", small(lr=3e-2), lora_rank=2, quiet=True)
+    metrics = dpo_stage(folders["sft"], folders["data"], tmp_path / "lora", small(lr=3e-2),
+                        lora=LoRASettings(lora_rank=2), quiet=True)
     history = history_of(tmp_path / "lora")
     assert history["train_loss"][0] == pytest.approx(LN2, abs=1e-6) and history["rewards/accuracies"][0] == 0.0
     assert history["rewards/margins"][-1] > 0 and metrics["lora_rank"] == 2 and metrics["kl_vs_sft"] > 0

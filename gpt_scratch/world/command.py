@@ -20,40 +20,49 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gpt_scratch.args import float_range, int_range, non_negative_int, positive_int
 from gpt_scratch.formats import write_json, write_jsonl, write_text
+from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.world.corpus import build_world, generate_corpus
 from gpt_scratch.world.preferences import make_preference_pairs, prompt_of
 from gpt_scratch.world.tasks import family_counts, format_family_counts, make_tasks
 
-DEFAULTS = {"seed": 0, "corpus_mb": 3.0, "n_train": 20_000, "n_val": 500, "n_test": 1_000, "style": "mix",
-            "label_noise": 0.0, "max_level": 2}
 FILES = ("corpus.txt", "world.json", "sft_train.json", "sft_val.json", "sft_test.json", "sft_train_chat.jsonl",
          "sft_train_completion.jsonl", "preferences_train.jsonl", "preferences_test.jsonl", "manifest.json")
 
 
+@dataclass
+class DataSettings:
+    """What the world's data files are made from: a seed, and the sizes and styles of the files."""
+    seed: int = setting(0, "decides the world, the corpus, the tasks and the pairs", type=non_negative_int,
+                        preset=False)
+    corpus_mb: float = setting(3.0, "corpus size in megabytes, 0.01 to 100", type=float_range(0.01, 100.0),
+                               preset=False)
+    n_train: int = setting(20_000, "training tasks", type=positive_int, preset=False)
+    n_val: int = setting(500, "validation tasks, at most", type=positive_int, preset=False)
+    n_test: int = setting(1_000, "test tasks, at most", type=positive_int, preset=False)
+    style: str = setting("mix", "style of the training outputs: bare '82', sentence 'The answer is 82.' or a 50/50 "
+                                "mix", choices=("mix", "bare", "sentence"), preset=False)
+    label_noise: float = setting(0.0, "share of training preference pairs swapped, 0 to 0.5",
+                                 type=float_range(0.0, 0.5), preset=False)
+    max_level: int = setting(2, "hardest task level: 1 one digit / 3 letters, 2 two digits / 4-6 letters, 3 three "
+                                "digits / 7+ letters", type=int_range(1, 3), preset=False)
+
+
+DEFAULTS = asdict(DataSettings())
+
+
+@dataclass
+class DataOptions:
+    out: str = setting("data", "folder for the files", preset=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="data", help="folder for the files (default data)")
-    parser.add_argument("--seed", type=non_negative_int, default=DEFAULTS["seed"],
-                        help="decides the world, the corpus, the tasks and the pairs (default 0)")
-    parser.add_argument("--corpus-mb", type=float_range(0.01, 100.0), default=DEFAULTS["corpus_mb"],
-                        help="corpus size in megabytes, 0.01 to 100 (default 3)")
-    parser.add_argument("--n-train", type=positive_int, default=DEFAULTS["n_train"],
-                        help="training tasks (default 20000)")
-    parser.add_argument("--n-val", type=positive_int, default=DEFAULTS["n_val"],
-                        help="validation tasks, at most (default 500)")
-    parser.add_argument("--n-test", type=positive_int, default=DEFAULTS["n_test"],
-                        help="test tasks, at most (default 1000)")
-    parser.add_argument("--style", choices=["mix", "bare", "sentence"], default=DEFAULTS["style"],
-                        help="style of the training outputs: bare '82', sentence 'The answer is 82.' "
-                             "or a 50/50 mix (default)")
-    parser.add_argument("--label-noise", type=float_range(0.0, 0.5), default=DEFAULTS["label_noise"],
-                        help="share of training preference pairs swapped, 0 to 0.5 (default 0)")
-    parser.add_argument("--max-level", type=int_range(1, 3), default=DEFAULTS["max_level"],
-                        help="hardest task level: 1 one digit / 3 letters, 2 two digits / 4-6 letters, "
-                             "3 three digits / 7+ letters (default 2)")
+    add_flags(parser, DataOptions)
+    add_flags(parser, DataSettings)
 
 
 def as_chat(example: dict) -> dict:
@@ -112,9 +121,8 @@ def report(summary: dict, out_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    summary = write_dataset(out, args.seed, args.corpus_mb, args.n_train, args.n_val, args.n_test, args.style,
-                            args.label_noise, args.max_level)
+    out = Path(from_flags(DataOptions, args).out)
+    summary = write_dataset(out, **asdict(from_flags(DataSettings, args)))
     print(report(summary, out))
     return 0
 
