@@ -14,8 +14,8 @@ with your clipped loss: the first epoch's ratio is exactly 1; later ones leave [
 and a token that has left gets no gradient. Then your kl_estimates measure, on tokens the moved
 policy samples, how far it has drifted from where it started. Last, a tiny GPT answers --batch
 prompts, a program scores the answers, and your ppo_update trains the GPT and a value model on that
-rollout (--epochs passes in two minibatches); gpt_scratch.ppo.ppo_step, handed the same rollout and
-scores, must compute the same numbers and end with the same weights.
+rollout (--epochs passes, each in two minibatches if --batch is even); gpt_scratch.ppo.ppo_step,
+handed the same rollout and scores, must compute the same numbers and end with the same weights.
     python exercises/ch09/ex1_ppo.py --epochs 8 --clip 0.1
     python exercises/ch09/ex1_ppo.py --help
 Grade it:  python -m gpt_scratch grade --chapter 9
@@ -146,8 +146,8 @@ def ppo_update(policy: GPT, value_model: GPTWithHead, reference: GPT, x: torch.T
     Return a dict of tensors: "rewards", "advantages", "returns" as above (0 on padding), and
     "policy_loss", "value_loss": (len(minibatches),), each minibatch's loss before its step.
     The course's version is gpt_scratch.ppo.ppo_step, which also samples the rollout and asks the
-    reward model for the scores. Taught in chapter 9, sections 3 to 7 ("Rewards: the score at the
-    end, a KL penalty at every token" to "The course's PPO stage").
+    reward model for the scores. Taught in chapter 9's notebook, from section "Rewards: the score at
+    the end, a KL penalty at every token" to "The course's PPO stage".
     """
     raise NotImplementedError("Exercise 9.4: make one PPO update; return its rewards, advantages, returns and losses")
 

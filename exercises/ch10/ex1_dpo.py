@@ -117,8 +117,8 @@ def dpo_step(policy: GPT, reference: GPT, optimizer: torch.optim.Optimizer, x: t
     10.1); the step makes one optimizer step from that loss's gradient alone (nothing left over from
     an earlier step). Everything is float32 on the CPU; the models have no dropout.
     The course's version: gpt_scratch.dpo.batch_loss (the loss) with dpo.reference_logprobs (computed
-    once, before training) in train.py's loop. Taught in chapter 10, "1. From PPO's objective to a
-    loss on pairs" and "5. The DPO stage on this notebook's SFT model".
+    once, before training) in train.py's loop. Taught in chapter 10's notebook, sections "From PPO's
+    objective to a loss on pairs" and "The DPO stage on this notebook's SFT model".
     """
     raise NotImplementedError("Exercise 10.4: make one DPO training step and return its loss as a float")
 

@@ -134,7 +134,7 @@ def grpo_update(policy: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, 
     Return a dict of tensors: "advantages" (N,) and "loss" (len(minibatches),), each minibatch's loss
     before its step. The course's version is gpt_scratch.grpo.grpo_step with kl_coef 0 (its default:
     no KL term in the loss), which also samples the groups and checks the answers.
-    Taught in chapter 11, "3. Group advantages" and "7. The course's GRPO stage".
+    Taught in chapter 11's notebook, sections "Group advantages" and "The course's GRPO stage".
     """
     raise NotImplementedError("Exercise 11.4: make one GRPO update and return its advantages and losses")
 

@@ -55,7 +55,7 @@ def answer_logprobs(model: GPT, ids: torch.Tensor, prompt_lengths: torch.Tensor,
     backpropagate through them); do not change ids.
     The course's version is gpt_scratch.logprobs.completion_logprobs, which takes (x, y) from
     data.collate: yours must give the same numbers, from ids and the two lengths.
-    Taught in chapter 8, "Sequence log-probabilities, built by hand".
+    Taught in chapter 8's notebook, section "Sequence log-probabilities, built by hand".
     Example: ids [[5, 6, 7, 0, 0]] with prompt_lengths [2] and lengths [4] (prompt 5 6, answer 7 <eot>,
     one pad): per_token is 0 at t = 0 and t = 3, and holds log p(7 | 5 6) at t = 1 and
     log p(<eot> | 5 6 7) at t = 2.
@@ -82,8 +82,8 @@ def reward_scores(model: GPTWithHead, ids: torch.Tensor, prompt_lengths: torch.T
     adds that weight times the row's answer log-probability under model.gpt (your answer_logprobs).
     The course's version is gpt_scratch.reward.reward_scores (which takes an attention mask and an
     answer mask instead of the lengths).
-    Taught in chapter 8, "4. Where to read the score: the last *real* token" (and the docstring of
-    gpt_scratch/reward.py for the log-p term).
+    Taught in chapter 8's notebook, section "Where to read the score: the last *real* token" (and,
+    for the log-p term, the docstring of gpt_scratch/reward.py).
     """
     positions = torch.arange(ids.shape[1], device=ids.device)
     attention_mask = (positions < lengths[:, None]).long()
@@ -105,7 +105,8 @@ def reward_model_step(model: GPTWithHead, optimizer: torch.optim.Optimizer, ids:
     margin (gpt_scratch.reward.bradley_terry_loss, your exercise 8.1), and makes one optimizer step
     from that loss's gradient alone (no gradient left over from an earlier step). Return the loss
     as a Python float. The package does the same step with reward.pair_loss in train.py's loop.
-    Taught in chapter 8, "2. Bradley-Terry on toy pairs" and "5. Reward models on the real pairs".
+    Taught in chapter 8's notebook, sections "Bradley-Terry on toy pairs" and "Reward models on the
+    real pairs".
     """
     r_chosen, r_rejected = reward_scores(model, ids, prompt_lengths, lengths).chunk(2)
     loss = reward.bradley_terry_loss(r_chosen, r_rejected, margin)

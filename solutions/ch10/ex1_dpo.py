@@ -120,8 +120,8 @@ def dpo_step(policy: GPT, reference: GPT, optimizer: torch.optim.Optimizer, x: t
     10.1); the step makes one optimizer step from that loss's gradient alone (nothing left over from
     an earlier step). Everything is float32 on the CPU; the models have no dropout.
     The course's version: gpt_scratch.dpo.batch_loss (the loss) with dpo.reference_logprobs (computed
-    once, before training) in train.py's loop. Taught in chapter 10, "1. From PPO's objective to a
-    loss on pairs" and "5. The DPO stage on this notebook's SFT model".
+    once, before training) in train.py's loop. Taught in chapter 10's notebook, sections "From PPO's
+    objective to a loss on pairs" and "The DPO stage on this notebook's SFT model".
     """
     with torch.no_grad():  # the reference's numbers are constants of the loss
         _, reference_logps = completion_logprobs(reference, x, y)
