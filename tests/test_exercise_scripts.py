@@ -130,6 +130,14 @@ SCRIPTS = {
                 (["--max-len", "17"], "--max-len"), (["--max-len", "1"], "--max-len"), (["--n-embd", "7"], "--n-embd"),
                 (["--n-embd", "1"], "--n-embd"), (["--seed", "-1"], "--seed")],
     },
+    "ch08/ex2_reward_step.py": {
+        "base": ["--pairs", "4", "--steps", "2"],
+        "values": {"--pairs": ["3"], "--steps": ["3"], "--lr": ["0.5"], "--score": ["head"], "--body": ["trained"],
+                   "--seed": ["1"]},
+        "bad": [(["--pairs", "1"], "--pairs"), (["--pairs", "65"], "--pairs"), (["--steps", "0"], "--steps"),
+                (["--steps", "51"], "--steps"), (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr"),
+                (["--score", "logprob"], "--score"), (["--body", "half"], "--body"), (["--seed", "-1"], "--seed")],
+    },
     "ch09/ex1_ppo.py": {
         "base": [],
         "values": {"--batch": ["2"], "--length": ["3"], "--gamma": ["0.9", "0"], "--lam": ["0", "1"],

@@ -1,8 +1,9 @@
-"""Chapter 9 exercises: the arithmetic of PPO for RLHF, three small pieces with no language model in sight.
+"""Chapter 9 exercises: the arithmetic of PPO for RLHF in three small pieces, then one PPO update of a GPT.
 
     Exercise 9.1  gae                  advantages and returns, backwards in time; padding ignored
     Exercise 9.2  clipped_policy_loss  the masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
     Exercise 9.3  kl_estimates         k1 and k3, two per-token estimates of KL(policy || reference)
+    Exercise 9.4  ppo_update           one PPO update of a GPT policy and its value model from a rollout batch
 
 Run it: it makes a toy batch of episodes (--batch rows of 1 to --length response tokens, a small
 penalty on every token and a score at the last real one, random value guesses, garbage on the
@@ -10,16 +11,21 @@ padding), runs your gae on it and compares it with gpt_scratch.ppo_math. Then a 
 table of logits (one next-token distribution per position, its only parameter), samples one
 token per position and does --epochs PPO epochs of plain gradient descent on that one fixed batch
 with your clipped loss: the first epoch's ratio is exactly 1; later ones leave [1 - clip, 1 + clip],
-and a token that has left gets no gradient. Last, your kl_estimates measure, on tokens the moved
-policy samples, how far it has drifted from where it started.
+and a token that has left gets no gradient. Then your kl_estimates measure, on tokens the moved
+policy samples, how far it has drifted from where it started. Last, a tiny GPT answers --batch
+prompts, a program scores the answers, and your ppo_update trains the GPT and a value model on that
+rollout (--epochs passes, each in two minibatches if --batch is even); gpt_scratch.ppo.ppo_step,
+handed the same rollout and scores, must compute the same numbers and end with the same weights.
     python exercises/ch09/ex1_ppo.py --epochs 8 --clip 0.1
     python exercises/ch09/ex1_ppo.py --help
 Grade it:  python -m gpt_scratch grade --chapter 9
 """
 
 import argparse
+import copy
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -28,12 +34,23 @@ REPO = Path(__file__).resolve().parents[2]
 if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
     sys.path.insert(0, str(REPO))
 
-from gpt_scratch import ppo_math  # noqa: E402
+from gpt_scratch import ppo, ppo_math  # noqa: E402
 from gpt_scratch.args import OneLineParser, exercise_not_done, float_range, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.data import IGNORE, Encoded  # noqa: E402
+from gpt_scratch.generate import generate  # noqa: E402
+from gpt_scratch.heads import GPTWithHead  # noqa: E402
+from gpt_scratch.logprobs import token_logprobs  # noqa: E402
+from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
+from gpt_scratch.rollout import collated  # noqa: E402
 
 VOCAB_SIZE = 6  # the toy policy chooses one of 6 tokens at every position
 GARBAGE = 100.0  # what the padded entries hold: a correct function never lets it into a result
 KL_SAMPLES = 200  # tokens sampled per position to estimate the KL in step 3
+GPT_VOCAB, EOT = 8, 0  # step 4's GPT: 8 tokens, 0 the end-of-text (and the pad id)
+# Step 4's GPT learns by plain gradient descent: with Adam, a gradient that is 0 up to rounding (e.g. that of the
+# attention's key bias, to which the softmax is blind) would become a full step of either sign, and two correct
+# updates that round differently would end apart.
+GPT_LR, NO_END_PENALTY = 0.5, -2.0  # step 4: SGD's learning rate; the score of an answer that never ended
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
@@ -99,11 +116,48 @@ def kl_estimates(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor)
     raise NotImplementedError("Exercise 9.3: k1 = -log_ratio, k3 = expm1(log_ratio) - log_ratio, 0 on padding")
 
 
+def ppo_update(policy: GPT, value_model: GPTWithHead, reference: GPT, x: torch.Tensor, y: torch.Tensor,
+               scores: torch.Tensor, minibatches: list[torch.Tensor], optimizers: tuple, kl_coef: float,
+               clip_range: float = 0.2, value_clip: float = 0.2, gamma: float = 1.0, lam: float = 0.95,
+               temperature: float = 1.0, grad_clip: float = 1.0) -> dict[str, torch.Tensor]:
+    """One PPO update of a GPT policy and its value model from one rollout batch; returns what it computed.
+
+    x, y (B, T), long: the rollout as gpt_scratch.rollout.Rollout holds it (right-padded): x the
+    inputs, prompt then the sampled answer; y the targets (x shifted by one), which are the answer's
+    sampled tokens (its end-of-text included, if it ended) and IGNORE (-100) everywhere else. So
+    y != IGNORE is the response mask: where rewards, values, advantages and losses live.
+    scores (B,): each answer's reward, given (the reward model's score, or the penalty for an
+    answer that never ended). minibatches: LongTensors of row indices, one gradient step each, in
+    this order (the epochs are already in the list). optimizers: (the policy's, the value model's).
+    reference: the frozen SFT model. Everything is float32 on the CPU; the models have no dropout.
+    Before the first gradient step, without gradient: the sampled tokens' log-probabilities under
+    the policy and under the reference, both at the rollout temperature (softmax(logits /
+    temperature): gpt_scratch.logprobs.token_logprobs does it), and the value model's values
+    value_model(x) (B, T), one per position, aligned with y. From them, once:
+      rewards     (B, T): the per-token rewards: the k1 KL penalty (your kl_estimates) weighted by
+                  kl_coef at every answer token, and each answer's score on its own last answer token
+      advantages  (B, T): GAE (your gae) with gamma and lam, then whitened over the answer tokens
+                  (the population variance, as gpt_scratch.ppo_math.masked_whiten)
+      returns     (B, T): GAE's returns, the value model's target
+    Then for each minibatch: the clipped policy loss (your clipped_policy_loss, clip_range) and the
+    clipped value loss (value_clip, as gpt_scratch.ppo_math.clipped_value_loss) of those rows, one
+    backward of their sum, each model's gradient norm clipped to grad_clip (0: no clipping), one
+    step of each optimizer; no gradient may be left over from an earlier minibatch.
+    Return a dict of tensors: "rewards", "advantages", "returns" as above (0 on padding), and
+    "policy_loss", "value_loss": (len(minibatches),), each minibatch's loss before its step.
+    The course's version is gpt_scratch.ppo.ppo_step, which also samples the rollout and asks the
+    reward model for the scores. Taught in chapter 9's notebook, from section "Rewards: the score at
+    the end, a KL penalty at every token" to "The course's PPO stage".
+    """
+    raise NotImplementedError("Exercise 9.4: make one PPO update; return its rewards, advantages, returns and losses")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="Your GAE on a toy batch of episodes, your clipped loss in a few "
-                                                  "PPO epochs of a toy policy on one fixed batch, and your k1/k3 "
-                                                  "KL estimates of how far it moved, each compared with "
-                                                  "gpt_scratch.ppo_math.")
+                                                  "PPO epochs of a toy policy on one fixed batch, your k1/k3 KL "
+                                                  "estimates of how far it moved, each compared with "
+                                                  "gpt_scratch.ppo_math, and your PPO update of a tiny GPT, "
+                                                  "compared with gpt_scratch.ppo.ppo_step.")
     parser.add_argument("--batch", type=int_range(1, 16), default=4,
                         help="episodes (rows) in the batch, 1 to 16 (default 4)")
     parser.add_argument("--length", type=int_range(1, 12), default=6,
@@ -246,6 +300,93 @@ def show_kl(args: argparse.Namespace, start_logits: torch.Tensor, logits: torch.
           f"-> {'match' if difference < 1e-5 else 'DIFFERENT'}")
 
 
+def gpt_rollout(policy: GPT, batch: int, length: int, seed: int):
+    """Step 4's rollout: the policy answers batch random prompts of 2 or 3 tokens (at most length tokens
+    each, at temperature 1), collated as gpt_scratch.rollout does; and the program's score of each answer."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, GPT_VOCAB, (2 + i % 2,), generator=generator).tolist() for i in range(batch)]
+    answers = generate(policy, prompts, length, temperature=1.0, eos_id=EOT, seed=seed)
+    ended = [bool(a) and a[-1] == EOT for a in answers]
+    examples = [Encoded(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(prompts, answers)]
+    rollout = collated(["prompt"] * batch, examples, [""] * batch, ended, pad_id=EOT)
+    scores = []  # the "reward model": a program that likes even tokens, and answers that end
+    for answer, end in zip(answers, ended):
+        words = answer[:-1] if end else answer
+        scores.append(sum(1 if t % 2 == 0 else -1 for t in words) / max(1, len(words)) if end else NO_END_PENALTY)
+    return rollout, torch.tensor(scores)
+
+
+def package_update(policy: GPT, value_model: GPTWithHead, reference: GPT, rollout, scores: torch.Tensor,
+                   args: argparse.Namespace, kl_coef: float, minibatch_size: int) -> dict[str, list[float]]:
+    """gpt_scratch.ppo.ppo_step on the same rollout and scores: ppo_step samples its own rollout and asks a
+    reward model, so both are handed to it here (mock.patch); returns each minibatch's two losses."""
+    cfg = ppo.PPOConfig(batch_size=args.batch, minibatch_size=minibatch_size, epochs=args.epochs, lr=GPT_LR,
+                        value_lr=GPT_LR, clip_range=args.clip, gamma=args.gamma, lam=args.lam,
+                        no_end_penalty=NO_END_PENALTY, seed=args.seed, device="cpu", dtype="float32")
+    optimizers = (torch.optim.SGD(policy.parameters(), lr=GPT_LR), torch.optim.SGD(value_model.parameters(),
+                                                                                        lr=GPT_LR))
+    losses = {"policy_loss": [], "value_loss": []}
+
+    def keeping(name, real):
+        def wrapper(*arguments):
+            loss, stats = real(*arguments)
+            losses[name].append(loss.item())
+            return loss, stats
+        return wrapper
+
+    with mock.patch.object(ppo, "rollout", return_value=rollout), \
+            mock.patch.object(ppo, "score_texts", return_value=scores), \
+            mock.patch.object(ppo, "clipped_policy_loss", keeping("policy_loss", ppo.clipped_policy_loss)), \
+            mock.patch.object(ppo, "clipped_value_loss", keeping("value_loss", ppo.clipped_value_loss)):
+        ppo.ppo_step(policy, value_model, reference, None, None, rollout.prompts, cfg, kl_coef, optimizers, 0,
+                     torch.device("cpu"))
+    return losses
+
+
+def show_gpt_update(args: argparse.Namespace) -> None:
+    """Step 4: your ppo_update on a tiny GPT's rollout, against gpt_scratch.ppo.ppo_step on the same rollout."""
+    torch.manual_seed(args.seed)
+    config = GPTConfig(vocab_size=GPT_VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    reference = GPT(config).eval()  # the "SFT model"; the policy has drifted a little from it
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():
+        for weight in policy.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    value_model = GPTWithHead(copy.deepcopy(policy), "value")
+    rollout, scores = gpt_rollout(policy, args.batch, args.length, args.seed)
+    minibatch_size = args.batch // 2 if args.batch % 2 == 0 else args.batch
+    order = torch.Generator().manual_seed(args.seed * 7919)  # the order ppo_step draws at step 0
+    minibatches = [rows for _ in range(args.epochs) for rows in torch.randperm(args.batch, generator=order).split(
+        minibatch_size)]
+    kl_coef = 0.1
+    package = [copy.deepcopy(m) for m in (policy, value_model)]
+    optimizers = (torch.optim.SGD(policy.parameters(), lr=GPT_LR), torch.optim.SGD(value_model.parameters(),
+                                                                                        lr=GPT_LR))
+    got = ppo_update(policy, value_model, reference, rollout.x, rollout.y, scores, minibatches, optimizers, kl_coef,
+                     clip_range=args.clip, gamma=args.gamma, lam=args.lam)
+    expected = package_update(*package, reference, rollout, scores, args, kl_coef, minibatch_size)
+
+    mask = rollout.y != IGNORE
+    row = int(mask.sum(dim=1).argmin())  # the shortest answer: the most padding
+    print(f"4. a tiny GPT ({GPT_VOCAB} tokens, token {EOT} the end-of-text) answered {args.batch} prompts, at most "
+          f"{args.length} tokens each; a program scored the answers (+1 per even token, -1 per odd one, over the "
+          f"length; {NO_END_PENALTY:g} if it never ended: {int(rollout.ended.sum())} of {args.batch} ended). Your "
+          f"ppo_update, kl_coef {kl_coef:g}, clip {args.clip:g}, {len(minibatches)} minibatches of {minibatch_size} "
+          f"({args.epochs} epochs), SGD lr {GPT_LR:g}; row {row}, score {scores[row].item():+.3f}:")
+    print("      t  target  reward   advantage  return")
+    for t in mask[row].nonzero().flatten().tolist():
+        print(f"   {t:4}  {rollout.y[row, t].item():6}  {got['rewards'][row, t].item():+.4f}  "
+              f"{got['advantages'][row, t].item():+9.4f}  {got['returns'][row, t].item():+.4f}")
+    print("   step  policy loss (yours, ppo_step's)  value loss (yours, ppo_step's)")
+    for i in range(len(minibatches)):
+        print(f"   {i + 1:4}  {got['policy_loss'][i].item():+.5f}, {expected['policy_loss'][i]:+.5f}"
+              f"{'':15}{got['value_loss'][i].item():.5f}, {expected['value_loss'][i]:.5f}")
+    difference = max((a - b).abs().max().item() for model, other in zip((policy, value_model), package)
+                     for a, b in zip(model.parameters(), other.parameters()))
+    print(f"   the policy's and the value model's weights after the update, yours against ppo_step's: largest "
+          f"|difference| {difference:.1e} -> {'match' if difference < 1e-4 else 'DIFFERENT'}")
+
+
 def show_ppo(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     rewards, values, mask = make_episodes(args.batch, args.length, generator)
@@ -253,6 +394,7 @@ def show_ppo(args: argparse.Namespace) -> None:
     start_logits = 0.5 * torch.randn(args.batch, args.length, VOCAB_SIZE, generator=generator)
     logits = show_ppo_epochs(args, advantages, mask, start_logits, generator)
     show_kl(args, start_logits, logits, mask, generator)
+    show_gpt_update(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""Chapter 11 exercises: GRPO's arithmetic, three small pieces with no language model in sight.
+"""Chapter 11 exercises: GRPO's arithmetic in three small pieces, then one GRPO update of a GPT.
 
     Exercise 11.1  group_advantages  each answer's reward minus its group's mean, over the group's std
     Exercise 11.2  grpo_loss         the clipped loss with one advantage per answer, aggregated three ways
     Exercise 11.3  pass_at_k         the unbiased estimate of "at least one of k answers is right"
+    Exercise 11.4  grpo_update       one GRPO update of a GPT policy from groups of its own answers
 
 Run it: a toy task with a verifiable reward. Each of --prompts prompts has a target answer of 1 to
 3 letters from {a, b, c}; a toy policy (a table of logits: one distribution over the tokens <end>,
@@ -10,17 +11,22 @@ a, b, c per prompt and position, its only parameter) writes an answer token by t
 The reward is a program: 1 if the letters before <end> are the target, else 0. Your group_advantages
 scores one group of --group-size answers per prompt; then --steps GRPO steps (each: a fresh group per
 prompt, --epochs gradient steps of plain gradient descent with your grpo_loss) raise the reward;
-last, your pass_at_k estimates pass@1 and pass@G from --samples answers per prompt, before and
+then your pass_at_k estimates pass@1 and pass@G from --samples answers per prompt, before and
 after, next to their exact values (the policy is a table: the chance of the right answer is known).
+Last, a tiny GPT answers the same prompts (each prompt is one token) in groups, the same program
+checks the answers, and your grpo_update trains the GPT on them (--epochs passes, --aggregation,
+--scale); gpt_scratch.grpo.grpo_step, handed the same groups, must end with the same weights.
     python exercises/ch11/ex1_grpo.py --aggregation token-mean --scale none
     python exercises/ch11/ex1_grpo.py --help
 Grade it:  python -m gpt_scratch grade --chapter 11
 """
 
 import argparse
+import copy
 import math
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -31,12 +37,21 @@ if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package with
 
 from gpt_scratch import grpo, ppo_math  # noqa: E402
 from gpt_scratch.args import OneLineParser, exercise_not_done, float_range, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.data import IGNORE, Encoded, collate  # noqa: E402
+from gpt_scratch.generate import generate  # noqa: E402
+from gpt_scratch.logprobs import token_logprobs  # noqa: E402
+from gpt_scratch.model import GPT, GPTConfig, lm_loss  # noqa: E402
+from gpt_scratch.rollout import collated  # noqa: E402
 
 TOKENS = ["<end>", "a", "b", "c"]  # token 0 ends the answer
 LENGTH = 4  # positions: up to 3 letters, then <end>
 BONUS = 1.5  # the start policy's extra logit on the target's tokens, so that some answers are right
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 EPS = 1e-4
+# The last step's GPT: the tokens <end>, a, b, c, then one token per prompt; plain gradient descent (with Adam, a
+# gradient that is 0 up to rounding, e.g. that of the attention's key bias, to which the softmax is blind, would
+# become a full step of either sign, and two correct updates that round differently would end apart).
+GPT_LR, SFT_STEPS = 0.5, 40
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, std: bool = True, eps: float = EPS) -> torch.Tensor:
@@ -94,6 +109,34 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     (1 - (1 - c/n)^k, the obvious plug-in, is biased: for n = 4, c = 1, k = 2 it gives 0.4375.)
     """
     raise NotImplementedError("Exercise 11.3: 1 - C(n - c, k) / C(n, k) with math.comb")
+
+
+def grpo_update(policy: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                rewards: torch.Tensor, group_size: int, minibatches: list[torch.Tensor], clip_range: float = 0.2,
+                aggregation: str = "seq-mean-token-mean", norm_length: int = 24, std: bool = True,
+                temperature: float = 1.0, grad_clip: float = 1.0) -> dict[str, torch.Tensor]:
+    """One GRPO update of a GPT policy from groups of its own answers; returns the advantages and the losses.
+
+    x, y (N, T), long: the rollout as gpt_scratch.rollout.Rollout holds it (right-padded): x the inputs,
+    prompt then the sampled answer; y the targets, which are the answer's sampled tokens (its
+    end-of-text included, if it ended) and IGNORE (-100) everywhere else, so y != IGNORE is the
+    answer mask. The rows come in N / group_size groups of group_size answers to one prompt, one group
+    after another. rewards (N,): each answer's reward from the checker. minibatches: LongTensors of row
+    indices, one gradient step each, in this order (the epochs are already in the list). optimizer
+    holds the policy's parameters. Everything is float32 on the CPU; the policy has no dropout.
+    Before the first gradient step, without gradient: the sampled tokens' log-probabilities under the
+    policy at the rollout temperature (softmax(logits / temperature): gpt_scratch.logprobs.token_logprobs
+    does it), and each answer's advantage (your group_advantages with std; with std, the group's sample
+    std, Bessel-corrected, as DeepSeekMath and TRL). Then for each minibatch: the clipped loss of those
+    rows (your grpo_loss with clip_range, aggregation and norm_length), every token of an answer
+    sharing the answer's advantage; one backward; the gradient norm clipped to grad_clip (0: no
+    clipping); one optimizer step; no gradient left over from an earlier minibatch.
+    Return a dict of tensors: "advantages" (N,) and "loss" (len(minibatches),), each minibatch's loss
+    before its step. The course's version is gpt_scratch.grpo.grpo_step with kl_coef 0 (its default:
+    no KL term in the loss), which also samples the groups and checks the answers.
+    Taught in chapter 11's notebook, sections "Group advantages" and "The course's GRPO stage".
+    """
+    raise NotImplementedError("Exercise 11.4: make one GRPO update and return its advantages and losses")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,12 +310,92 @@ def show_pass_at_k(args: argparse.Namespace, targets: list[list[int]], start_log
               f"{'matches' if same else 'DIFFERS from'} gpt_scratch.grpo.pass_at_k")
 
 
+def gpt_groups(policy: GPT, targets: list[list[int]], group_size: int, seed: int):
+    """The last step's rollout: group_size answers of the GPT to each prompt (the prompt is the one token
+    len(TOKENS) + p), collated as gpt_scratch.rollout does, and the checker's rewards."""
+    prompts = [[len(TOKENS) + p] for p in range(len(targets)) for _ in range(group_size)]
+    answers = generate(policy, prompts, LENGTH, temperature=1.0, eos_id=0, seed=seed)
+    examples = [Encoded(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(prompts, answers)]
+    ended = [bool(a) and a[-1] == 0 for a in answers]
+    rollout = collated(["prompt"] * len(prompts), examples, [""] * len(prompts), ended, pad_id=0)
+    rewards = torch.tensor([float(a == targets[row // group_size] + [0]) for row, a in enumerate(answers)])
+    return rollout, rewards
+
+
+def sft_model(targets: list[list[int]], seed: int) -> GPT:
+    """A tiny GPT after SFT_STEPS steps of supervised fine-tuning on each prompt's target answer: a start from
+    which some sampled answers are right, as GRPO starts from the SFT model."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=len(TOKENS) + len(targets), block_size=8, n_layer=2, n_head=2, n_embd=16))
+    sequences = [[len(TOKENS) + p] + target + [0] for p, target in enumerate(targets)]
+    examples = [Encoded(s, [False] + [True] * (len(s) - 1)) for s in sequences]
+    x, y = collate(examples, pad_id=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(SFT_STEPS):
+        loss = lm_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def show_gpt_update(args: argparse.Namespace, targets: list[list[int]]) -> None:
+    """The last step: your grpo_update on a tiny GPT's groups, against gpt_scratch.grpo.grpo_step on the same groups."""
+    g, n = args.group_size, args.prompts * args.group_size
+    policy = sft_model(targets, args.seed)
+    package_policy = copy.deepcopy(policy)
+    rollout, rewards = gpt_groups(policy, targets, g, args.seed)
+    minibatch_size = n // 2 if n % 2 == 0 else n
+    order = torch.Generator().manual_seed(args.seed * 7919)  # the order grpo_step draws at step 0
+    minibatches = [rows for _ in range(args.epochs)
+                   for rows in torch.randperm(n, generator=order).split(minibatch_size)]
+    got = grpo_update(policy, torch.optim.SGD(policy.parameters(), lr=GPT_LR), rollout.x, rollout.y, rewards, g,
+                      minibatches, args.clip, args.aggregation, LENGTH, args.scale == "std")
+
+    cfg = grpo.GRPOConfig(batch_size=n, group_size=g, minibatch_size=minibatch_size, epochs=args.epochs, lr=GPT_LR,
+                          clip_range=args.clip, std=args.scale == "std", aggregation=args.aggregation,
+                          max_new_tokens=LENGTH, eval_samples=max(8, g), seed=args.seed, device="cpu",
+                          dtype="float32")
+    losses = []
+
+    def keeping(*arguments, **options):
+        loss, stats = ppo_math.clipped_policy_loss(*arguments, **options)
+        losses.append(loss.item())
+        return loss, stats
+
+    # grpo_step samples its own groups and checks them: here it is handed the same ones (mock.patch).
+    with mock.patch.object(grpo, "collect_groups", return_value=(rollout, [], rewards, {"answers_sampled": n})), \
+            mock.patch.object(grpo, "clipped_policy_loss", keeping):
+        grpo.grpo_step(package_policy, copy.deepcopy(package_policy), None, {}, None, cfg,
+                       torch.optim.SGD(package_policy.parameters(), lr=GPT_LR), 0, torch.device("cpu"))
+    print(f"4. a tiny GPT ({len(TOKENS) + args.prompts} tokens: <end>, a, b, c and one per prompt; {SFT_STEPS} "
+          f"steps of fine-tuning on the targets) answered each "
+          f"prompt {g} times, {int(rewards.sum())} of {n} answers right; your grpo_update ({len(minibatches)} "
+          f"minibatches of {minibatch_size}, {args.aggregation}, scale {args.scale}, plain gradient descent, lr "
+          f"{GPT_LR:g})")
+    groups = rewards.view(-1, g)
+    mixed = [p for p in range(args.prompts) if not (groups[p] == groups[p, 0]).all()]  # groups that teach something
+    if mixed:
+        p = mixed[0]
+        print(f"   prompt {p}'s group: rewards {' '.join(f'{r:.0f}' for r in groups[p].tolist())}, your advantages "
+              f"{' '.join(f'{a:+.3f}' for a in got['advantages'][p * g:(p + 1) * g].tolist())}")
+    print(f"   groups whose answers are all right or all wrong (advantage 0): {args.prompts - len(mixed)} of "
+          f"{args.prompts}")
+    print("   step  loss (yours, grpo_step's)")
+    for i in range(len(minibatches)):
+        print(f"   {i + 1:4}  {got['loss'][i].item():+.5f}, {losses[i]:+.5f}")
+    difference = max((a - b).abs().max().item() for a, b in zip(policy.parameters(), package_policy.parameters()))
+    print(f"   the weights after the update, yours against grpo_step's: largest |difference| {difference:.1e} "
+          f"-> {'match' if difference < 1e-4 else 'DIFFERENT'}")
+
+
 def show_grpo(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     targets, start_logits = make_task(args.prompts, generator)
     show_advantages(args, targets, start_logits, generator)
     logits = show_training(args, targets, start_logits, generator)
     show_pass_at_k(args, targets, start_logits, logits, generator)
+    show_gpt_update(args, targets)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
-"""Chapter 10 exercises: direct preference optimisation, three small pieces with no language model in sight.
+"""Chapter 10 exercises: direct preference optimisation, three small pieces on a toy policy, then a DPO step of a GPT.
 
     Exercise 10.1  dpo_loss          the mean of -log sigmoid(beta * h) over the pairs
     Exercise 10.2  implicit_rewards  beta * log(pi / pi_ref) of the chosen and the rejected answers, and the
                                      share of pairs the policy ranks strictly the right way round
     Exercise 10.3  ipo_loss          the mean of (h - 1 / (2 beta))^2: a target margin instead of "ever larger"
+    Exercise 10.4  dpo_step          one DPO training step of a GPT on a batch of preference pairs
 
 with h = (log pi(chosen) - log pi_ref(chosen)) - (log pi(rejected) - log pi_ref(rejected)) for each pair.
 
@@ -15,13 +16,16 @@ loss (--loss dpo or ipo) move the table; every --print-every steps the script pr
 implicit rewards' accuracy and margin, the mean h, how likely the policy now is to give each prompt's
 best answer, and its KL from the reference. At step 0 the policy is its reference: every implicit
 reward is 0, the DPO loss ln 2, the IPO loss 1 / (4 beta^2), and no pair is ranked right yet (a tie is
-not a win). At the end your functions are compared with gpt_scratch.dpo.
+not a win). Your functions are then compared with gpt_scratch.dpo. Last, a tiny GPT learns from
+--prompts pairs of token sequences by a few steps of your dpo_step (with --beta), next to the same
+steps of gpt_scratch.dpo.batch_loss on a copy, which must end with the same weights.
     python exercises/ch10/ex1_dpo.py --loss ipo --noise 0.2
     python exercises/ch10/ex1_dpo.py --help
 Grade it:  python -m gpt_scratch grade --chapter 10
 """
 
 import argparse
+import copy
 import math
 import random
 import sys
@@ -37,6 +41,14 @@ if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package with
 
 from gpt_scratch import dpo  # noqa: E402
 from gpt_scratch.args import OneLineParser, exercise_not_done, float_range, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.data import Encoded  # noqa: E402
+from gpt_scratch.logprobs import completion_logprobs  # noqa: E402
+from gpt_scratch.model import GPT, GPTConfig  # noqa: E402
+
+# The last step: a GPT of 8 tokens (0 the end-of-text, also the pad id), a few steps of plain gradient descent.
+# (With Adam, a gradient that is 0 up to rounding, e.g. that of the attention's key bias, to which the softmax
+# is blind, would become a full step of either sign, and two correct steps that round differently would end apart.)
+GPT_VOCAB, EOT, GPT_STEPS, GPT_LR = 8, 0, 5, 0.5
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -89,6 +101,38 @@ def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     """
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     return ((h - 1 / (2 * beta)) ** 2).mean()
+
+
+def dpo_step(policy: GPT, reference: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+             beta: float) -> float:
+    """One DPO training step of a GPT on a batch of N preference pairs; returns the loss before the step, a float.
+
+    x, y (2N, T), long: the pairs as gpt_scratch.dpo.pair_batch collates them (data.collate, right
+    padding): rows 0 to N - 1 hold the chosen answers, rows N to 2N - 1 the rejected answers of the
+    same pairs, in the same order; x is prompt + answer as inputs, y the targets: the answer's tokens
+    (its end-of-text included) and IGNORE (-100) everywhere else. An answer's log-probability is the
+    sum over its tokens (gpt_scratch.logprobs.completion_logprobs(model, x, y) gives it: exercise 8.4).
+    reference is the frozen reference model, the SFT model the policy started from; it may be the
+    policy object itself (at the first step of a run the reference is the policy, as
+    gpt_scratch.dpo.reference_logprobs computes it before training). Its log-probabilities are
+    constants: no gradient may reach its parameters or flow back through its numbers.
+    optimizer holds the policy's parameters. The loss is DPO's with beta (your dpo_loss, exercise
+    10.1); the step makes one optimizer step from that loss's gradient alone (nothing left over from
+    an earlier step). Everything is float32 on the CPU; the models have no dropout.
+    The course's version: gpt_scratch.dpo.batch_loss (the loss) with dpo.reference_logprobs (computed
+    once, before training) in train.py's loop. Taught in chapter 10's notebook, sections "From PPO's
+    objective to a loss on pairs" and "The DPO stage on this notebook's SFT model".
+    """
+    with torch.no_grad():  # the reference's numbers are constants of the loss
+        _, reference_logps = completion_logprobs(reference, x, y)
+    _, policy_logps = completion_logprobs(policy, x, y)
+    policy_chosen, policy_rejected = policy_logps.chunk(2)
+    ref_chosen, ref_rejected = reference_logps.chunk(2)
+    loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,10 +248,55 @@ def compare(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chos
               f"{'match' if difference < 1e-5 else 'DIFFERENT'}")
 
 
+def gpt_pairs(n: int, generator: torch.Generator) -> list[tuple[Encoded, Encoded]]:
+    """n (chosen, rejected) pairs of token sequences: a prompt of 2 or 3 tokens, then an answer of 1 to 4 tokens
+    and the end-of-text; the chosen answers are made of even tokens, the rejected ones of odd tokens."""
+    pairs = []
+    for _ in range(n):
+        prompt = torch.randint(1, GPT_VOCAB, (int(torch.randint(2, 4, (1,), generator=generator)),),
+                               generator=generator).tolist()
+        pair = []
+        for parity in (0, 1):
+            length = int(torch.randint(1, 5, (1,), generator=generator))
+            answer = (2 * torch.randint(1 - parity, GPT_VOCAB // 2, (length,), generator=generator) + parity).tolist()
+            pair.append(Encoded(prompt + answer + [EOT], [False] * len(prompt) + [True] * (length + 1)))
+        pairs.append(tuple(pair))
+    return pairs
+
+
+def show_gpt_step(args: argparse.Namespace) -> None:
+    """The last step: your dpo_step on a tiny GPT, next to gpt_scratch.dpo's loss on a copy."""
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    policy = GPT(GPTConfig(vocab_size=GPT_VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    reference = copy.deepcopy(policy).requires_grad_(False)  # the SFT model: where the policy starts
+    package_policy = copy.deepcopy(policy)
+    x, y = dpo.pair_batch(gpt_pairs(args.prompts, generator), pad_id=EOT)
+    ref = dpo.reference_logprobs(reference, [(x, y)], torch.device("cpu"), "float32")[0]
+    optimizer = torch.optim.SGD(policy.parameters(), lr=GPT_LR)
+    package_optimizer = torch.optim.SGD(package_policy.parameters(), lr=GPT_LR)
+    print(f"a tiny GPT ({GPT_VOCAB} tokens, {EOT} the end-of-text) and {args.prompts} pairs of token sequences "
+          f"(chosen answers: even tokens, rejected: odd); {GPT_STEPS} steps of your dpo_step (beta {args.beta:g}, "
+          f"plain gradient descent, lr {GPT_LR:g}) and of gpt_scratch.dpo.batch_loss on a copy:")
+    print("   step  your loss  package's  rewards/accuracies")
+    for step in range(1, GPT_STEPS + 1):
+        loss = dpo_step(policy, reference, optimizer, x, y, args.beta)
+        package_loss, metrics = dpo.batch_loss(package_policy, (x, y, ref), args.beta)
+        package_optimizer.zero_grad(set_to_none=True)
+        package_loss.backward()
+        package_optimizer.step()
+        print(f"   {step:4}  {loss:9.4f}  {package_loss.item():9.4f}  {metrics['rewards/accuracies']:18.1%}")
+    difference = max((a - b).abs().max().item() for a, b in zip(policy.parameters(), package_policy.parameters()))
+    print(f"   (step 1: the policy is the reference, the loss ln 2 = {math.log(2):.4f}); the weights after "
+          f"{GPT_STEPS} steps, yours against the package's: largest |difference| {difference:.1e} "
+          f"-> {'match' if difference < 1e-4 else 'DIFFERENT'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         show_training(args)
+        show_gpt_step(args)
     except NotImplementedError as err:  # an exercise is still a stub: say which one, no traceback
         return exercise_not_done(PROG, err)
     return 0

@@ -43,7 +43,7 @@ def show(value, limit: int = SHORT) -> str:
         else:
             dtype = str(value.dtype).removeprefix("torch.")
             text = f"<{dtype} tensor {'x'.join(map(str, value.shape))}>"
-    elif torch is not None and isinstance(value, torch.nn.Module):
+    elif torch is not None and isinstance(value, (torch.nn.Module, torch.optim.Optimizer)):
         return f"<{type(value).__name__}>"
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         changed = [f"{f.name}={getattr(value, f.name)!r}" for f in dataclasses.fields(value)
@@ -207,3 +207,31 @@ def expect_raises(error: type[Exception], fn, *args, why: str = "", **kwargs) ->
         raise AssertionError(f"{what} raised {type(err).__name__}, expected {error.__name__}: {err}") from err
     raise AssertionError(f"{what} returned {show(got)}, expected it to raise {error.__name__}"
                          + (f"; {why}" if why else ""))
+
+
+def close_parameters(what: str, model, expected_model, why: str = "", **tolerance) -> None:
+    """Every parameter of model close to the same parameter of expected_model (the same architecture), failing
+    with one line that names the first that is not: '<what>: <name> is off by up to ...; <why>'."""
+    import torch
+
+    tolerance = {"atol": 1e-5, "rtol": 1e-4, **tolerance}
+    expected = dict(expected_model.named_parameters())
+    for name, got in model.named_parameters():
+        got, wanted = got.detach(), expected[name].detach()
+        if not torch.allclose(got, wanted, **tolerance):
+            raise AssertionError(f"{what}: {name} is off by up to {(got - wanted).abs().max().item():.3g}"
+                                 + (f"; {why}" if why else "") + _full(got, wanted))
+
+
+def check_losses(what: str, got, expected: list[float], whose: str, first: str, later: str) -> None:
+    """One loss per gradient step of an update (a tensor), close to `whose` (expected, in order), failing with
+    one line at the first that is not: why the first could differ (`first`), or a later one (`later`)."""
+    import torch
+
+    check_type(what, got, torch.Tensor, "a tensor of one loss per minibatch")
+    check(what, tuple(got.shape), (len(expected),), "one loss per minibatch", verb="is a tensor of shape")
+    wrong = [i for i, (a, b) in enumerate(zip(got.tolist(), expected)) if abs(a - b) > 1e-5 + 1e-5 * abs(b)]
+    if wrong:
+        i = wrong[0]
+        raise AssertionError(f"{what}: minibatch {i + 1}'s is {got[i].item():.5g}, {whose} {expected[i]:.5g}; "
+                             + (first if i == 0 else f"the ones before it match: {later}") + _full(got, expected))

@@ -3,17 +3,25 @@
 The reference is gpt_scratch.ppo_math: gae, clipped_policy_loss (whose first return value is the
 loss) and kl_per_token (estimator "k1" or "k3"). The hand-computed examples are those of the
 docstrings; the random ones are right-padded batches whose padding holds GARBAGE, which must
-never reach a result. Each test calls only its own exercise, so an unfinished one fails alone.
+never reach a result. The PPO update of a GPT (9.4) is graded against gpt_scratch.ppo.ppo_step
+handed the same rollout and scores, on tiny GPTs of fixed seeds. Each test calls only its own
+exercise (9.4 gets the package's versions of 9.1 to 9.3), so an unfinished one fails alone.
 """
 
+import copy
 import math
 
 import pytest
 import torch
 
+import gpt_scratch.ppo as ppo_module
 from gpt_scratch import ppo_math
+from gpt_scratch.data import Encoded
+from gpt_scratch.heads import GPTWithHead
+from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.rollout import collated
 
-from checks import call, check, check_type, close, expect_close
+from checks import call, check, check_type, check_losses, close, close_parameters, expect_close
 
 SCRIPT = "ch09/ex1_ppo.py"
 GARBAGE = 1e3  # what the padded entries hold
@@ -184,3 +192,152 @@ def test_ex_9_3_kl_estimates(ppo):
         expected = (ppo_math.kl_per_token(logp, ref_logp, mask, "k1"), ppo_math.kl_per_token(logp, ref_logp, mask, "k3"))
         close(what, got, expected, "differs from gpt_scratch.ppo_math.kl_per_token (k1, k3)", atol=1e-6, rtol=1e-5)
         assert got[1].min() >= 0, f"{what} returned a k3 down to {got[1].min().item():.3g}, expected k3 >= 0"
+
+
+
+# Exercise 9.4: one PPO update of a GPT --------------------------------------------------------------------------
+
+EOT = 0  # the end-of-text id of the rollouts below, which is also their pad id
+STEP_DIFFERS = ("a gradient step differs (zero both gradients, one backward of the sum, clip each model's gradient "
+                "norm, step each), or a loss once the models have moved (the clipped terms)")
+
+
+def tiny_gpt(seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+def hand_rollout(seed: int, n: int):
+    """A Rollout of n answers as gpt_scratch.rollout collates them: prompts of 2 to 4 tokens, answers of 1 to 5
+    tokens and their end-of-text; row 0 the longest, the last row an answer that never ended."""
+    generator = torch.Generator().manual_seed(seed)
+    examples, ended = [], []
+    for row in range(n):
+        prompt = torch.randint(1, 16, (int(torch.randint(2, 5, (1,), generator=generator)),), generator=generator)
+        n_answer = 6 if row == 0 else int(torch.randint(1, 6, (1,), generator=generator))
+        answer = torch.randint(1, 16, (n_answer,), generator=generator).tolist()
+        ends = row < n - 1
+        answer = answer + [EOT] if ends else answer
+        examples.append(Encoded(prompt.tolist() + answer, [False] * len(prompt) + [True] * len(answer)))
+        ended.append(ends)
+    return collated(["prompt"] * n, examples, [""] * n, ended, pad_id=EOT)
+
+
+def package_ppo_step(monkeypatch, policy, value_model, reference, rollout, scores, cfg, kl_coef, optimizers) -> dict:
+    """gpt_scratch.ppo.ppo_step handed this rollout and these scores; returns what it computed on the way:
+    rewards, raw advantages and returns (gae), whitened advantages, and every minibatch's two losses."""
+    seen = {"policy_loss": [], "value_loss": []}
+    with monkeypatch.context() as patch:
+        def keep(name, key=None):
+            real = getattr(ppo_module, name)
+
+            def wrapper(*args, **kwargs):
+                result = real(*args, **kwargs)
+                if key:  # a loss: keep every call's
+                    seen[key].append(result[0].item())
+                else:
+                    seen.setdefault(name, result)
+                return result
+            patch.setattr(ppo_module, name, wrapper)
+
+        for name in ("rlhf_rewards", "gae", "masked_whiten"):
+            keep(name)
+        keep("clipped_policy_loss", "policy_loss")
+        keep("clipped_value_loss", "value_loss")
+        patch.setattr(ppo_module, "rollout", lambda *args, **kwargs: rollout)
+        patch.setattr(ppo_module, "score_texts", lambda *args, **kwargs: scores.clone())
+        ppo_module.ppo_step(policy, value_model, reference, None, None, rollout.prompts, cfg, kl_coef, optimizers, 0,
+                            torch.device("cpu"))
+    return seen
+
+
+def test_ex_9_4_ppo_update(ppo, monkeypatch):
+    cases = [dict(seed=0, n=6, minibatch=3, kl_coef=0.2, clip=0.2, value_clip=0.2, gamma=1.0, lam=0.95,
+                  temperature=1.0, grad_clip=1.0, lr=0.5),
+             dict(seed=1, n=6, minibatch=2, kl_coef=0.5, clip=0.05, value_clip=0.05, gamma=0.9, lam=0.8,
+                  temperature=0.7, grad_clip=0.0, lr=0.05)]
+    for case in cases:
+        reference = tiny_gpt(case["seed"])  # the "SFT model"; the policy has drifted a little from it
+        policy = copy.deepcopy(reference)
+        with torch.no_grad():
+            for weight in policy.parameters():
+                weight.add_(0.05 * torch.randn_like(weight))
+        value_model = GPTWithHead(copy.deepcopy(policy), "value")
+        with torch.no_grad():  # a value head that is not zero: the values and the value loss's gradient are not 0
+            value_model.head.weight.normal_(std=0.5)
+        rollout = hand_rollout(case["seed"], case["n"])
+        scores = torch.randn(case["n"], generator=torch.Generator().manual_seed(case["seed"] + 100))
+        cfg = ppo_module.PPOConfig(batch_size=case["n"], minibatch_size=case["minibatch"], epochs=2, lr=case["lr"],
+                                   value_lr=case["lr"], clip_range=case["clip"], value_clip=case["value_clip"],
+                                   gamma=case["gamma"], lam=case["lam"], temperature=case["temperature"],
+                                   grad_clip=case["grad_clip"], device="cpu", dtype="float32")
+        expected_models = [copy.deepcopy(policy), copy.deepcopy(value_model)]
+        # Plain SGD: Adam would turn a gradient that is 0 up to rounding (the attention's key bias) into a full step.
+        expected = package_ppo_step(monkeypatch, *expected_models, reference, rollout, scores, cfg, case["kl_coef"],
+                                    [torch.optim.SGD(m.parameters(), lr=case["lr"]) for m in expected_models])
+        order = torch.Generator().manual_seed(cfg.seed * 7919)  # the minibatches ppo_step draws at step 0
+        minibatches = [rows for _ in range(cfg.epochs)
+                       for rows in torch.randperm(case["n"], generator=order).split(case["minibatch"])]
+        given_scores = torch.where(rollout.ended, scores, cfg.no_end_penalty)  # what ppo_step's reward model says
+
+        # Exercises 9.1 to 9.3 done by the package.
+        monkeypatch.setattr(ppo, "gae", ppo_math.gae)
+        monkeypatch.setattr(ppo, "clipped_policy_loss", lambda *args: ppo_math.clipped_policy_loss(*args)[0])
+        monkeypatch.setattr(ppo, "kl_estimates", lambda logp, ref_logp, mask: (
+            ppo_math.kl_per_token(logp, ref_logp, mask, "k1"), ppo_math.kl_per_token(logp, ref_logp, mask, "k3")))
+        reference_before = copy.deepcopy(reference)
+        inputs = [rollout.x.clone(), rollout.y.clone(), given_scores.clone()]
+        got, _ = call(ppo.ppo_update, policy, value_model, reference, *inputs, minibatches,
+                      tuple(torch.optim.SGD(m.parameters(), lr=case["lr"]) for m in (policy, value_model)),
+                      case["kl_coef"], clip_range=case["clip"], value_clip=case["value_clip"], gamma=case["gamma"],
+                      lam=case["lam"], temperature=case["temperature"], grad_clip=case["grad_clip"])
+        mask = rollout.response_mask
+        lengths = mask.sum(dim=1).tolist()
+        what = (f"ppo_update(kl_coef={case['kl_coef']}, temperature={case['temperature']}, "
+                f"grad_clip={case['grad_clip']}, {len(minibatches)} minibatches) on {case['n']} answers of {lengths} "
+                f"tokens")
+        for given, before in zip(inputs, (rollout.x, rollout.y, given_scores)):
+            assert torch.equal(given, before), f"{what} changed x, y or scores; do not change its arguments"
+        check_type(what, got, dict, "return a dict of tensors")
+        keys = ["rewards", "advantages", "returns", "policy_loss", "value_loss"]
+        check(what, sorted(got), sorted(keys), "the five tensors the docstring names", verb="returned the keys")
+
+        rewards = expected["rlhf_rewards"][0]
+        rows, last = torch.arange(case["n"]), (mask * torch.arange(mask.shape[1])).argmax(dim=1)
+        on_last_column = rewards.clone()
+        on_last_column[rows, last] -= given_scores
+        on_last_column[:, -1] += given_scores
+        on_last_column = torch.where(mask, on_last_column, 0.0)
+        if not torch.allclose(got["rewards"], rewards, atol=1e-5) and \
+                torch.allclose(torch.where(mask, got["rewards"], 0.0), on_last_column, atol=1e-5):
+            b = next(i for i in range(case["n"]) if not mask[i, -1])  # a row whose last column is padding
+            raise AssertionError(f"{what} put the scores on the last column, padding in row {b}: put each answer's "
+                                 f"score on its own last answer token (row {b}: t = {int(last[b])})")
+        close(f"the rewards of {what}", got["rewards"], rewards, "differ from ppo_step's: the k1 KL penalty times "
+              "kl_coef on every answer token, each answer's score on its last answer token, 0 on padding",
+              atol=1e-5, rtol=1e-5)
+        raw, returns = expected["gae"]
+        real = raw[mask]
+        if torch.allclose(got["advantages"], raw, atol=1e-5):
+            raise AssertionError(f"{what} returned GAE's advantages before whitening: whiten them over the answer "
+                                 f"tokens (mean 0, variance 1)")
+        if torch.allclose(got["advantages"], torch.where(mask, (raw - real.mean()) / real.std(), 0.0), atol=1e-5):
+            raise AssertionError(f"{what} whitened the advantages with the sample variance: take the population one "
+                                 f"(divided by the count of answer tokens, not count - 1), as ppo_math.masked_whiten")
+        close(f"the advantages of {what}", got["advantages"], expected["masked_whiten"], "differ from ppo_step's: "
+              "GAE's advantages whitened over the answer tokens, 0 on padding", atol=1e-5, rtol=1e-5)
+        close(f"the returns of {what}", got["returns"], returns, "differ from ppo_step's: GAE's returns (the "
+              "advantages before whitening plus the old values), 0 on padding", atol=1e-5, rtol=1e-5)
+        check_losses(f"the policy_loss of {what}", got["policy_loss"], expected["policy_loss"], "ppo_step's",
+                     "on the first minibatch the ratio is 1 (the old log-probabilities are the policy's, at the "
+                     "rollout temperature, as the new ones)", STEP_DIFFERS)
+        check_losses(f"the value_loss of {what}", got["value_loss"], expected["value_loss"], "ppo_step's",
+                     "on the first minibatch the values are the old values: half the mean squared error to the returns",
+                     STEP_DIFFERS)
+        why = "differs from ppo_step's update (zero both gradients, one backward, clip each norm, step each)"
+        close_parameters(f"the policy after {what}", policy, expected_models[0], why)
+        close_parameters(f"the value model after {what}", value_model, expected_models[1], why)
+        close_parameters(f"the reference after {what}", reference, reference_before, "the reference is frozen",
+                         atol=0, rtol=0)
+        assert all(p.grad is None for p in reference.parameters()), \
+            f"{what} left gradients on the reference's parameters: its log-probabilities are computed without gradient"

@@ -3,17 +3,22 @@
 The reference is gpt_scratch.dpo: dpo_loss (whose first return value is the mean loss and whose next
 two are the implicit rewards; loss="sigmoid" is DPO, loss="ipo" IPO) and pair_metrics (its
 "rewards/accuracies"). The hand-computed examples are those of the docstrings: log pi(chosen) = -1,
-log pi(rejected) = -3 and the reference at -2 for both give h = 2. Each test calls only its own exercise.
+log pi(rejected) = -3 and the reference at -2 for both give h = 2. The DPO step of a GPT (10.4) is
+graded against one optimizer step of dpo.batch_loss with dpo.reference_logprobs, on tiny GPTs of
+fixed seeds. Each test calls only its own exercise (10.4 gets the package's dpo_loss).
 """
 
+import copy
 import math
 
 import pytest
 import torch
 
 from gpt_scratch import dpo
+from gpt_scratch.data import Encoded
+from gpt_scratch.model import GPT, GPTConfig
 
-from checks import call, check, check_type, close, expect_close
+from checks import call, check, check_type, close, close_parameters, expect_close
 
 SCRIPT = "ch10/ex1_dpo.py"
 
@@ -150,3 +155,83 @@ def test_ex_10_3_ipo_loss(ex):
     close(f"the gradient with respect to policy_rejected of {what}", policy_rejected.grad, t([-1.0, 0.0]),
           "the opposite of the chosen answer's", atol=1e-6, rtol=0)
     check_against_reference(ex.ipo_loss, "ipo")
+
+
+
+# Exercise 10.4: a DPO step of a GPT -----------------------------------------------------------------------------
+
+EOT = 0  # the end-of-text id of the pairs below, which is also their pad id
+
+
+def tiny_gpt(seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=2, n_head=2, n_embd=16)).train()
+
+
+def pair_rows(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y (2n, T) of n random pairs as dpo.pair_batch collates them: a prompt of 1 to 4 tokens, two answers of
+    0 to 4 tokens and their end-of-text (the chosen rows first)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def tokens(low: int, high: int) -> list[int]:
+        return torch.randint(1, 16, (int(torch.randint(low, high + 1, (1,), generator=generator)),),
+                             generator=generator).tolist()
+
+    pairs = []
+    for _ in range(n):
+        prompt = tokens(1, 4)
+        chosen, rejected = tokens(0, 4) + [EOT], tokens(0, 4) + [EOT]
+        pairs.append(tuple(Encoded(prompt + answer, [False] * len(prompt) + [True] * len(answer))
+                           for answer in (chosen, rejected)))
+    return dpo.pair_batch(pairs, pad_id=EOT)
+
+
+def test_ex_10_4_dpo_step(ex, monkeypatch):
+    monkeypatch.setattr(ex, "dpo_loss", lambda *args: dpo.dpo_loss(*args)[0])  # exercise 10.1 done by the package
+    # (policy seed, reference: "same" = the policy object itself, else a separate model's seed, beta)
+    for seed, reference_is, beta in ((0, "separate", 0.5), (1, "same", 0.1), (2, "separate", 2.0)):
+        policy = tiny_gpt(seed)
+        if reference_is == "same":
+            reference = policy
+        else:  # the SFT model the policy started from: the policy has moved a little since
+            reference = copy.deepcopy(policy)
+            with torch.no_grad():
+                for weight in policy.parameters():
+                    weight.add_(0.05 * torch.randn_like(weight))
+        expected_policy = copy.deepcopy(policy)
+        expected_reference = expected_policy if reference_is == "same" else copy.deepcopy(reference)
+        reference_before = copy.deepcopy(reference)
+        # Plain SGD: Adam would turn a gradient that is 0 up to rounding (the attention's key bias) into a full step.
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+        expected_optimizer = torch.optim.SGD(expected_policy.parameters(), lr=0.5)
+        for step, batch_seed in enumerate((seed + 10, seed + 20), start=1):
+            x, y = pair_rows(batch_seed, 5)
+            inputs = (x.clone(), y.clone())
+            ref = dpo.reference_logprobs(expected_reference, [(x, y)], torch.device("cpu"), "float32")[0]
+            expected_loss, _ = dpo.batch_loss(expected_policy, (x, y, ref), beta)
+            expected_optimizer.zero_grad(set_to_none=True)
+            expected_loss.backward()
+            expected_optimizer.step()
+            got, _ = call(ex.dpo_step, policy, reference, optimizer, x, y, beta)
+            what = (f"dpo_step(<GPT>, reference={'the policy itself' if reference_is == 'same' else '<GPT>'}, <SGD>, "
+                    f"x {x.shape[0]}x{x.shape[1]}, y, beta={beta}) at step {step}")
+            assert torch.equal(x, inputs[0]) and torch.equal(y, inputs[1]), \
+                f"{what} changed x or y; do not change its arguments"
+            check_type(what, got, float, "return the loss as a Python float (.item())")
+            if reference_is == "separate":
+                assert all(p.grad is None or not p.grad.any() for p in reference.parameters()), \
+                    (f"{what} left gradients on the reference's parameters: its log-probabilities are constants of "
+                     f"the loss (torch.no_grad())")
+                close_parameters(f"after {what}", reference, reference_before, "the reference is frozen", atol=0,
+                                 rtol=0)
+            check(what, got, pytest.approx(expected_loss.item(), abs=1e-5),
+                  "DPO's loss of the pairs before the step, as gpt_scratch.dpo.batch_loss gives it (the chosen rows "
+                  "first, then the rejected)")
+            why = "differs from one optimizer step of gpt_scratch.dpo.batch_loss (zero the gradients, backward, step)"
+            if reference_is == "same" and all(torch.equal(a, b) for a, b in zip(policy.parameters(),
+                                                                                 reference_before.parameters())):
+                why += ("; the policy did not move: with the reference = the policy, a reference that carries "
+                        "gradient cancels the policy's (its log-probabilities must be constants)")
+            close_parameters(f"after {what}", policy, expected_policy, why)
+            if reference_is == "same":
+                reference_before = copy.deepcopy(reference)

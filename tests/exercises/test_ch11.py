@@ -4,17 +4,23 @@ The reference is gpt_scratch: grpo.group_advantages and grpo.pass_at_k, and for 
 ppo_math.clipped_policy_loss (whose first return value is the loss) with each answer's advantage
 spread over its tokens. The hand-computed examples are those of the docstrings; the random ones are
 right-padded batches whose entries after each answer's end hold GARBAGE, which must never reach a
-result. Each test calls only its own exercise, so an unfinished one fails alone.
+result. The GRPO update of a GPT (11.4) is graded against gpt_scratch.grpo.grpo_step handed the same
+groups, on tiny GPTs of fixed seeds. Each test calls only its own exercise (11.4 gets the package's
+versions of 11.1 and 11.2), so an unfinished one fails alone.
 """
 
+import copy
 import math
 
 import pytest
 import torch
 
 from gpt_scratch import grpo, ppo_math
+from gpt_scratch.data import Encoded
+from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.rollout import collated
 
-from checks import call, check, check_type, close, expect, expect_close
+from checks import call, check, check_type, check_losses, close, close_parameters, expect, expect_close
 
 SCRIPT = "ch11/ex1_grpo.py"
 GARBAGE = 1e3  # what the entries after an answer's end hold
@@ -146,3 +152,111 @@ def test_ex_11_3_pass_at_k(ex):
             for k in sorted({1, max(1, n // 2), n}):
                 expect(ex.pass_at_k, n, c, k, equals=pytest.approx(grpo.pass_at_k(n, c, k), abs=1e-12),
                        why="differs from gpt_scratch.grpo.pass_at_k")
+
+
+
+# Exercise 11.4: one GRPO update of a GPT ------------------------------------------------------------------------
+
+EOT = 0  # the end-of-text id of the rollouts below, which is also their pad id
+
+
+def tiny_gpt(seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=2, n_head=2, n_embd=16)).train()
+
+
+def group_rollout(seed: int, n_prompts: int, group_size: int):
+    """(Rollout, rewards): group_size answers of 1 to 5 tokens (and their end-of-text, but for one answer that
+    never ended) to each of n_prompts prompts of 2 to 4 tokens, one group after another, collated as
+    gpt_scratch.rollout does; rewards in {0, 0.1, 1, 1.1} (right or not, plus a style bonus), the first group's
+    all equal."""
+    generator = torch.Generator().manual_seed(seed)
+    examples, ended = [], []
+    for p in range(n_prompts):
+        prompt = torch.randint(1, 16, (int(torch.randint(2, 5, (1,), generator=generator)),), generator=generator)
+        for i in range(group_size):
+            answer = torch.randint(1, 16, (int(torch.randint(1, 6, (1,), generator=generator)),),
+                                   generator=generator).tolist()
+            ends = not (p == n_prompts - 1 and i == 0)
+            answer = answer + [EOT] if ends else answer
+            examples.append(Encoded(prompt.tolist() + answer, [False] * len(prompt) + [True] * len(answer)))
+            ended.append(ends)
+    n = n_prompts * group_size
+    rewards = torch.tensor([0.0, 0.1, 1.0, 1.1])[torch.randint(0, 4, (n,), generator=generator)]
+    rewards[:group_size] = 1.0
+    return collated(["prompt"] * n, examples, [""] * n, ended, pad_id=EOT), rewards
+
+
+def package_grpo_step(monkeypatch, policy, rollout, rewards, cfg, optimizer) -> list[float]:
+    """gpt_scratch.grpo.grpo_step handed these groups (and their rewards); returns every minibatch's loss."""
+    losses = []
+    with monkeypatch.context() as patch:
+        def keeping(*args, **kwargs):
+            loss, stats = ppo_math.clipped_policy_loss(*args, **kwargs)
+            losses.append(loss.item())
+            return loss, stats
+
+        patch.setattr(grpo, "clipped_policy_loss", keeping)
+        patch.setattr(grpo, "collect_groups",
+                      lambda *args, **kwargs: (rollout, [], rewards.clone(), {"answers_sampled": len(rewards)}))
+        grpo.grpo_step(policy, copy.deepcopy(policy), None, {}, None, cfg, optimizer, 0, torch.device("cpu"))
+    return losses
+
+
+def test_ex_11_4_grpo_update(ex, monkeypatch):
+    cases = [dict(seed=0, prompts=3, group=4, minibatch=6, clip=0.2, aggregation="seq-mean-token-mean", std=True,
+                  temperature=1.0, grad_clip=1.0, lr=0.5),
+             dict(seed=1, prompts=2, group=3, minibatch=3, clip=0.05, aggregation="token-mean", std=True,
+                  temperature=0.7, grad_clip=0.0, lr=0.1),
+             dict(seed=2, prompts=2, group=4, minibatch=4, clip=0.2, aggregation="seq-mean-token-sum-norm", std=False,
+                  temperature=1.0, grad_clip=0.5, lr=0.5)]
+    for case in cases:
+        policy = tiny_gpt(case["seed"])
+        rollout, rewards = group_rollout(case["seed"], case["prompts"], case["group"])
+        n = len(rewards)
+        cfg = grpo.GRPOConfig(batch_size=n, group_size=case["group"], minibatch_size=case["minibatch"], epochs=2,
+                              lr=case["lr"], clip_range=case["clip"], std=case["std"], aggregation=case["aggregation"],
+                              max_new_tokens=6, temperature=case["temperature"], grad_clip=case["grad_clip"],
+                              eval_samples=8, device="cpu", dtype="float32")
+        expected_policy = copy.deepcopy(policy)
+        # Plain SGD: Adam would turn a gradient that is 0 up to rounding (the attention's key bias) into a full step.
+        expected_losses = package_grpo_step(monkeypatch, expected_policy, rollout, rewards, cfg,
+                                            torch.optim.SGD(expected_policy.parameters(), lr=case["lr"]))
+        order = torch.Generator().manual_seed(cfg.seed * 7919)  # the minibatches grpo_step draws at step 0
+        minibatches = [rows for _ in range(cfg.epochs) for rows in torch.randperm(n, generator=order).split(
+            case["minibatch"])]
+
+        # Exercises 11.1 and 11.2 done by the package.
+        monkeypatch.setattr(ex, "group_advantages", lambda rewards, group_size, std=True, eps=grpo.STD_EPS:
+                            grpo.group_advantages(rewards, group_size, std, eps))
+        monkeypatch.setattr(ex, "grpo_loss", lambda logp, old_logp, advantages, mask, *args:
+                            ppo_math.clipped_policy_loss(logp, old_logp, advantages[:, None].expand_as(logp), mask,
+                                                         *args)[0])
+        inputs = [rollout.x.clone(), rollout.y.clone(), rewards.clone()]
+        got, _ = call(ex.grpo_update, policy, torch.optim.SGD(policy.parameters(), lr=case["lr"]), *inputs,
+                      case["group"], minibatches, case["clip"], case["aggregation"], cfg.max_new_tokens,
+                      case["std"], case["temperature"], case["grad_clip"])
+        what = (f"grpo_update(group_size={case['group']}, {len(minibatches)} minibatches, {case['aggregation']}, "
+                f"std={case['std']}, temperature={case['temperature']}, grad_clip={case['grad_clip']})")
+        for given, before in zip(inputs, (rollout.x, rollout.y, rewards)):
+            assert torch.equal(given, before), f"{what} changed x, y or rewards; do not change its arguments"
+        check_type(what, got, dict, "return a dict of tensors")
+        check(what, sorted(got), ["advantages", "loss"], "the two tensors the docstring names",
+              verb="returned the keys")
+        advantages = grpo.group_advantages(rewards, case["group"], case["std"])
+        if case["std"] and torch.allclose(got["advantages"], grpo.group_advantages(rewards, case["group"],
+                                                                                   population_std=True), atol=1e-5):
+            raise AssertionError(f"{what} took the population std (divided by G): GRPO's group std is the sample "
+                                 f"std, Bessel-corrected (divided by G - 1), as DeepSeekMath and TRL; rewards "
+                                 f"{[round(r, 1) for r in rewards.tolist()]}")
+        close(f"the advantages of {what}", got["advantages"], advantages,
+              "differ from gpt_scratch.grpo.group_advantages" + (" (std=True: over the group's sample std + 1e-4)"
+                                                                 if case["std"] else " (std=False: reward - mean)"),
+              atol=1e-5, rtol=1e-5)
+        check_losses(f"the loss of {what}", got["loss"], expected_losses, "grpo_step's",
+                     "on the first minibatch the ratio is 1 (the old log-probabilities are the policy's, at the "
+                     "rollout temperature, as the new ones)", "a gradient step differs (zero the gradient, backward, "
+                     "clip its norm, step), or the loss once the policy has moved (the old log-probabilities are "
+                     "fixed before the first step; the clipped term)")
+        close_parameters(f"the policy after {what}", policy, expected_policy, "differs from grpo_step's update "
+                         "(zero the gradient, backward, clip its norm, step)")
