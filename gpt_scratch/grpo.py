@@ -6,7 +6,9 @@ The reward is a program. Every task of the embedded world has an answer a progra
 (world/judge.py), so no reward model has to be learned: an answer earns 1 if the judge calls it
 correct (and it ended with its end-of-text), else 0; with format_reward > 0 an ended answer in the
 preferred style "The answer is X." earns that much on top. A learned reward model can be fooled
-(chapter 9's over-optimisation); a program can only be satisfied.
+(chapter 9's over-optimisation); a program has no learned proxy, but it can be gamed through its own
+rules: the judge reads only the first sentence, so to "What is 5 minus 5?" the answer "0. No, it is
+1." earns 1 and "I think it is 0." earns 0.
 
 The group is the baseline. PPO trains a value model to say how good an answer was expected to be.
 GRPO (Shao et al. 2024, DeepSeekMath) asks the policy the same question G times and takes the
@@ -37,19 +39,21 @@ One GRPO step:
    distribution the answers were drawn from; the new log-probs and the entropy too).
 5. epochs passes over the batch in minibatches: ppo_math's clipped loss, aggregated as
    `aggregation` says, plus kl_coef * the k3 KL to the reference (aggregated the same way).
-   kl_coef is 0 by default: a program cannot be gamed, so the KL has no reward hacking to guard
-   against, and it held the policy back: on the default run, 300 steps at lr 3e-5 ended at 94.7%
-   held-out accuracy and pass@1 88.5% without it, 94.0% and 86.7% with kl_coef 0.05.
+   kl_coef is 0 by default: with a program as the reward there is no learned proxy for the KL to
+   guard, and the term held the policy back: from the default run's SFT model, the default preset's
+   100 steps ended at 94.4% held-out accuracy and pass@1 86.0% without it, 93.8% and 85.0% with
+   kl_coef 0.05 (exercises/ch11/ablations.py).
 
 Held-out every eval_every steps: greedy accuracy per family (the course's measure), win-rate
 against the SFT model, and pass@1 and pass@G from eval_samples sampled answers per prompt
 (pass_at_k). pass@G is roughly the ceiling of what this kind of RL reaches: it sharpens answers the
-model can already sample, it does not teach new ones. On the default run the SFT model answers 99%
-of the training prompts right greedily (91% when sampled), so the reward mostly sharpens: held-out
-pass@1 rises from 84% to 88.5%, greedy accuracy only from 94.1% to 94.7%; the held-out errors are
-questions unlike any training one (other number pairs, words never asked about), which no reward on
-the training prompts reaches. Every random choice is a function of (seed, step), so a resumed run
-takes exactly the steps an uninterrupted one would have taken.
+model can already sample, it does not teach new ones. On the default run about 90% of the SFT
+model's sampled answers to training prompts are right, so the reward mostly sharpens: held-out
+pass@1 rises from 81.9% to 86.0%, greedy accuracy only from 93.4% to 94.4%; no held-out question is
+a training one (about 30% use number pairs or words training never shows, world/tasks.py), and a
+reward on the training prompts reaches them only through what generalises. Every random choice is
+a function of (seed, step), so a resumed run takes exactly the steps an uninterrupted one would
+have taken.
 
 Under torchrun (distributed.py) each of the N processes draws and rolls out its own
 batch_size / group_size / N groups (whole groups: the baseline needs all G answers of a prompt),
@@ -382,14 +386,16 @@ def plot_history(history: dict, group_size: int, path: Path) -> Path:
     """Every step's training signals, and the held-out measures every eval_every steps."""
     steps, evals = history["step"], history["eval_step"]
     panels = [
-        {"ylabel": "reward / share", "lines": [("mean reward", steps, history["reward"], "-"),
-                                               ("zero-std groups", steps, history["zero_std_share"], "-")]},
-        {"ylabel": "nats / share", "lines": [("kl to SFT (per answer)", steps, history["kl"], "-"),
-                                             ("entropy", steps, history["entropy"], "-"),
-                                             ("clipfrac", steps, history["clipfrac"], "-")]},
-        {"ylabel": "held-out (judge)", "lines": [("greedy accuracy", evals, history["eval_accuracy"], "o-"),
-                                                 ("pass@1", evals, history["eval_pass_at_1"], "o-"),
-                                                 (f"pass@{group_size}", evals, history["eval_pass_at_g"], "o-")]},
+        {"ylabel": "reward / share", "ylim": (0, 1.05),
+         "lines": [("mean reward", steps, history["reward"], "-"),
+                   ("zero-std groups", steps, history["zero_std_share"], "-")]},
+        {"ylabel": "nats / share", "ylim": (0, None),
+         "lines": [("kl to SFT (per answer)", steps, history["kl"], "-"), ("entropy", steps, history["entropy"], "-"),
+                   ("clipfrac", steps, history["clipfrac"], "-")]},
+        {"ylabel": "held-out share (judge)", "ylim": (0, 1.05),
+         "lines": [("greedy accuracy", evals, history["eval_accuracy"], "o-"),
+                   ("pass@1", evals, history["eval_pass_at_1"], "o-"),
+                   (f"pass@{group_size}", evals, history["eval_pass_at_g"], "o-")]},
     ]
     return plot_curves(panels, path, xlabel="GRPO step", title="GRPO: training signals and held-out measures")
 

@@ -96,7 +96,8 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
 
 
 def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, per_row: int = 4) -> Path:
-    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
+    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]},
+    and optionally "ylim": (bottom, top) (None: matplotlib's choice), e.g. (0, 1.05) for shares."""
     ncols = min(per_row, len(panels))
     nrows = -(-len(panels) // ncols)  # ceiling division
     fig, axes = new_figure(5.5 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
@@ -108,6 +109,8 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, p
         tell_lines_apart(ax.get_lines())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(panel["ylabel"])
+        if "ylim" in panel:
+            ax.set_ylim(*panel["ylim"])
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
