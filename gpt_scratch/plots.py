@@ -63,7 +63,8 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
 
 
 def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, per_row: int = 4) -> Path:
-    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
+    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]},
+    and optionally "ymin": where its y-axis starts (e.g. 0 for a loss, so that a drop is drawn to scale)."""
     ncols = min(per_row, len(panels))
     nrows = -(-len(panels) // ncols)  # ceiling division
     fig, axes = new_figure(5.5 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
@@ -74,6 +75,8 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, p
             ax.plot(xs, ys, style, label=label, markersize=4)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(panel["ylabel"])
+        if "ymin" in panel:
+            ax.set_ylim(bottom=panel["ymin"])
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
