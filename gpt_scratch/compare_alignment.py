@@ -30,7 +30,7 @@ from pathlib import Path
 from gpt_scratch.args import UsageError, float_range
 from gpt_scratch.compare import run_in_process
 from gpt_scratch.formats import write_json
-from gpt_scratch.plots import plot_labelled_points
+from gpt_scratch.plots import new_figure, save
 from gpt_scratch.presets import StageOptions
 from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.world.command import write_dataset
@@ -95,13 +95,42 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot_rows(rows: list[dict], path: Path) -> Path:
-    """What each method buys (win-rate against SFT) for what it costs (wall time), one point per row."""
-    markers = {0.0: "o"}
-    points = [(f"{r['method']}, noise {r['noise']:g}", r["wall_seconds"] + (r["reward_seconds"] or 0.0),
-               r["win_rate"], markers.get(r["noise"], "s")) for r in rows if r["win_rate"] is not None]
-    return plot_labelled_points(points, path, xlabel="wall seconds (PPO: + its reward model), log scale",
-                                ylabel="win-rate vs SFT (hidden rule)", title="What each method buys, at what cost",
-                                log_x=True)
+    """What each method buys (win-rate against SFT) and what it costs (KL from SFT, wall time): one row of
+    bars per method, one bar per label-noise level, so that no two results hide each other."""
+    trained = [r for r in rows if r["win_rate"] is not None]  # the SFT row is the start, not a method
+    methods = list(dict.fromkeys(r["method"] for r in trained))
+    noises = sorted({r["noise"] for r in trained})
+    height = 0.8 / len(noises)
+    panels = [("win-rate vs SFT (hidden rule)", lambda r: r["win_rate"], "{:.1%}"),
+              ("KL from SFT (nats per answer)", lambda r: r["kl"], "{:.2f}"),
+              ("wall seconds", lambda r: r["wall_seconds"], "{:.0f}")]
+    fig, axes = new_figure(12, 0.5 * len(methods) + 1.6, ncols=len(panels))
+    for ax, (xlabel, value, number) in zip(axes, panels):
+        for k, noise in enumerate(noises):
+            at = {r["method"]: r for r in trained if r["noise"] == noise}
+            ys = [i + (k - (len(noises) - 1) / 2) * height for i, m in enumerate(methods) if m in at]
+            values = [value(at[m]) for m in methods if m in at]
+            ax.barh(ys, values, height=height, color=f"C{k}", label=f"label noise {noise:.0%}")
+            ends, texts = values, [number.format(v) for v in values]
+            if xlabel == "wall seconds":  # PPO's reward model trains first: its time is drawn after PPO's
+                extra = [at[m]["reward_seconds"] or 0.0 for m in methods if m in at]
+                ax.barh(ys, extra, left=values, height=height, color=f"C{k}", alpha=0.35, hatch="//",
+                        label="+ its reward model" if k == len(noises) - 1 else None)
+                ends = [v + e for v, e in zip(values, extra)]
+                texts = [t + (f" + {e:.0f}" if e else "") for t, e in zip(texts, extra)]
+            for y, text, end in zip(ys, texts, ends):
+                ax.annotate(text, (end, y), xytext=(2, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+        ax.set_yticks(range(len(methods)), methods)
+        ax.invert_yaxis()  # the first method on top
+        ax.set_xlabel(xlabel)
+        ax.set_xlim(0, ax.get_xlim()[1] * 1.12)  # room for the numbers
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_xlim(0, 1.15)
+    axes[0].set_ylabel("method")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("What each method buys, at what cost (every axis starts at 0)")
+    return save(fig, path)
 
 
 def compare_alignment(sft: str | Path, data: str | Path, out: str | Path, methods: list[str], noises: list[float],

@@ -358,8 +358,8 @@ def plot_history(history: dict, path: Path) -> Path:
     steps, evals = [s + 1 for s in history["step"]], history["eval_step"]
     val_steps = [s + 1 for s in history["val_step"]]
     panels = [
-        {"ylabel": "loss", "lines": [("train", steps, history["train_loss"], "-"),
-                                     ("held-back pairs", val_steps, history["val_loss"], "o-")]},
+        {"ylabel": "loss", "ylim": (0, None), "lines": [("train", steps, history["train_loss"], "-"),
+                                                ("held-back pairs", val_steps, history["val_loss"], "o-")]},
         {"ylabel": "implicit reward beta log(pi / pi_ref)",
          "lines": [("chosen", steps, history["rewards/chosen"], "-"),
                    ("rejected", steps, history["rewards/rejected"], "-"),

@@ -97,7 +97,8 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
 
 def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, per_row: int = 4) -> Path:
     """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]},
-    and optionally "ylim": (bottom, top) (None: matplotlib's choice), e.g. (0, 1.05) for shares."""
+    and optionally "ylim": (bottom, top), either None for matplotlib's choice: (0, 1.05) for shares, (0, None) for a
+    loss, so that a drop is drawn to scale."""
     ncols = min(per_row, len(panels))
     nrows = -(-len(panels) // ncols)  # ceiling division
     fig, axes = new_figure(5.5 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
