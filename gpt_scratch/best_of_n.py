@@ -115,14 +115,14 @@ def best_of_n_curves(sft_model: GPT, tokenizer: Tokenizer, records: list[dict],
 def plot_best_of_n(curves: dict, path: str | Path) -> Path:
     """The judge's measures (left) and the reward model's own score (right) against KL from SFT."""
     proxy, oracle = curves["reward_model"], curves["judge"]
-    left = {"ylabel": "share of held-out prompts", "lines": [
+    left = {"ylabel": "share of held-out prompts", "ylim": (0, 1.02), "legend": {"loc": "lower center", "ncol": 2}, "lines": [
         ("accuracy, RM picks", proxy["kl"], proxy["accuracy"], "C0o-"),
         ("preferred style, RM picks", proxy["kl"], proxy["sentence_rate"], "C1s-"),
         ("win-rate vs SFT, RM picks", proxy["kl"], proxy["win_rate"], "C2^-"),
         ("accuracy, judge picks", oracle["kl"], oracle["accuracy"], "C0o--"),
         ("preferred style, judge picks", oracle["kl"], oracle["sentence_rate"], "C1s--"),
         ("win-rate vs SFT, judge picks", oracle["kl"], oracle["win_rate"], "C2^--")]}
-    right = {"ylabel": "reward-model score of the kept answer", "lines": [
+    right = {"ylabel": "reward-model score of the kept answer\n(axis not from 0)", "lines": [
         ("RM picks (the proxy's belief)", proxy["kl"], proxy["reward"], "o-"),
         ("judge picks", oracle["kl"], oracle["reward"], "o--")]}
     return plot_curves([left, right], path, xlabel="KL(best-of-n || SFT), nats (empirical, exact)",

@@ -56,6 +56,25 @@ def test_plot_curves_wraps_panels_into_rows(tmp_path, monkeypatch):
     assert drawn["axes"] == [(f"y{i}", True) for i in range(6)] + [("", False), ("", False)]
 
 
+def test_plot_curves_takes_a_panels_y_range_and_legend_place(tmp_path, monkeypatch):
+    """A share drawn from 0 (a drop is seen at its true size) and a legend moved off the lines; other panels as before."""
+    import gpt_scratch.plots as plots
+    drawn = {}
+    real_save = plots.save
+
+    def keep(fig, path):
+        drawn["ylim"] = [tuple(ax.get_ylim()) for ax in fig.axes]
+        drawn["legend"] = [(ax.get_legend()._loc, ax.get_legend()._ncols) for ax in fig.axes]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    lines = [("a", [0, 1], [0.6, 0.9], "-")]
+    plot_curves([{"ylabel": "share", "ylim": (0, 1.02), "legend": {"loc": "lower center", "ncol": 2}, "lines": lines},
+                 {"ylabel": "score", "lines": lines}], tmp_path / "two.png", xlabel="x", title="t")
+    assert drawn["ylim"][0] == (0, 1.02) and drawn["ylim"][1][0] > 0.5  # the second panel keeps matplotlib's range
+    assert drawn["legend"][0] == (8, 2) and drawn["legend"][1] == (0, 1)  # 8 = "lower center", 0 = "best"
+
+
 def test_drawing_a_run_folder_plot_never_loads_pyplot(tmp_path):
     code = ("import sys; from gpt_scratch.plots import plot_losses; "
             f"plot_losses({{'step': [0, 1], 'train_loss': [2.0, 1.0]}}, {str(tmp_path / 'loss.png')!r}); "
