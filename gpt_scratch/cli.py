@@ -507,7 +507,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="sample among the k most likely tokens (needs --temperature > 0)")
     chat.add_argument("--top-p", type=float_range(0.0, 1.0, include_low=False),
                       help="nucleus sampling mass (needs --temperature > 0)")
-    chat.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed of the session (default 0)")
+    chat.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed of the conversation (default 0)")
 
     bench = stages.add_parser("bench", help="training tokens/s, MFU and generation speed with/without KV cache")
     bench.add_argument("--preset", choices=sorted(PRESETS), default="default")
