@@ -8,18 +8,18 @@ train_variant(changes, folder) trains one variant into its folder and returns it
 variant whose folder holds metrics.json is done and is not run again (pipeline.run_stage), so an
 interrupted ablation goes on where it stopped and a finished one only prints its table.
 out/results.json keeps every row, the command that made them and the machine they were measured
-on, so that a chapter's table can be checked against the file.
+on (gpt_scratch.measured), so that a chapter's table can be checked against the file.
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Callable
 
 from gpt_scratch.args import non_negative_int
 from gpt_scratch.formats import write_json
 from gpt_scratch.hardware import measured_on
+from gpt_scratch.measured import command_line
 from gpt_scratch.pipeline import run_stage
 
 
@@ -60,15 +60,6 @@ def run_ablation(variants: dict[str, dict], train_variant: Callable[[dict, Path]
         rows.append({"variant": name, "changes": changes, **metrics})
     write_json(out / "results.json", {"command": command_line(), "measured_on": measured_on(), "rows": rows})
     return rows
-
-
-def command_line() -> str:
-    """How this process was started, as a user would type it: the script's path relative to the folder it
-    was run from (never a machine's absolute path), then its arguments."""
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
-    if script.is_absolute():
-        script = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else Path(script.name)
-    return " ".join(["python", str(script), *sys.argv[1:]])
 
 
 def lookup(row: dict, key: str):

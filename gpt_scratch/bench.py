@@ -17,7 +17,7 @@ Four measurements, all in the same run on the same machine, under a header that 
 4. rollouts: sampling at the RL stages' batch size (the PPO preset's prompts per step and answer
    length) -> sampled tokens/s, what the RL chapters spend most of their time on.
 Each generation figure is the best of REPEATS timed runs after a warm-up run, and the three ways
-of decoding are timed in turn (cache, no cache, draft, cache, ...): on a 2-core virtual machine
+of decoding are timed in turn (cache, no cache, draft, cache, ...): on a shared 2-core machine
 the same 256-token decoding took from 2.2 to 3.9 ms per token from one run to the next, in
 spells of seconds, so runs timed in turn meet the same spells, and the best run of each is the
 one least disturbed by the rest of the machine.

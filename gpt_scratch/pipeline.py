@@ -7,12 +7,15 @@
 
 Each stage writes its own folder under the run folder and reads only the previous stage's
 folder. A stage whose metrics.json exists is done and skipped; a stage that was interrupted
-resumes from its last checkpoint. The report (report.md) is rewritten at the end.
+resumes from its last checkpoint. At the end the run folder gets report.md (a table of each
+stage's metrics, with its plots) and summary.json (the command, the machine it was measured on,
+the preset, the stages' total time and each stage's metrics): the file a README's figures are
+checked against. Run the same command on a finished folder and it rewrites both in seconds.
 
 The preset "auto" (run's default) is "default" wherever training computes in bf16 (a CPU with
 AVX-512 BF16 or AMX, a GPU) and "fast" on a CPU without bf16 hardware, where training runs in
-float32 and the default preset would take about twice as long. The run folder records the preset
-it was started with (run.json), so a resumed run carries on with the same one.
+float32 and each training step takes about twice as long. The run folder records the preset it
+was started with (run.json), so a resumed run carries on with the same one.
 """
 
 import argparse
@@ -24,15 +27,21 @@ from typing import Callable
 
 from gpt_scratch.args import UsageError, non_negative_int
 from gpt_scratch.files import write_atomic
-from gpt_scratch.hardware import check_device, native_bf16, pick_device
+from gpt_scratch.formats import write_json
+from gpt_scratch.hardware import check_device, measured_on, native_bf16, pick_device
+from gpt_scratch.measured import shown_path
 from gpt_scratch.presets import PRESETS, StageOptions
 from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.tokenizer import GPT2Vocabulary
 from gpt_scratch.train import RunSettings, TrainConfig
 
 
+REPORT_TABLES = ("table", "best_of_n_table")  # metrics that are markdown tables, shown below a stage's metrics
+
+
 def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool) -> dict:
-    """Run one stage unless its metrics.json says it is already done."""
+    """Run one stage unless its metrics.json says it is already done. The stage's time (stage_seconds)
+    is added to its metrics.json, so that a later command on the finished folder still reports it."""
     metrics_file = stage_dir / "metrics.json"
     if metrics_file.is_file():
         if not quiet:
@@ -42,7 +51,10 @@ def run_stage(name: str, stage_dir: Path, work: Callable[[], dict], quiet: bool)
         print(f"[{name}] running -> {stage_dir}")
     began = time.perf_counter()
     metrics = work()
-    metrics.setdefault("stage_seconds", round(time.perf_counter() - began, 1))
+    if "stage_seconds" not in metrics:
+        metrics["stage_seconds"] = round(time.perf_counter() - began, 1)
+        if metrics_file.is_file():
+            write_json(metrics_file, metrics)
     return metrics
 
 
@@ -80,13 +92,13 @@ def choose_preset(asked: str, device: str, run_dir: Path) -> str:
 def preset_note(asked: str, preset: str, device: str) -> str | None:
     """One line on the preset chosen for a CPU that trains in float32, else None.
 
-    There training runs at about a third of the speed it reaches under bf16 autocast; the fast
-    preset trades a few points of accuracy for half the time. Figures: the README's "Measured here".
+    There each training step takes about twice as long as under bf16 autocast, so "auto" picks the
+    fast preset, a narrower model trained for fewer steps. Measured times: docs/benchmarks.md.
     """
     if preset not in ("default", "fast") or not trains_in_float32(device):
         return None
-    times = ("on a 2-core one the default preset takes about 39 minutes (93.2% held-out accuracy after SFT), "
-             "the fast preset, a narrower model, about 21 (92-94%)")
+    times = ("each training step takes about twice as long as with bf16 (measured times: docs/benchmarks.md); "
+             "the fast preset trains a narrower model for fewer steps")
     if preset == "fast" and asked == "auto":
         return (f"preset auto -> fast: this CPU has no bf16 hardware, so training runs in float32: {times}; "
                 f"--preset default runs the course's reference model")
@@ -153,7 +165,7 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
             lines.append(f"| {key} | {text[:120]} |")
         for plot in sorted((run_dir / stage).glob("*.png")):
             lines += ["", f"![{stage} {plot.stem}]({stage}/{plot.name})"]
-        for key in ("table", "best_of_n_table"):
+        for key in REPORT_TABLES:
             if key in metrics:
                 lines += ["", metrics[key]]
         lines.append("")
@@ -224,11 +236,46 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
         n_eval=settings["grpo"]["n_eval"], resume=True, quiet=quiet), quiet)
 
     report = format_report(results, run_dir, preset)
-    (run_dir / "report.md").write_text(report)
+    write_atomic(run_dir / "report.md", report)
+    command = run_command(run_dir, asked, seed, corpus, device, quiet, gpt2_vocab)
+    write_json(run_dir / "summary.json", summary(results, command, preset, device))
     if not quiet:
         print(report)
-        print(f"total {time.perf_counter() - began:.0f} s; report: {run_dir / 'report.md'}")
+        print(f"this command: {time.perf_counter() - began:.0f} s; the stages: "
+              f"{stages_seconds(results):.0f} s; report: {run_dir / 'report.md'}, figures: {run_dir / 'summary.json'}")
     return results
+
+
+def stages_seconds(results: dict[str, dict]) -> float:
+    """The time every stage took, whichever command ran it (a resumed stage counts its last part only)."""
+    return round(sum(metrics.get("stage_seconds", 0.0) for metrics in results.values()), 1)
+
+
+def run_command(out: Path, preset: str, seed: int, corpus: str | None, device: str, quiet: bool,
+                gpt2_vocab: str | None) -> str:
+    """The command line of this run as a user types it, the options left at their defaults left out.
+
+    Example: run_command(Path("runs/default"), "auto", 0, None, "auto", False, None)
+    -> "python -m gpt_scratch run --out runs/default"
+    """
+    words = ["python -m gpt_scratch run", "--out", shown_path(out)]
+    for flag, value, default in (("--preset", preset, "auto"), ("--seed", seed, 0), ("--device", device, "auto")):
+        if value != default:
+            words += [flag, str(value)]
+    for flag, path in (("--corpus", corpus), ("--gpt2-vocab", gpt2_vocab)):
+        if path is not None:
+            words += [flag, shown_path(path)]
+    return " ".join(words + (["--quiet"] if quiet else []))
+
+
+def summary(results: dict[str, dict], command: str, preset: str, device: str) -> dict:
+    """What summary.json holds: the command, where it was measured (hardware.measured_on), the preset,
+    the stages' total time (wall_seconds: the sum of their stage_seconds, the data files' few seconds
+    not counted) and each stage's metrics.json without its markdown tables (report.md shows those)."""
+    stages = {stage: {key: value for key, value in metrics.items() if key not in REPORT_TABLES}
+              for stage, metrics in results.items()}
+    return {"command": command, "measured_on": measured_on(device), "preset": preset,
+            "wall_seconds": stages_seconds(results), "stages": stages}
 
 
 # The command: python -m gpt_scratch run --------------------------------------------------------------------

@@ -65,8 +65,8 @@ PRESETS: dict[str, dict] = {
         # lr 5e-3 suits the default frozen body (only the head learns); a trained body needs ~5e-4.
         "reward": {"max_steps": 600, "batch_size": 32, "lr": 5e-3, "warmup_steps": 30, "eval_every": 100,
                    "save_every": 200, "best_of": 64, "best_of_prompts": 200},
-        # PPO: 40 steps of 64 rollouts (4 epochs of 2 minibatches each); measured in a prototype to reach
-        # the preferred style on every held-out answer without losing accuracy.
+        # PPO: 40 steps of 64 rollouts (4 epochs of 2 minibatches each): enough to reach the preferred
+        # style on nearly every held-out answer without losing accuracy (chapter 9's README).
         "ppo": {"steps": 40, "batch_size": 64, "minibatch_size": 32, "epochs": 4, "lr": 3e-5, "value_lr": 9e-5,
                 "max_new_tokens": 24, "eval_every": 10, "save_every": 10, "n_eval": None},
         # GRPO: 100 steps of 16 training prompts x 8 answers, lr 5e-5, no KL term, judged before and after:
@@ -111,15 +111,10 @@ PRESETS: dict[str, dict] = {
 
 # fast: the default's data and stages, a narrower model (n_embd 96 instead of 128: 0.56M parameters)
 # with PyTorch's fused attention, 2200 pretraining steps (the default 2400), and 2000 SFT steps at twice
-# the default's lr. Measured (the README's "Measured here"): on a 2-core AMD EPYC in float32 (no bf16
-# hardware), earlier settings (written-out attention, 2000 pretraining and 1800 SFT steps at lr 1e-3)
-# took 20 min 40 s for every stage, pretraining + SFT 549 s, 90.5% held-out accuracy after SFT (the
-# default 93.2%). In float32 on a Xeon the same scored 89.1-89.6%, and SFT at lr 2e-3 for 2000 steps
-# 90.3-92.7%, but only 87.1% on a base pretrained with seed 1: after 2000 steps its validation loss was
-# 0.62, not 0.57. 2200 pretraining steps: 92.3% (seed 1), 93.6-93.7% (seeds 0 and 3). SDPA's 12-20%
-# shorter steps (interleaved, float32) pay for the extra steps; the model computes the same attention
-# either way (test_model). LoRA on the narrower model learns faster at lr 1e-2: 64.6%, 64.0% and 68.1%
-# on three such bases, against 54.7%, 57.0% and 69.0% at the default's 3e-3.
+# the default's lr, and LoRA at lr 1e-2. SDPA's shorter steps pay for the extra pretraining steps; the
+# model computes the same attention either way (test_model). How each setting was measured, in float32
+# over several pretraining seeds: docs/performance-notes.md ("The fast preset's settings"); whole-run
+# times: docs/benchmarks.md.
 PRESETS["fast"] = {
     **PRESETS["default"],
     "model": {**PRESETS["default"]["model"], "n_embd": 96, "attention": "sdpa"},

@@ -418,6 +418,16 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     assert f"| final_val_loss | {metrics['final_val_loss']} |" in report
     metrics_bytes = (tmp_path / "pretrain" / "metrics.json").read_bytes()
     weights_written = (tmp_path / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    summary = read_json(tmp_path / "summary.json")  # the file a README's figures are checked against
+    assert summary["command"] == f"python -m gpt_scratch run --out {tmp_path} --preset tiny --quiet"
+    assert summary["preset"] == "tiny" and {"device", "dtype", "torch", "date"} <= set(summary["measured_on"])
+    assert list(summary["stages"]) == ["pretrain", "sft", "lora", "reward", "ppo", "dpo", "grpo"]
+    for stage, figures in summary["stages"].items():  # each stage's metrics.json, less its markdown tables
+        assert figures == {k: v for k, v in read_json(tmp_path / stage / "metrics.json").items()
+                           if k not in ("table", "best_of_n_table")}, stage
+    assert "table" in read_json(tmp_path / "sft" / "metrics.json") and "table" not in summary["stages"]["sft"]
+    assert summary["wall_seconds"] == pytest.approx(sum(m["stage_seconds"] for m in summary["stages"].values()),
+                                                    abs=0.1)
 
     code, out, err = run_cli(capsys, "run", "--preset", "tiny", "--out", tmp_path)
     assert code == 0, err
@@ -426,10 +436,22 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     assert (tmp_path / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == weights_written
     assert f"| final_val_loss | {metrics['final_val_loss']} |" in (tmp_path / "report.md").read_text()
     assert read_json(tmp_path / "run.json") == {"preset": "tiny"}
+    rewritten = read_json(tmp_path / "summary.json")  # every stage skipped: the same figures, this command
+    assert rewritten["command"] == f"python -m gpt_scratch run --out {tmp_path} --preset tiny"
+    assert rewritten["stages"] == summary["stages"] and rewritten["wall_seconds"] == summary["wall_seconds"]
 
     code, out, err = run_cli(capsys, "run", "--preset", "default", "--out", tmp_path)  # not on top of tiny's stages
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "was started with --preset tiny" in err
+
+
+def test_the_run_command_is_written_as_typed_without_the_machines_paths(monkeypatch, tmp_path):
+    from gpt_scratch.pipeline import run_command
+    monkeypatch.chdir(tmp_path)
+    assert run_command(tmp_path / "runs" / "default", "auto", 0, None, "auto", False, None) == \
+        "python -m gpt_scratch run --out runs/default"
+    assert run_command("runs/x", "fast", 3, str(tmp_path / "my.txt"), "cpu", True, None) == \
+        "python -m gpt_scratch run --out runs/x --preset fast --seed 3 --device cpu --corpus my.txt --quiet"
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "default"), (False, "fast")])

@@ -1,6 +1,7 @@
 """The DDP appendix's script (chapters/appendix_ddp/one_vs_two.py): its flags and a tiny run."""
 
 import importlib.util
+import json
 
 import pytest
 
@@ -38,3 +39,10 @@ def test_a_tiny_run_prints_both_curves_and_their_largest_difference(capsys, tmp_
     assert largest < 1e-4 and "1 process:" in printed and "2 processes:" in printed
     for name in ("one", "two"):
         assert (tmp_path / name / "metrics.json").is_file()
+    results = json.loads((tmp_path / "results.json").read_text())  # the printed figures, for the README's tables
+    assert results["command"].startswith("python ") and results["command"].endswith("--print-every 2")
+    assert results["measured_on"]["dtype"] == "float32" and {"device", "torch", "date"} <= set(results["measured_on"])
+    assert [row["step"] for row in results["losses"]] == [row.split(" | ")[0][2:] for row in rows]
+    assert [f"{row['one']:.6f}" for row in results["losses"]] == [row.split(" | ")[1] for row in rows]
+    assert results["largest_difference"] == pytest.approx(largest, rel=0.1)
+    assert f"{results['speed']['two']['tokens_per_second']:,} tokens/s" in printed

@@ -8,7 +8,8 @@ It writes a corpus of --corpus-chars characters from the embedded world into out
     out/two/   torchrun --standalone --nproc_per_node=2 -m gpt_scratch pretrain ...   (2 processes, gloo on CPU)
 with the same flags, --batch-size being the global batch (each process reads half of it), and
 prints the train loss of both every --print-every steps, the validation losses, the largest
-difference, and how long each took. Both run in float32: bf16 autocast would round the two
+difference, and how long each took; out/results.json keeps the same figures, the command and the
+machine they were measured on. Both run in float32: bf16 autocast would round the two
 apart by more than the order of the additions does. Even so, over a few hundred steps at a high
 learning rate the curves drift apart by rounding alone (the gradients are added in another
 order); one process on one thread and on two drifts apart as much (see README.md).
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 from gpt_scratch.args import OneLineParser, int_range, positive_int, print_error
+from gpt_scratch.formats import write_json
+from gpt_scratch.hardware import measured_on
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.world.corpus import build_world, generate_corpus
 
@@ -63,16 +66,23 @@ def history_of(folder: Path) -> dict:
     return json.loads((folder / "checkpoint" / "train_state.json").read_text())["history"]
 
 
-def side_by_side(one: dict, two: dict, every: int) -> str:
-    """Markdown: the train loss of both runs every `every` steps (and at the last), then the validation losses."""
-    lines = ["| step | 1 process | 2 processes | difference |", "|---:|---:|---:|---:|"]
+def compared_losses(one: dict, two: dict, every: int) -> list[dict]:
+    """The train loss of both runs every `every` steps (and at the first and last), then the validation
+    losses: one {"step", "one", "two", "difference"} each, "step" counted from 1 ("50 (validation)")."""
+    rows = []
     last = len(one["step"]) - 1
     for i, step in enumerate(one["step"]):
         if (step + 1) % every == 0 or i in (0, last):
-            a, b = one["train_loss"][i], two["train_loss"][i]
-            lines.append(f"| {step + 1} | {a:.6f} | {b:.6f} | {b - a:+.1e} |")
+            rows.append({"step": str(step + 1), "one": one["train_loss"][i], "two": two["train_loss"][i]})
     for step, a, b in zip(one["val_step"], one["val_loss"], two["val_loss"]):
-        lines.append(f"| {step + 1} (validation) | {a:.6f} | {b:.6f} | {b - a:+.1e} |")
+        rows.append({"step": f"{step + 1} (validation)", "one": a, "two": b})
+    return [{**row, "difference": row["two"] - row["one"]} for row in rows]
+
+
+def side_by_side(rows: list[dict]) -> str:
+    """Markdown: compared_losses as a table."""
+    lines = ["| step | 1 process | 2 processes | difference |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['step']} | {r['one']:.6f} | {r['two']:.6f} | {r['difference']:+.1e} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -123,11 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         print_error(parser.prog, str(err))
         return 1
     one, two = history_of(out / "one"), history_of(out / "two")
-    print(side_by_side(one, two, args.print_every))
+    rows = compared_losses(one, two, args.print_every)
+    speed = {name: {"processes": n, "seconds": round(seconds[n], 1), "training_seconds": round(history["seconds"], 1),
+                    "tokens_per_second": round(history["tokens"] / history["seconds"])}
+             for n, name, history in ((1, "one", one), (2, "two", two))}
+    print(side_by_side(rows))
     print(f"largest difference of a loss: {largest_difference(one, two):.1e}")
-    for n, history in ((1, one), (2, two)):
-        print(f"{n} process{'es' if n > 1 else ''}: {seconds[n]:.1f} s in all, {history['seconds']:.1f} s of training "
-              f"steps, {history['tokens'] / history['seconds']:,.0f} tokens/s")
+    for figures in speed.values():
+        n = figures["processes"]
+        print(f"{n} process{'es' if n > 1 else ''}: {figures['seconds']:.1f} s in all, {figures['training_seconds']:.1f} s "
+              f"of training steps, {figures['tokens_per_second']:,} tokens/s")
+    command = " ".join(["python chapters/appendix_ddp/one_vs_two.py", *(sys.argv[1:] if argv is None else argv)])
+    write_json(out / "results.json", {"command": command, "measured_on": {**measured_on("cpu"), "dtype": "float32"},
+                                      "losses": rows, "largest_difference": largest_difference(one, two),
+                                      "speed": speed})
     return 0
 
 
