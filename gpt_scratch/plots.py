@@ -63,7 +63,8 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
 
 
 def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, per_row: int = 4) -> Path:
-    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]}."""
+    """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]},
+    and optionally "ylim": (bottom, top) (None keeps that end automatic), e.g. (0, None) for a y-axis from 0."""
     ncols = min(per_row, len(panels))
     nrows = -(-len(panels) // ncols)  # ceiling division
     fig, axes = new_figure(5.5 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
@@ -72,6 +73,8 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, p
     for ax, panel in zip(axes, panels):
         for label, xs, ys, style in panel["lines"]:
             ax.plot(xs, ys, style, label=label, markersize=4)
+        if "ylim" in panel:
+            ax.set_ylim(*panel["ylim"])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(panel["ylabel"])
         ax.legend(fontsize=8)
