@@ -58,8 +58,8 @@ def run_sweep(run: Path, reward: Path, out: Path, kl_coefs: list[float], cfg: PP
 def plot_hacking(history: dict, kl_coef: float, path: Path) -> Path:
     """The proxy (reward-model score, every step) next to the gold (judge, held-out, every eval)."""
     panels = [
-        {"ylabel": "reward-model score (proxy)", "lines": [("score on the rollouts", history["step"],
-                                                            history["score"], "-")]},
+        {"ylabel": "reward-model score (proxy)", "ylim": (min(0.0, min(history["score"])), None),
+         "lines": [("score on the rollouts", history["step"], history["score"], "-")]},
         {"ylabel": "judge on held-out prompts (gold)", "ylim": (0, 1.05),
          "lines": [("accuracy", history["eval_step"], history["eval_accuracy"], "o-"),
                    ("preferred style", history["eval_step"], history["eval_sentence_rate"], "s--"),
