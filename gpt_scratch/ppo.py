@@ -183,22 +183,31 @@ def ppo_step(policy, value_model: GPTWithHead, reference, reward_model: GPTWithH
 
 
 def plot_history(history: dict, path: Path) -> Path:
-    """Every metric of every step, and the held-out measures every eval_every steps."""
+    """Every metric of every step, one panel each (the three rewards share one), and the held-out measures
+    every eval_every steps. Each y-axis names its unit; an axis that does not start at 0 says so."""
     steps, evals = history["step"], history["eval_step"]
 
-    def lines(*names: str) -> list[tuple]:
-        return [(name, steps, history[name], "-") for name in names]
+    def panel(ylabel: str, *names: str, from_zero: bool = True) -> dict:
+        drawn = {"ylabel": ylabel, "lines": [(name, steps, history[name], "-") for name in names]}
+        if from_zero:  # k1's KL of a batch can be a little below 0: then the axis starts there
+            drawn["ylim"] = (min(0.0, *(min(history[name]) for name in names)), None)
+        return drawn
 
     panels = [
-        {"ylabel": "reward", "lines": lines("score", "rlhf_reward", "non_score_reward")},
-        {"ylabel": "nats", "lines": lines("kl", "entropy")},
-        {"ylabel": "nats per token (old -> new, k3)", "lines": lines("approxkl")},
-        {"ylabel": "loss", "lines": lines("policy_loss", "value_loss")},
-        {"ylabel": "share / ratio", "lines": lines("clipfrac", "ratio", "ended")},
-        {"ylabel": "tokens", "lines": lines("response_length")},
-        {"ylabel": "held-out (judge)", "lines": [("accuracy", evals, history["eval_accuracy"], "o-"),
-                                                 ("preferred style", evals, history["eval_sentence_rate"], "o-"),
-                                                 ("win-rate vs SFT", evals, history["eval_win_rate"], "o-")]},
+        panel("reward per answer (reward-model units)", "score", "rlhf_reward", "non_score_reward", from_zero=False),
+        panel("KL from the reference (nats per answer)", "kl"),
+        panel("entropy (nats per token)", "entropy"),
+        panel("approx. KL, old -> new (nats per token)", "approxkl"),
+        panel("policy loss", "policy_loss", from_zero=False),
+        panel("value loss", "value_loss"),
+        panel("share of tokens clipped", "clipfrac"),
+        panel("mean ratio p_new / p_old (axis not from 0)", "ratio", from_zero=False),
+        panel("answer length (tokens)", "response_length"),
+        {**panel("share of answers that end", "ended"), "ylim": (0, 1.05)},
+        {"ylabel": "held-out, judged (share of questions)", "ylim": (0, 1.05),
+         "lines": [("accuracy", evals, history["eval_accuracy"], "o-"),
+                   ("preferred style", evals, history["eval_sentence_rate"], "s--"),
+                   ("win-rate vs SFT", evals, history["eval_win_rate"], "^:")]},
     ]
     return plot_curves(panels, path, xlabel="PPO step", title="PPO: training signals and held-out measures")
 

@@ -73,6 +73,9 @@ def test_a_tiny_sweep_runs_each_coefficient_and_draws_the_figures(run, capsys):
         history = json.loads((out / f"kl_{coef:g}" / "history.json").read_text())
         assert history["eval_step"] == [0, 1, 2]
     assert json.loads((out / "kl_0" / "metrics.json").read_text())["test_examples"] == 4
+    sweep = json.loads((out / "sweep.json").read_text())  # the rows a chapter's table is made from
+    assert [row["kl_coef"] for row in sweep["rows"]] == [0.0, 0.3] and sweep["command"].startswith("python ")
+    assert sweep["rows"][1]["eval_step"] == [0, 1, 2] and "table" not in sweep["rows"][1]
     printed = capsys.readouterr().out
     assert "0.3 |" in printed and "wrote" in printed
     mtime = (out / "kl_0" / "metrics.json").stat().st_mtime_ns

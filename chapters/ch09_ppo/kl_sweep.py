@@ -16,6 +16,8 @@ sweep that stops half-way resumes where it stopped. Then:
   kl_coef keeps a run near the left of the plot.
 - samples.md: held-out questions where the no-penalty policy's answer got worse than the SFT
   model's, side by side: what the policy learned to say.
+- sweep.json: one row per coefficient (its metrics.json, the reward model's score at the first and
+  last step, the judge's measures at every evaluation), the command and the machine it was measured on.
 """
 
 import argparse
@@ -23,8 +25,10 @@ import json
 import math
 from pathlib import Path
 
+from gpt_scratch.ablation import command_line, measured_on
 from gpt_scratch.args import OneLineParser, float_range, positive_float, positive_int
 from gpt_scratch.files import write_atomic
+from gpt_scratch.formats import write_json
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo import PPOConfig, ppo_stage
 from gpt_scratch.presets import PRESETS
@@ -54,13 +58,14 @@ def run_sweep(run: Path, reward: Path, out: Path, kl_coefs: list[float], cfg: PP
 def plot_hacking(history: dict, kl_coef: float, path: Path) -> Path:
     """The proxy (reward-model score, every step) next to the gold (judge, held-out, every eval)."""
     panels = [
-        {"ylabel": "reward-model score (proxy)", "lines": [("score on the rollouts", history["step"],
-                                                            history["score"], "-")]},
-        {"ylabel": "judge on held-out prompts (gold)",
+        {"ylabel": "reward-model score (proxy)", "ylim": (min(0.0, min(history["score"])), None),
+         "lines": [("score on the rollouts", history["step"], history["score"], "-")]},
+        {"ylabel": "judge on held-out prompts (gold)", "ylim": (0, 1.05),
          "lines": [("accuracy", history["eval_step"], history["eval_accuracy"], "o-"),
-                   ("preferred style", history["eval_step"], history["eval_sentence_rate"], "o-"),
-                   ("win-rate vs SFT", history["eval_step"], history["eval_win_rate"], "o-")]},
-        {"ylabel": "KL from the reference (nats per answer)", "lines": [("kl", history["step"], history["kl"], "-")]},
+                   ("preferred style", history["eval_step"], history["eval_sentence_rate"], "s--"),
+                   ("win-rate vs SFT", history["eval_step"], history["eval_win_rate"], "^:")]},
+        {"ylabel": "KL from the reference (nats per answer)", "ylim": (min(0.0, min(history["kl"])), None),
+         "lines": [("kl", history["step"], history["kl"], "-")]},
     ]
     return plot_curves(panels, path, xlabel="PPO step", title=f"Reward hacking: kl_coef {kl_coef:g}")
 
@@ -83,12 +88,13 @@ def kl_at_evaluations(history: dict) -> list[float]:
 def plot_gold_vs_kl(histories: dict[float, dict], path: Path) -> Path:
     """Each run's evaluations as a line: judge accuracy and win-rate vs SFT against sqrt(KL)."""
     accuracy, win_rate = [], []
-    for kl_coef, history in histories.items():
+    for index, (kl_coef, history) in enumerate(histories.items()):
         root_kl = [math.sqrt(kl) for kl in kl_at_evaluations(history)]
-        accuracy.append((f"kl_coef {kl_coef:g}", root_kl, history["eval_accuracy"], "o-"))
-        win_rate.append((f"kl_coef {kl_coef:g}", root_kl, history["eval_win_rate"], "o-"))
-    panels = [{"ylabel": "held-out accuracy (judge)", "lines": accuracy},
-              {"ylabel": "win-rate vs SFT (hidden rule)", "lines": win_rate}]
+        style = "osD^v<>p"[index % 8] + "-"  # a marker per run: the runs' points stay told apart where they meet
+        accuracy.append((f"kl_coef {kl_coef:g}", root_kl, history["eval_accuracy"], style))
+        win_rate.append((f"kl_coef {kl_coef:g}", root_kl, history["eval_win_rate"], style))
+    panels = [{"ylabel": "held-out accuracy (judge)", "lines": accuracy, "ylim": (0, 1.05)},
+              {"ylabel": "win-rate vs SFT (hidden rule)", "lines": win_rate, "ylim": (0, 1.05)}]
     return plot_curves(panels, path, xlabel="sqrt(KL from the reference per answer, mean since the last evaluation)",
                        title="Gold measures as the policy moves away from the reference")
 
@@ -108,6 +114,22 @@ def write_samples(folder: Path, data: Path, path: Path, n: int = 12) -> Path:
         cells = [a["family"], a["prompt"], a["sft"], a["ppo"]]
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
     write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_summary(out: Path, histories: dict[float, dict]) -> Path:
+    """sweep.json: each run's metrics.json, its reward-model score at the first and last step and the
+    judge's measures at every evaluation, with the command and the machine (a chapter's table comes from it)."""
+    rows = []
+    for kl_coef, history in histories.items():
+        metrics = json.loads((run_folder(out, kl_coef) / "metrics.json").read_text())
+        metrics.pop("table")
+        rows.append({"kl_coef": kl_coef, **metrics, "score_first": round(history["score"][0], 4),
+                     "score_last": round(history["score"][-1], 4), "eval_step": history["eval_step"],
+                     **{name: [round(v, 4) for v in history[name]]
+                        for name in ("eval_accuracy", "eval_sentence_rate", "eval_win_rate")}})
+    path = out / "sweep.json"
+    write_json(path, {"command": command_line(), "measured_on": measured_on(), "rows": rows})
     return path
 
 
@@ -150,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     weakest = min(histories)
     written = [plot_hacking(histories[weakest], weakest, out / "hacking.png"),
                plot_gold_vs_kl(histories, out / "gold_vs_kl.png"),
-               write_samples(run_folder(out, weakest), run / "data", out / "samples.md")]
+               write_samples(run_folder(out, weakest), run / "data", out / "samples.md"),
+               write_summary(out, histories)]
     print("kl_coef | RM score first -> last | accuracy | win-rate vs SFT | KL at the end")
     for kl_coef, h in histories.items():
         print(f"{kl_coef:g} | {h['score'][0]:.2f} -> {h['score'][-1]:.2f} | {h['eval_accuracy'][0]:.1%} -> "
