@@ -90,14 +90,33 @@ def shown_numbers(cell: str) -> list[Shown]:
     return found
 
 
+def is_markdown_table(text: str) -> bool:
+    """A stage's per-family table, written into its metrics.json as Markdown ('| a | b |\n|---|...')."""
+    return text.startswith("|") and "\n|---" in text
+
+
 def json_values(data) -> list[float]:
-    """Every number in a JSON document (booleans and digits inside strings left out)."""
-    if isinstance(data, bool) or data is None or isinstance(data, str):
+    """Every number in a JSON document: booleans and digits inside strings left out, except the figures of
+    a Markdown table that the command wrote into it."""
+    if isinstance(data, str):
+        return text_values([data]) if is_markdown_table(data) else []
+    if isinstance(data, bool) or data is None:
         return []
     if isinstance(data, (int, float)):
         return [float(data)] if math.isfinite(data) else []
     items = data.values() if isinstance(data, dict) else data
     return [value for item in items for value in json_values(item)]
+
+
+def text_values(texts: list[str]) -> list[float]:
+    """Every number shown in the texts (a shown 93.4% as 0.934, minutes as seconds)."""
+    values = []
+    for shown in (number for text in texts for number in shown_numbers(text)):
+        if shown.kind == "minutes":
+            values.append(shown.value * 60)
+        else:
+            values.append(shown.value / 100 if shown.kind == "percent" else shown.value)
+    return values
 
 
 def notebook_values(notebook: dict) -> list[float]:
@@ -108,13 +127,7 @@ def notebook_values(notebook: dict) -> list[float]:
             texts.append("".join(output.get("text", "")))
             for kind in ("text/plain", "text/markdown", "text/html"):
                 texts.append("".join(output.get("data", {}).get(kind, "")))
-    values = []
-    for shown in (number for text in texts for number in shown_numbers(text)):
-        if shown.kind == "minutes":
-            values.append(shown.value * 60)
-        else:
-            values.append(shown.value / 100 if shown.kind == "percent" else shown.value)
-    return values
+    return text_values(texts)
 
 
 def source_values(path: Path) -> list[float]:
@@ -240,6 +253,12 @@ def test_a_notebook_source_is_what_its_code_cells_printed():
                                           {"output_type": "execute_result", "data": {"text/plain": ["0.72"]}}]}]}
     assert notebook_values(notebook) == pytest.approx([0.934, 1240.0, 0.72])
 
+
+
+def test_a_json_source_counts_numbers_and_its_markdown_tables_not_other_strings():
+    metrics = {"steps": 40, "ended": True, "command": "ppo --steps 50",
+               "table": "| family | n | accuracy |\n|---|---:|---:|\n| add | 45 | 86.7% |"}
+    assert json_values(metrics) == pytest.approx([40.0, 45.0, 0.867])
 
 # --- the repository's tables --------------------------------------------------------------------
 
