@@ -24,7 +24,7 @@ from pathlib import Path
 from gpt_scratch.args import UsageError
 from gpt_scratch.checkpoint import find_checkpoint, read_config
 from gpt_scratch.evaluate import HeldOut
-from gpt_scratch.formats import write_json
+from gpt_scratch.formats import write_json, write_text
 from gpt_scratch.freeze import STRATEGIES
 from gpt_scratch.plots import plot_labelled_points
 from gpt_scratch.presets import PRESETS, StageOptions
@@ -115,8 +115,8 @@ def compare(base: str | Path, data: str | Path, out: str | Path, methods: list[s
     out.mkdir(parents=True, exist_ok=True)
     rows = [run_method(m, Path(base), Path(data), out, preset, extra or [], quiet) for m in methods]
     table = format_table(rows)
-    (out / "compare.md").write_text(table + "\n")
-    (out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(out / "compare.md", table + "\n")
+    write_json(out / "compare.json", rows)
     plot_accuracy_vs_trainable(rows, out / "accuracy_vs_trainable.png")
     if not quiet:
         print(table)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gpt_scratch.args import UsageError, float_range
 from gpt_scratch.compare import run_in_process
-from gpt_scratch.formats import write_json
+from gpt_scratch.formats import write_json, write_text
 from gpt_scratch.plots import new_figure, save
 from gpt_scratch.presets import StageOptions
 from gpt_scratch.settings import add_flags, from_flags, setting
@@ -145,7 +145,7 @@ def compare_alignment(sft: str | Path, data: str | Path, out: str | Path, method
             row = run_alignment_method(method, sft, noisy, out / f"noise_{noise:g}", preset, quiet)
             rows.append({**row, "noise": noise})
     table = format_table(rows)
-    (out / "alignment.md").write_text(table + "\n")
+    write_text(out / "alignment.md", table + "\n")
     write_json(out / "alignment.json", rows)
     plot_rows(rows, out / "alignment.png")
     if not quiet:

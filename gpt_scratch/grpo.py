@@ -83,7 +83,7 @@ from gpt_scratch.lora import LoRASettings, adapters_off
 from gpt_scratch.plots import plot_curves
 from gpt_scratch.ppo_math import AGGREGATIONS, aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_per_token
 from gpt_scratch.presets import PRESETS, StageOptions
-from gpt_scratch.rl import Part, PolicyRun, adamw, load_policy, make_reference
+from gpt_scratch.rl import Part, PolicyRun, RolloutSettings, adamw, check_minibatches, load_policy, make_reference
 from gpt_scratch.rollout import Rollout, join_rows, reference_logprobs, rollout
 from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.train import RunSettings, check_finite_loss
@@ -96,9 +96,10 @@ STD_EPS = 1e-4  # keeps the division finite; irrelevant next to a 0/1 reward's s
 
 
 @dataclass
-class GRPOConfig(RunSettings, LoRASettings):
-    """GRPO's settings. It is also a RunSettings (seed, device, dtype, grad_clip) and a LoRASettings (lora_rank,
-    lora_alpha, lora_targets: with a rank, LoRA adapters train and the reference is the policy with them off)."""
+class GRPOConfig(RunSettings, LoRASettings, RolloutSettings):
+    """GRPO's settings. It is also a RunSettings (seed, device, dtype, grad_clip), a LoRASettings (lora_rank,
+    lora_alpha, lora_targets: with a rank, LoRA adapters train and the reference is the policy with them off)
+    and a RolloutSettings (max_new_tokens, temperature: pass@k samples at it too), as PPO's are."""
     steps: int = setting(100, "GRPO steps (rollout + update)", type=positive_int)
     batch_size: int = setting(128, "answers per step: batch-size / group-size prompts, group-size answers each",
                               type=positive_int)
@@ -128,12 +129,8 @@ class GRPOConfig(RunSettings, LoRASettings):
                                   choices=FAMILY_WEIGHTS)
     weight_sample: int = setting(1000, "with --family-weights sft-error: training prompts the error rates are "
                                        "measured on", type=positive_int)
-    max_new_tokens: int = setting(24, "longest answer sampled", type=int_range(1, 8192))
-    temperature: float = setting(1.0, "sampling temperature of the rollouts and of pass@k; every log-prob is taken "
-                                      "under softmax(logits / temperature)",
-                                 type=float_range(0.0, 100.0, include_low=False))
     eval_every: int = setting(100, "held-out accuracy and pass@k every N steps", type=positive_int)
-    eval_samples: int = setting(8, "sampled answers per held-out prompt for pass@k (at least --group-size)",
+    eval_samples: int = setting(8, "sampled answers per held-out prompt for pass@k, at --temperature (at least --group-size)",
                                 type=positive_int)
     save_every: int = 50
 
@@ -143,8 +140,7 @@ class GRPOConfig(RunSettings, LoRASettings):
         if self.batch_size % self.group_size != 0:
             raise ValueError(f"--group-size {self.group_size} must divide --batch-size {self.batch_size} (a step "
                              f"holds whole groups)")
-        if self.batch_size % self.minibatch_size != 0:
-            raise ValueError(f"--minibatch-size {self.minibatch_size} must divide --batch-size {self.batch_size}")
+        check_minibatches(self.batch_size, self.minibatch_size)
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"--loss-agg must be one of {AGGREGATIONS}, not {self.aggregation!r}")
         if self.family_weights not in FAMILY_WEIGHTS:

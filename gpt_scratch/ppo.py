@@ -62,7 +62,7 @@ from gpt_scratch.ppo_math import (KL_ESTIMATORS, AdaptiveKLController, FixedKLCo
                                   entropy_from_logits, gae, kl_per_token, masked_whiten, rlhf_rewards)
 from gpt_scratch.presets import PRESETS, StageOptions
 from gpt_scratch.reward import score_texts
-from gpt_scratch.rl import Part, PolicyRun, adamw, load_policy, make_reference
+from gpt_scratch.rl import Part, PolicyRun, RolloutSettings, adamw, check_minibatches, load_policy, make_reference
 from gpt_scratch.rollout import answer_kl, reference_logprobs, rollout
 from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.train import RunSettings, check_finite_loss
@@ -73,9 +73,10 @@ TEMPLATE = "chat"
 
 
 @dataclass
-class PPOConfig(RunSettings, LoRASettings):
-    """PPO's settings. It is also a RunSettings (seed, device, dtype, grad_clip) and a LoRASettings (lora_rank,
-    lora_alpha, lora_targets: with a rank, LoRA adapters train and the reference is the policy with them off)."""
+class PPOConfig(RunSettings, LoRASettings, RolloutSettings):
+    """PPO's settings. It is also a RunSettings (seed, device, dtype, grad_clip), a LoRASettings (lora_rank,
+    lora_alpha, lora_targets: with a rank, LoRA adapters train and the reference is the policy with them off)
+    and a RolloutSettings (max_new_tokens, temperature), as GRPO's are."""
     steps: int = setting(40, "PPO steps (rollout + update)", type=positive_int)
     batch_size: int = setting(64, "rollouts (prompts) per step (under torchrun: of all the processes together)",
                               type=positive_int)
@@ -96,16 +97,12 @@ class PPOConfig(RunSettings, LoRASettings):
                                          "ablation)", negatable=True)
     gamma: float = setting(1.0, "discount", type=float_range(0.0, 1.0))
     lam: float = setting(0.95, "GAE lambda", type=float_range(0.0, 1.0))
-    max_new_tokens: int = setting(24, "longest answer sampled", type=int_range(1, 8192))
-    temperature: float = setting(1.0, "sampling temperature of the rollouts; every log-prob is taken under "
-                                      "softmax(logits / temperature)", type=float_range(0.0, 100.0, include_low=False))
     no_end_penalty: float = setting(-2.0, "score of an answer that never ends", type=float_range(-1000.0, 0.0))
     eval_every: int = setting(20, "held-out accuracy and win-rate every N steps", type=positive_int)
     save_every: int = 20
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.minibatch_size != 0:
-            raise ValueError(f"--minibatch-size {self.minibatch_size} must divide --batch-size {self.batch_size}")
+        check_minibatches(self.batch_size, self.minibatch_size)
         if self.kl_target is not None and self.kl_coef == 0:
             raise ValueError("--kl-target needs --kl-coef > 0 (the adaptive controller scales the coefficient)")
 

@@ -27,7 +27,7 @@ import torch
 from gpt_scratch import distributed
 from gpt_scratch.args import UsageError, float_range, int_range
 from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
-from gpt_scratch.formats import write_json
+from gpt_scratch.formats import write_json, write_text
 from gpt_scratch.generate import generate_text
 from gpt_scratch.hardware import pick_device
 from gpt_scratch.model import GPT, GPTConfig
@@ -104,7 +104,7 @@ def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, trai
 
     samples = generate_text(model, tokenizer, SAMPLE_PROMPTS, max_new_tokens=40, temperature=0.8, top_k=40,
                             seed=train_cfg.seed)
-    (out_dir / "samples.txt").write_text("".join(f"{p}|{s}\n\n" for p, s in zip(SAMPLE_PROMPTS, samples)))
+    write_text(out_dir / "samples.txt", "".join(f"{p}|{s}\n\n" for p, s in zip(SAMPLE_PROMPTS, samples)))
     metrics = {
         "parameters": model.num_parameters(),
         "train_tokens": len(train_ids),

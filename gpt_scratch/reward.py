@@ -173,7 +173,8 @@ def pair_batches(tokenizer: Tokenizer, pairs: list[dict], block_size: int, cfg: 
 
 def score_texts(model: GPTWithHead, tokenizer: Tokenizer, prompts: list[str], responses: list[str],
                 batch_size: int = 256, dtype: str = "auto") -> torch.Tensor:
-    """The reward model's score of each (prompt, response), in eval mode: a float tensor (N,).
+    """The reward model's score of each (prompt, response), in eval mode and without gradients (a score is a
+    number PPO and best-of-n read, never one they differentiate): a float tensor (N,).
 
     A sampled response too long for the context is scored on its first block_size tokens.
     """
@@ -187,7 +188,7 @@ def score_texts(model: GPTWithHead, tokenizer: Tokenizer, prompts: list[str], re
                                       responses[start:start + batch_size], TEMPLATE)
         examples = [Encoded(e.ids[:block_size], e.trained[:block_size]) for e in examples]
         batch = pad_examples(examples, tokenizer.eot_id, side="right")
-        with autocast_for(device, dtype):
+        with torch.no_grad(), autocast_for(device, dtype):
             scores.append(reward_scores(model, *(t.to(device) for t in batch)).float().cpu())
     model.train(was_training)
     return torch.cat(scores)

@@ -1,5 +1,6 @@
 """What PPO (chapter 9) and GRPO (chapter 11) do around their own step: one skeleton for both.
 
+    class PPOConfig(RunSettings, LoRASettings, RolloutSettings): ...    # the settings both stages share
     policy, tokenizer, sft_meta = load_policy(sft_dir, device)          # the SFT model, dropout off
     reference = make_reference(policy, cfg)                              # a frozen copy, or LoRA (adapters off)
     run = PolicyRun(out_dir, tokenizer, meta, [Part("checkpoint", policy, adamw(policy, cfg.lr))], RECORDED)
@@ -31,10 +32,27 @@ from typing import Callable
 import torch
 
 from gpt_scratch import distributed
+from gpt_scratch.args import float_range, int_range
 from gpt_scratch.checkpoint import find_checkpoint, load_model_into, load_stage_checkpoint, load_train_state, save_checkpoint
 from gpt_scratch.lora import remove_lora, save_adapter
 from gpt_scratch.model import GPT, disable_dropout
+from gpt_scratch.settings import setting
 from gpt_scratch.tokenizer import Tokenizer
+
+
+@dataclass
+class RolloutSettings:
+    """How PPO and GRPO sample their rollouts (rollout.py), declared once for both."""
+    max_new_tokens: int = setting(24, "longest answer sampled", type=int_range(1, 8192))
+    temperature: float = setting(1.0, "sampling temperature of the rollouts; every log-prob of a rollout is taken "
+                                      "under softmax(logits / temperature)",
+                                 type=float_range(0.0, 100.0, include_low=False))
+
+
+def check_minibatches(batch_size: int, minibatch_size: int) -> None:
+    """A step's rollouts are split into equal minibatches: minibatch_size must divide batch_size."""
+    if batch_size % minibatch_size != 0:
+        raise ValueError(f"--minibatch-size {minibatch_size} must divide --batch-size {batch_size}")
 
 
 def load_policy(sft_dir: str | Path, device: torch.device) -> tuple[GPT, Tokenizer, dict]:

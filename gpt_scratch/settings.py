@@ -31,7 +31,7 @@ from typing import Any
 
 from gpt_scratch.args import UsageError
 
-OWNERS = "settings_fields"  # a parser's attribute: flag dest -> (dataclass, field name) of every flag made here
+OWNERS = "settings_fields"  # a parser's attribute: flag dest -> (dataclass that declares it, field name)
 
 
 def setting(default: Any, help: str, *, type=None, choices=None, flag: str | None = None, nargs: str | None = None,
@@ -97,7 +97,13 @@ def add_flags(parser: argparse.ArgumentParser, cls, title: str | None = None, sk
             if meta["repeat"]:
                 options["action"] = "append"
         group.add_argument(flag_name(field), **options)
-        owners[field.name] = (cls, field.name)
+        owners[field.name] = (declared_in(cls, field.name), field.name)
+
+
+def declared_in(cls, name: str) -> type:
+    """The class whose declaration of the field name is in effect: cls itself, or the nearest base class
+    that cls inherits it from (e.g. PPOConfig's lora_rank is declared in LoRASettings)."""
+    return next(base for base in cls.__mro__ if name in vars(base).get("__annotations__", {}))
 
 
 def shown_default(field: dataclasses.Field, preset: dict | None, defaults: dict | None) -> str:

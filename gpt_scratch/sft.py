@@ -41,7 +41,7 @@ from gpt_scratch.checkpoint import find_checkpoint, load_stage_checkpoint, read_
 from gpt_scratch.data import (IGNORE, Encoded, ExampleBatches, TokenWindows, collate, encode_records,  # noqa: F401
                               read_corpus)
 from gpt_scratch.evaluate import HeldOut, answer, check_judgeable, evaluate, load_split, peak_memory_mb
-from gpt_scratch.formats import load_instructions, write_json
+from gpt_scratch.formats import load_instructions, write_json, write_text
 from gpt_scratch.freeze import STRATEGIES, apply_freezing, count_parameters, trainable_table
 from gpt_scratch.hardware import pick_device
 from gpt_scratch.lora import LoRASettings, remove_lora, save_adapter
@@ -253,7 +253,7 @@ def write_samples(out_dir: Path, records: list[dict], responses: list[str]) -> N
         question = [m["content"] for m in messages if m["role"] == "user"][-1]
         reply = [m["content"] for m in messages if m["role"] == "assistant"][-1]
         lines.append(f"{question}\n  model: {response!r}\n  data:  {reply!r}\n")
-    (out_dir / "samples.txt").write_text("\n".join(lines))
+    write_text(out_dir / "samples.txt", "\n".join(lines))
 
 
 def write_reports(out_dir: Path, records: list[dict], responses: list[str], before: dict | None, after: dict) -> None:
@@ -262,7 +262,7 @@ def write_reports(out_dir: Path, records: list[dict], responses: list[str], befo
     for record, response in list(zip(records, responses))[:30]:
         prompt = record["instruction"] + (f" [{record['input']}]" if record.get("input") else "")
         lines.append(f"{prompt}\n  model: {response!r}\n  truth: {record['answer']!r}\n")
-    (out_dir / "samples.txt").write_text("\n".join(lines))
+    write_text(out_dir / "samples.txt", "\n".join(lines))
     write_json(out_dir / "scores.json", {"before": before, "after": after})
     families = list(after["families"])
     plot_bars(families, [after["families"][f]["accuracy"] for f in families], out_dir / "accuracy.png",

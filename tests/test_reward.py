@@ -17,7 +17,7 @@ from gpt_scratch.data import collate
 from gpt_scratch.logprobs import completion_logprobs
 from gpt_scratch.reward import (accuracy_against_rule, bradley_terry_loss, encode_pairs, gather_last,
                                 last_token_index, pad_examples, pair_batch, pair_loss, pairwise_accuracy,
-                                reward_scores, reward_stage)
+                                reward_scores, reward_stage, score_texts)
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainConfig
 from tiny import LAYOUTS, layout_config
@@ -212,6 +212,19 @@ def test_reward_stage_learns_the_rule_and_writes_its_folder(tmp_path, sft_folder
     assert model.head.weight.abs().sum() > 0 and model.head.logprob_weight.item() != 0
     for (name, p), q in zip(model.gpt.named_parameters(), sft_model.parameters()):
         assert torch.equal(p, q), f"the frozen body's {name} changed"
+
+
+def test_scores_of_texts_are_numbers_without_a_graph_and_leave_the_mode_as_it_was(tokenizer):
+    """score_texts scores in eval mode and without gradients (PPO and best-of-n read the scores, never
+    differentiate them), then gives the model back in the mode it had."""
+    model = trained_head(GPTWithHead(tiny_gpt(tokenizer), "reward", with_logprob=True)).train()
+    prompts, responses = ["Is 3 a number?", "Is 4 a number?"], ["yes", "The answer is no."]
+    scores = score_texts(model, tokenizer, prompts, responses, dtype="float32")
+    assert scores.shape == (2,) and not scores.requires_grad and scores.grad_fn is None
+    assert model.training
+    with torch.no_grad():
+        alone = [score_texts(model, tokenizer, [p], [r], dtype="float32") for p, r in zip(prompts, responses)]
+    assert torch.allclose(scores, torch.cat(alone), atol=1e-5)
 
 
 def test_a_model_trained_with_dropout_scores_with_dropout_off(tmp_path, tokenizer, monkeypatch):

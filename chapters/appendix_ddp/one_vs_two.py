@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from gpt_scratch.args import OneLineParser, int_range, positive_int, print_error
-from gpt_scratch.formats import write_json
+from gpt_scratch.formats import write_json, write_text
 from gpt_scratch.hardware import measured_on
 from gpt_scratch.presets import PRESETS
 from gpt_scratch.world.corpus import build_world, generate_corpus
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.txt"
-    corpus.write_text(generate_corpus(build_world(args.seed), args.corpus_chars, args.seed), encoding="utf-8")
+    write_text(corpus, generate_corpus(build_world(args.seed), args.corpus_chars, args.seed))
 
     try:
         seconds = {n: run_pretraining(pretrain_flags(args, corpus, out / name), n) for n, name in ((1, "one"), (2, "two"))}
