@@ -47,7 +47,7 @@ COMMANDS = {
     "serve": ("gpt_scratch.serve", "", "chat with every model of a run in the browser, side by side (a local web "
                                        "page and a JSON API)"),
     "bench": ("gpt_scratch.bench", "", "training tokens/s, MFU and generation speed with/without KV cache"),
-    "grade": ("gpt_scratch.grade", "", "grade exercises: a student's copy (a score table), a class (a gradebook) "
+    "grade": ("gpt_scratch.grade_command", "", "grade exercises: a student's copy (a score table), a class (a gradebook) "
                                        "or one upload (Gradescope's results.json)"),
 }
 MULTI_PROCESS = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")  # the commands that train under torchrun

@@ -14,6 +14,7 @@ import types
 import pytest
 
 from gpt_scratch import grade as grade_module
+from gpt_scratch import grade_command
 from gpt_scratch.cli import main as cli_main
 from gpt_scratch.grade import REPO, Result, chapters_with_exercises, exercises_of, format_report, grade
 
@@ -178,10 +179,10 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
-    """python -m gpt_scratch.grade: every error is one line, `prog: error: message` (no usage
+    """The grade command in this process (grade_command.main): every error is one line, `prog: error: message` (no usage
     block), a bad flag, folder or file exits 2 and ends with `; see --help`, a failed pytest run
     exits 1."""
-    prog = "python -m gpt_scratch.grade"
+    prog = "python -m gpt_scratch grade"
     (tmp_path / "points.txt").write_text("test_ex_1_1_get_pair_count = 2\n")
     for argv, words in [(["--chapter", "99"], "argument --chapter: invalid choice"),
                         (["--class", str(tmp_path / "nobody")], "argument --class: "),
@@ -198,7 +199,7 @@ def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
                         (["--dir", str(tmp_path / "nobody")], "is not a folder"),
                         (["--dir", str(tmp_path), "--chapter", "3"], f"{tmp_path} has no ch03/ folder")]:
         try:
-            code = grade_module.main(argv)
+            code = grade_command.main(argv)
         except SystemExit as stop:
             code = stop.code
         out, err = capsys.readouterr()
@@ -210,7 +211,7 @@ def test_errors_share_one_format(tmp_path, capsys, monkeypatch):
         raise RuntimeError("pytest could not run the exercise tests (exit 4): no tests ran")
 
     monkeypatch.setattr(grade_module, "run_tests", pytest_fails)
-    assert grade_module.main(["--chapter", "1", "--solutions"]) == 1
+    assert grade_command.main(["--chapter", "1", "--solutions"]) == 1
     out, err = capsys.readouterr()
     assert err == f"{prog}: error: pytest could not run the exercise tests (exit 4): no tests ran\n"
 

@@ -265,7 +265,7 @@ def test_the_documented_run_autograder_writes_gradescope_results(tmp_path):
 
 def test_gradescope_results_of_a_submission_without_the_chapter(tmp_path, capsys):
     """Nothing handed in: Gradescope still gets a file that says so (and the grader exits 0)."""
-    from gpt_scratch.grade import main
+    from gpt_scratch.grade_command import main
 
     assert main(["--dir", str(tmp_path), "--chapter", "1", "--format", "gradescope", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
