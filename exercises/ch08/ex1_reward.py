@@ -53,7 +53,8 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin:
     head is zero, starts exactly here); r_chosen [2.], r_rejected [0.] -> -log sigmoid(2) = 0.1269;
     the same with margin 2 -> ln 2 again.
     """
-    raise NotImplementedError("Exercise 8.1: return the mean of -logsigmoid(r_chosen - r_rejected - margin)")
+    raise NotImplementedError("Exercise 8.1: return the mean loss over the pairs, a scalar tensor gradients flow through "
+                              "(ch08.ipynb, section 4: Bradley-Terry on toy pairs)")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     A row with a single real token, [1, 0, 0, 0], gives 0. Hint: multiply the mask by the
     positions 0, 1, ..., T-1 and take the largest per row (or the last 1 found by argmax).
     """
-    raise NotImplementedError("Exercise 8.2: find the position of each row's last 1 in the mask")
+    raise NotImplementedError("Exercise 8.2: return a LongTensor (B,): each row's last real position (ch08.ipynb, section 6)")
 
 
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
@@ -78,7 +79,7 @@ def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float
     whose zero head scores every answer 0, has accuracy 0.0, not 0.5.
     Example: r_chosen [1., 2., 3.], r_rejected [0., 2., 4.] -> 1/3 (the tie 2 vs 2 is wrong).
     """
-    raise NotImplementedError("Exercise 8.3: return the share of pairs with r_chosen strictly above r_rejected")
+    raise NotImplementedError("Exercise 8.3: return a Python float in [0, 1], ties counted as wrong (ch08.ipynb, section 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:

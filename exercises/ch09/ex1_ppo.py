@@ -74,7 +74,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     Hint: keep next_value and next_advantage (B,), both 0 to start; at each t compute the row's
     advantage, then keep it (and V_t) only where mask[:, t] is real, 0 on padding.
     """
-    raise NotImplementedError("Exercise 9.1: backwards in time, A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V")
+    raise NotImplementedError("Exercise 9.1: return (advantages, returns), both (B, T) and 0 on padding (ch09.ipynb, "
+                              "section 5: Advantages with GAE)")
 
 
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -96,7 +97,8 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     Example (eps 0.2): ratio 1.5, A = +1 -> max(-1.5, -1.2) = -1.2 (clipped, gradient 0);
                        ratio 1.5, A = -1 -> max(1.5, 1.2) = 1.5 (not clipped).
     """
-    raise NotImplementedError("Exercise 9.2: the masked mean of max(-A * ratio, -A * clamp(ratio, 1 - eps, 1 + eps))")
+    raise NotImplementedError("Exercise 9.2: return the loss over the real tokens, a scalar tensor gradients flow through "
+                              "(ch09.ipynb, section 6: The clipped objective)")
 
 
 def kl_estimates(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +115,7 @@ def kl_estimates(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor)
     Example: logp -1, ref_logp -2 -> k1 = 1, k3 = (e^-1 - 1) + 1 = e^-1 = 0.3679;
              logp -2, ref_logp -1 -> k1 = -1, k3 = (e - 1) - 1 = 0.7183.
     """
-    raise NotImplementedError("Exercise 9.3: k1 = -log_ratio, k3 = expm1(log_ratio) - log_ratio, 0 on padding")
+    raise NotImplementedError("Exercise 9.3: return (k1, k3), both (B, T) and 0 on padding (ch09.ipynb, section 4)")
 
 
 def ppo_update(policy: GPT, value_model: GPTWithHead, reference: GPT, x: torch.Tensor, y: torch.Tensor,

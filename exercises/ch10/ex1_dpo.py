@@ -64,7 +64,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     Example: policy -1 and -3, reference -2 and -2, beta 0.5: h = 1 - (-1) = 2,
              loss = -log sigmoid(1) = log(1 + e^-1) = 0.3133. Policy = reference: h = 0, loss ln 2 = 0.6931.
     """
-    raise NotImplementedError("Exercise 10.1: h from the four log-probabilities, then the mean of -logsigmoid(beta * h)")
+    raise NotImplementedError("Exercise 10.1: return the mean loss over the pairs, a scalar tensor gradients flow through "
+                              "(ch10.ipynb, section 1: From PPO's objective to a loss on pairs)")
 
 
 def implicit_rewards(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -81,8 +82,8 @@ def implicit_rewards(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
              reference [-2, -2] for the rejected ones -> chosen rewards [0.5, 0.0], rejected [-0.5, 0.0],
              accuracy 0.5 (the second pair is a tie).
     """
-    raise NotImplementedError("Exercise 10.2: beta * (log pi - log pi_ref), detached, and the share of pairs with "
-                              "chosen > rejected")
+    raise NotImplementedError("Exercise 10.2: return (chosen_rewards, rejected_rewards, accuracy): two detached "
+                              "tensors (B,) and a float, ties counted as wrong (ch10.ipynb, section 2)")
 
 
 def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -97,7 +98,7 @@ def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     Example, beta 0.5 (target 1): h = 2 -> (2 - 1)^2 = 1; h = 1 -> 0, and the gradient is 0 too;
              h = 0 with beta 0.1 (the start) -> (0 - 5)^2 = 25.
     """
-    raise NotImplementedError("Exercise 10.3: the mean of (h - 1 / (2 beta))^2")
+    raise NotImplementedError("Exercise 10.3: return the mean IPO loss over the pairs, a scalar tensor (ch10.ipynb, section 3)")
 
 
 def dpo_step(policy: GPT, reference: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -118,7 +119,7 @@ def dpo_step(policy: GPT, reference: GPT, optimizer: torch.optim.Optimizer, x: t
     an earlier step). Everything is float32 on the CPU; the models have no dropout.
     The course's version: gpt_scratch.dpo.batch_loss (the loss) with dpo.reference_logprobs (computed
     once, before training) in train.py's loop. Taught in chapter 10's notebook, sections "From PPO's
-    objective to a loss on pairs" and "The DPO stage on this notebook's SFT model".
+    objective to a loss on pairs" and "DPO on the course's GPT" (its "One DPO step, written out").
     """
     raise NotImplementedError("Exercise 10.4: make one DPO training step and return its loss as a float")
 

@@ -68,7 +68,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std: bool = True, e
         group 2: all equal -> [0, 0, 0, 0]
     with std=False: [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]. Return float values, shape (N,).
     """
-    raise NotImplementedError("Exercise 11.1: (reward - group mean) / (group std + eps), and 0 for all-equal groups")
+    raise NotImplementedError("Exercise 11.1: return one advantage per answer, a tensor (N,), 0 for a group whose rewards are "
+                              "all equal (ch11.ipynb, section 3: Group advantages)")
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -92,7 +93,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         seq-mean-token-sum-norm with norm_length 4: (-3/4 + 1/4) / 2 = -0.25.
     So with token-mean the long answer's 3 tokens outvote the short one; per answer they count alike.
     """
-    raise NotImplementedError("Exercise 11.2: the clipped loss per token with its answer's advantage, then aggregated")
+    raise NotImplementedError("Exercise 11.2: return the loss, a scalar tensor gradients flow through, aggregated as asked "
+                              "(ch11.ipynb, section 7)")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -108,7 +110,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5; pass@4 = 1 - C(3,4)/C(4,4) = 1 - 0/1 = 1.
     (1 - (1 - c/n)^k, the obvious plug-in, is biased: for n = 4, c = 1, k = 2 it gives 0.4375.)
     """
-    raise NotImplementedError("Exercise 11.3: 1 - C(n - c, k) / C(n, k) with math.comb")
+    raise NotImplementedError("Exercise 11.3: return the unbiased pass@k estimate, a float in [0, 1] (ch11.ipynb, section 4)")
 
 
 def grpo_update(policy: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,

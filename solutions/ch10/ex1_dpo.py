@@ -121,7 +121,7 @@ def dpo_step(policy: GPT, reference: GPT, optimizer: torch.optim.Optimizer, x: t
     an earlier step). Everything is float32 on the CPU; the models have no dropout.
     The course's version: gpt_scratch.dpo.batch_loss (the loss) with dpo.reference_logprobs (computed
     once, before training) in train.py's loop. Taught in chapter 10's notebook, sections "From PPO's
-    objective to a loss on pairs" and "The DPO stage on this notebook's SFT model".
+    objective to a loss on pairs" and "DPO on the course's GPT" (its "One DPO step, written out").
     """
     with torch.no_grad():  # the reference's numbers are constants of the loss
         _, reference_logps = completion_logprobs(reference, x, y)
