@@ -64,19 +64,24 @@ class GPTConfig:
     n_head: int = setting(4, "attention heads (must divide --n-embd)", type=int_range(1, 128))
     n_embd: int = setting(128, "embedding width", type=int_range(1, 16384))
     dropout: float = setting(0.0, "dropout rate", type=float_range(0.0, 1.0, include_high=False))
-    bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
-    tie_weights: bool = True  # lm_head shares its weight with the token embedding
+    bias: bool = setting(True, "biases in the Linear layers and norms, as GPT-2; --no-bias: none, as Llama",
+                         negatable=True)
+    tie_weights: bool = setting(True, "the output head shares the token embedding's weight, as GPT-2; "
+                                      "--no-tie-weights: a head of its own, as Llama", negatable=True)
     attention: str = setting("manual", "written-out attention or PyTorch's SDPA (the same numbers)",
                              choices=("manual", "sdpa"))
     layer_norm_eps: float = 1e-5  # the eps of every norm, LayerNorm or RMSNorm
     # The modern layout's switches (chapter 12); the defaults are GPT-2's. A config.json saved
     # before they existed lacks them and loads as GPT-2, which it is.
-    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
-    position: str = "learned"  # "learned" (a position table, GPT-2) or "rope" (rotary, Llama)
-    rope_theta: float = 10000.0  # RoPE's base: the slowest pair turns once in about 2 pi theta tokens
-    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu" (Llama)
+    norm: str = setting("layernorm", "layernorm (GPT-2) or rmsnorm (Llama)", choices=("layernorm", "rmsnorm"))
+    position: str = setting("learned", "learned: a position table (GPT-2); rope: rotary embeddings (Llama)",
+                            choices=("learned", "rope"))
+    rope_theta: float = setting(10000.0, "RoPE's base: the slowest pair turns once in about 2 pi theta tokens",
+                                type=float_range(1.0, 1e9))
+    mlp: str = setting("gelu", "gelu (GPT-2) or swiglu (Llama: gated, 2/3 as wide)", choices=("gelu", "swiglu"))
     mlp_hidden: int | None = None  # the MLP's hidden width; None: 4 * n_embd (gelu), swiglu_width (swiglu)
-    n_kv_head: int | None = None  # key/value heads, dividing n_head; None: n_head (GPT-2), 1: multi-query
+    n_kv_head: int | None = setting(None, "key/value heads, dividing --n-head: grouped-query attention (1: "
+                                          "multi-query; none: one per query head, GPT-2)", type=int_range(1, 128))
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
@@ -90,7 +95,7 @@ class GPTConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         kv = self.n_kv_head
         if kv is not None and not (1 <= kv <= self.n_head and self.n_head % kv == 0):
-            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): each key/value "
+            raise ValueError(f"--n-kv-head {self.n_kv_head} must divide --n-head {self.n_head}: each key/value "
                              f"head serves the same number of query heads")
         if self.position == "rope" and (self.head_dim % 2 or not self.rope_theta > 0):
             raise ValueError(f"RoPE rotates pairs of numbers: head_dim (n_embd / n_head = {self.head_dim}) must be "
@@ -126,18 +131,37 @@ class GPTConfig:
         return cls(**values)
 
 
-def llama_config(**settings) -> GPTConfig:
-    """A GPTConfig with every chapter-12 switch on: RMSNorm, RoPE, SwiGLU, grouped-query
-    attention, no biases, an untied head. settings are GPTConfig fields and win over these.
+ARCHS = ("gpt2", "llama")  # the layouts --arch names
 
-    n_kv_head defaults to n_head // 2, two query heads per key/value head (Llama 3 8B has four:
-    32 query heads, 8 key/value heads), or to 1 (multi-query) when n_head is odd:
+
+def layout(arch: str, n_head: int) -> dict:
+    """The GPTConfig switches of a layout: none for GPT-2's (its defaults), all of chapter 12's for llama:
+    RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases, an untied head.
+
+    n_kv_head is n_head // 2, two query heads per key/value head (Llama 3 8B has four: 32 query heads,
+    8 key/value heads), or 1 (multi-query) when n_head is odd:
+        layout("llama", 4)["n_kv_head"] == 2;  layout("gpt2", 4) == {}
+    """
+    if arch == "gpt2":
+        return {}
+    if arch == "llama":
+        return dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, tie_weights=False,
+                    n_kv_head=n_head // 2 if n_head % 2 == 0 else 1)
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+
+
+@dataclass
+class Architecture:
+    """Which layout a model is built in; each switch's own flag (--norm, --position, ...) wins over it."""
+    arch: str = setting("gpt2", "gpt2: GPT-2's layout; llama: every chapter-12 switch on (RMSNorm, RoPE, SwiGLU, "
+                                "grouped-query attention, no biases, an untied head)", choices=ARCHS, preset=False)
+
+
+def llama_config(**settings) -> GPTConfig:
+    """A GPTConfig in the llama layout (layout above); settings are GPTConfig fields and win over it:
         llama_config(n_head=4, n_embd=128).n_kv_head == 2
     """
-    n_head = settings.get("n_head", GPTConfig.n_head)
-    layout = dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, tie_weights=False,
-                  n_kv_head=n_head // 2 if n_head % 2 == 0 else 1)
-    return GPTConfig(**{**layout, **settings})
+    return GPTConfig(**{**layout("llama", settings.get("n_head", GPTConfig.n_head)), **settings})
 
 
 class KVCache:

@@ -30,6 +30,7 @@ from gpt_scratch.files import write_atomic
 from gpt_scratch.formats import write_json
 from gpt_scratch.hardware import check_device, measured_on, native_bf16, pick_device
 from gpt_scratch.measured import shown_path
+from gpt_scratch.model import Architecture
 from gpt_scratch.presets import PRESETS, StageOptions
 from gpt_scratch.settings import add_flags, from_flags, setting
 from gpt_scratch.tokenizer import GPT2Vocabulary
@@ -87,6 +88,16 @@ def choose_preset(asked: str, device: str, run_dir: Path) -> str:
     if asked != "auto":
         return asked
     return "fast" if trains_in_float32(device) else "default"
+
+
+def check_arch(arch: str, run_dir: Path) -> None:
+    """A run folder holds one layout's models: resuming it in another layout (run.json's "arch", gpt2 for a
+    folder that does not say) is refused, as another preset is."""
+    record = run_dir / "run.json"
+    started_with = json.loads(record.read_text()).get("arch", "gpt2") if record.is_file() else arch
+    if started_with != arch:
+        raise ValueError(f"{run_dir} was started with --arch {started_with}; resume it with --arch {started_with}, "
+                         f"or give a new --out for --arch {arch}")
 
 
 def preset_note(asked: str, preset: str, device: str) -> str | None:
@@ -152,10 +163,44 @@ def headline(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
-    """A markdown report card: one table per stage, with its plots."""
-    lines = ["# gpt-scratch run report", "", f"Run folder: `{run_dir}`, preset `{preset}`.", ""]
+# What a comparison of two runs shows: (stage, metric, label, as a share or not)
+COMPARED = (("pretrain", "parameters", "parameters", False), ("pretrain", "final_val_loss", "validation loss", False),
+            ("sft", "accuracy_after", "SFT: held-out accuracy", True),
+            ("lora", "accuracy_after", "LoRA: held-out accuracy", True),
+            ("reward", "accuracy", "reward model: pairs ranked as the rule ranks them", True),
+            ("ppo", "accuracy_after", "PPO: held-out accuracy", True),
+            ("ppo", "sentence_rate_after", "PPO: preferred style", True),
+            ("dpo", "accuracy_after", "DPO: held-out accuracy", True),
+            ("dpo", "sentence_rate_after", "DPO: preferred style", True),
+            ("grpo", "accuracy_after", "GRPO: held-out accuracy", True),
+            ("grpo", "pass_at_1_after", "GRPO: pass@1", True))
+
+
+def comparison(results: dict[str, dict], other: dict[str, dict], name: str, other_name: str) -> list[str]:
+    """A markdown table of this run's headline figures beside another run's (its summary.json's stages)."""
+    def shown(stages: dict, stage: str, key: str, share: bool) -> str:
+        value = stages.get(stage, {}).get(key)
+        if value is None:
+            return "-"
+        return f"{value:.1%}" if share else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+
+    lines = [f"| measure | {name} | {other_name} |", "|---|---:|---:|"]
+    for stage, key, label, share in COMPARED:
+        lines.append(f"| {label} | {shown(results, stage, key, share)} | {shown(other, stage, key, share)} |")
+    return lines
+
+
+def format_report(results: dict[str, dict], run_dir: Path, preset: str, arch: str = "gpt2",
+                  compare_with: Path | None = None) -> str:
+    """A markdown report card: one table per stage, with its plots; with compare_with (another run folder),
+    first a table of both runs' headline figures."""
+    lines = ["# gpt-scratch run report", "", f"Run folder: `{run_dir}`, preset `{preset}`, layout `{arch}`.", ""]
     lines += headline(results) + [""]
+    if compare_with is not None:
+        other = json.loads((compare_with / "summary.json").read_text())
+        lines += [f"## Compared with `{compare_with}`", ""]
+        lines += comparison(results, other["stages"], f"this run ({arch})",
+                            f"{shown_path(compare_with)} ({other.get('arch', 'gpt2')})") + [""]
     for stage, metrics in results.items():
         lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
         for key, value in metrics.items():
@@ -173,11 +218,12 @@ def format_report(results: dict[str, dict], run_dir: Path, preset: str) -> str:
 
 
 def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: str | None = None,
-                 device: str = "auto", quiet: bool = False, gpt2_vocab: str | None = None) -> dict[str, dict]:
+                 device: str = "auto", quiet: bool = False, gpt2_vocab: str | None = None, arch: str = "gpt2",
+                 compare_with: str | Path | None = None) -> dict[str, dict]:
     from gpt_scratch.dpo import dpo_stage
     from gpt_scratch.grpo import GRPOConfig, grpo_stage
     from gpt_scratch.ppo import PPOConfig, ppo_stage
-    from gpt_scratch.pretrain import pretrain
+    from gpt_scratch.pretrain import model_settings, pretrain
     from gpt_scratch.reward import reward_stage
     from gpt_scratch.sft import Tuning, sft
     from gpt_scratch.tokenizer import gpt2_tokenizer
@@ -185,6 +231,7 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
 
     run_dir = Path(out)
     asked, preset = preset, choose_preset(preset, device, run_dir)
+    check_arch(arch, run_dir)
     settings = PRESETS[preset]
     # The gpt2 preset pretrains with GPT-2's tokenizer (plus the chat tokens the later stages use).
     # It is loaded first: without its vocabulary the run stops here, before anything is written.
@@ -193,7 +240,7 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
     if note and not quiet:
         print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "run.json", json.dumps({"preset": preset}) + "\n")
+    write_atomic(run_dir / "run.json", json.dumps({"preset": preset, "arch": arch}) + "\n")
     results: dict[str, dict] = {}
     began = time.perf_counter()
 
@@ -202,7 +249,8 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
     corpus_path = Path(corpus) if corpus else data_dir / "corpus.txt"
 
     results["pretrain"] = run_stage("pretrain", run_dir / "pretrain", lambda: pretrain(
-        corpus_path, run_dir / "pretrain", settings["model"], stage_train_config(preset, "pretrain", seed, device),
+        corpus_path, run_dir / "pretrain", model_settings(settings["model"], arch),
+        stage_train_config(preset, "pretrain", seed, device),
         settings["vocab_size"], resume=True, quiet=quiet, tokenizer=tokenizer), quiet)
     replay = {"replay": settings["sft"]["replay"], "replay_corpus": corpus_path}  # rehearse the pretraining text
     results["sft"] = run_stage("sft", run_dir / "sft", lambda: sft(
@@ -235,10 +283,11 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
         run_dir / "sft", data_dir, run_dir / "grpo", GRPOConfig(**grpo, seed=seed, device=device),
         n_eval=settings["grpo"]["n_eval"], resume=True, quiet=quiet), quiet)
 
-    report = format_report(results, run_dir, preset)
+    compare_with = Path(compare_with) if compare_with is not None else None
+    report = format_report(results, run_dir, preset, arch, compare_with)
     write_atomic(run_dir / "report.md", report)
-    command = run_command(run_dir, asked, seed, corpus, device, quiet, gpt2_vocab)
-    write_json(run_dir / "summary.json", summary(results, command, preset, device))
+    command = run_command(run_dir, asked, seed, corpus, device, quiet, gpt2_vocab, arch, compare_with)
+    write_json(run_dir / "summary.json", summary(results, command, preset, device, arch))
     if not quiet:
         print(report)
         print(f"this command: {time.perf_counter() - began:.0f} s; the stages: "
@@ -252,29 +301,30 @@ def stages_seconds(results: dict[str, dict]) -> float:
 
 
 def run_command(out: Path, preset: str, seed: int, corpus: str | None, device: str, quiet: bool,
-                gpt2_vocab: str | None) -> str:
+                gpt2_vocab: str | None, arch: str = "gpt2", compare_with: Path | None = None) -> str:
     """The command line of this run as a user types it, the options left at their defaults left out.
 
     Example: run_command(Path("runs/default"), "auto", 0, None, "auto", False, None)
     -> "python -m gpt_scratch run --out runs/default"
     """
     words = ["python -m gpt_scratch run", "--out", shown_path(out)]
-    for flag, value, default in (("--preset", preset, "auto"), ("--seed", seed, 0), ("--device", device, "auto")):
+    for flag, value, default in (("--preset", preset, "auto"), ("--seed", seed, 0), ("--device", device, "auto"),
+                                 ("--arch", arch, "gpt2")):
         if value != default:
             words += [flag, str(value)]
-    for flag, path in (("--corpus", corpus), ("--gpt2-vocab", gpt2_vocab)):
+    for flag, path in (("--corpus", corpus), ("--gpt2-vocab", gpt2_vocab), ("--compare-with", compare_with)):
         if path is not None:
             words += [flag, shown_path(path)]
     return " ".join(words + (["--quiet"] if quiet else []))
 
 
-def summary(results: dict[str, dict], command: str, preset: str, device: str) -> dict:
-    """What summary.json holds: the command, where it was measured (hardware.measured_on), the preset,
+def summary(results: dict[str, dict], command: str, preset: str, device: str, arch: str = "gpt2") -> dict:
+    """What summary.json holds: the command, where it was measured (hardware.measured_on), the preset, the layout,
     the stages' total time (wall_seconds: the sum of their stage_seconds, the data files' few seconds
     not counted) and each stage's metrics.json without its markdown tables (report.md shows those)."""
     stages = {stage: {key: value for key, value in metrics.items() if key not in REPORT_TABLES}
               for stage, metrics in results.items()}
-    return {"command": command, "measured_on": measured_on(device), "preset": preset,
+    return {"command": command, "measured_on": measured_on(device), "preset": preset, "arch": arch,
             "wall_seconds": stages_seconds(results), "stages": stages}
 
 
@@ -288,10 +338,13 @@ class RunOptions:
                                   "(float32)", choices=("auto", *sorted(PRESETS)), preset=False)
     seed: int = setting(0, "seed for data and training", type=non_negative_int, preset=False)
     corpus: str | None = setting(None, "train on this text file instead of the generated corpus", preset=False)
+    compare_with: str | None = setting(None, "a finished run folder (e.g. runs/default): the report puts its "
+                                             "headline figures beside this run's", metavar="RUN", preset=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, RunOptions)
+    add_flags(parser, Architecture)
     add_flags(parser, RunSettings, only=("device",))
     add_flags(parser, StageOptions, only=("quiet",))
     add_flags(parser, GPT2Vocabulary)
@@ -305,6 +358,9 @@ def run(args: argparse.Namespace) -> int:
     if options.corpus is not None and not Path(options.corpus).is_file():  # found now, not after the data stage
         raise FileNotFoundError(f"corpus file {options.corpus} not found; give a UTF-8 text file or leave out "
                                 f"--corpus to use the generated one")
+    if options.compare_with is not None and not (Path(options.compare_with) / "summary.json").is_file():
+        raise UsageError(f"--compare-with {options.compare_with} has no summary.json: give a run folder that a finished "
+                         f"`python -m gpt_scratch run` wrote")
     run_pipeline(options.out, options.preset, options.seed, options.corpus, device, from_flags(StageOptions, args).quiet,
-                 args.gpt2_vocab)
+                 args.gpt2_vocab, from_flags(Architecture, args).arch, options.compare_with)
     return 0

@@ -30,7 +30,7 @@ from gpt_scratch.data import TokenWindows, read_corpus, split_train_val
 from gpt_scratch.formats import write_json, write_text
 from gpt_scratch.generate import generate_text
 from gpt_scratch.hardware import pick_device
-from gpt_scratch.model import GPT, GPTConfig
+from gpt_scratch.model import GPT, Architecture, GPTConfig, layout
 from gpt_scratch.presets import PRESETS, StageOptions
 from gpt_scratch.settings import add_flags, from_flags, given, setting
 from gpt_scratch.tokenizer import GPT2Vocabulary, Tokenizer, gpt2_tokenizer
@@ -121,6 +121,16 @@ def pretrain(corpus: str | Path, out_dir: str | Path, model_settings: dict, trai
     return metrics
 
 
+def model_settings(preset_model: dict, arch: str, typed: dict | None = None) -> dict:
+    """The preset's model sizes in the layout arch (model.layout), the switches typed as flags left to win.
+
+    Example: model_settings({"n_head": 4, "n_embd": 128}, "llama")
+    -> {"n_head": 4, "n_embd": 128, "norm": "rmsnorm", "position": "rope", ..., "n_kv_head": 2}
+    """
+    n_head = (typed or {}).get("n_head", preset_model.get("n_head", GPTConfig.n_head))
+    return {**preset_model, **layout(arch, n_head)}
+
+
 # The command: python -m gpt_scratch pretrain ----------------------------------------------------------------
 
 @dataclass
@@ -143,6 +153,7 @@ class PretrainOptions:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, PretrainOptions, preset=PRESETS["default"])
     add_flags(parser, GPT2Vocabulary)
+    add_flags(parser, Architecture, "model (default: from --preset)")
     add_flags(parser, GPTConfig, "model (default: from --preset)", preset=PRESETS["default"]["model"])
     add_training_flags(parser, "pretrain")
 
@@ -150,7 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     run_as = from_flags(StageOptions, args)
     preset = PRESETS[run_as.preset]
-    model = from_flags(GPTConfig, args, preset["model"], run_as.preset)  # checked now, before any file is read
+    model_preset = model_settings(preset["model"], from_flags(Architecture, args).arch, given(args, GPTConfig))
+    model = from_flags(GPTConfig, args, model_preset, run_as.preset)  # checked now, before any file is read
     cfg = training_settings(args, "pretrain")
     options = from_flags(PretrainOptions, args, preset, run_as.preset)
     if options.tokenizer == "train" and args.gpt2_vocab is not None:
@@ -158,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     # GPT-2's tokenizer is loaded first, so that without its vocabulary the stage stops before any work.
     tokenizer = gpt2_tokenizer(args.gpt2_vocab, chat_tokens=True) if options.tokenizer == "gpt2" else None
     distributed.start(pick_device(cfg.device))
-    settings = {name: getattr(model, name) for name in {**preset["model"], **given(args, GPTConfig)}}
+    settings = {name: getattr(model, name) for name in {**model_preset, **given(args, GPTConfig)}}
     pretrain(options.corpus, options.out, settings, cfg, options.vocab_size, options.val_fraction, resume=run_as.resume,
              quiet=run_as.quiet, tokenizer=tokenizer)
     return 0

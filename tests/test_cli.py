@@ -435,7 +435,7 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     assert (tmp_path / "pretrain" / "metrics.json").read_bytes() == metrics_bytes
     assert (tmp_path / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == weights_written
     assert f"| final_val_loss | {metrics['final_val_loss']} |" in (tmp_path / "report.md").read_text()
-    assert read_json(tmp_path / "run.json") == {"preset": "tiny"}
+    assert read_json(tmp_path / "run.json") == {"preset": "tiny", "arch": "gpt2"}
     rewritten = read_json(tmp_path / "summary.json")  # every stage skipped: the same figures, this command
     assert rewritten["command"] == f"python -m gpt_scratch run --out {tmp_path} --preset tiny"
     assert rewritten["stages"] == summary["stages"] and rewritten["wall_seconds"] == summary["wall_seconds"]
@@ -443,6 +443,28 @@ def test_run_tiny_writes_a_report_and_skips_done_stages(capsys, tmp_path):
     code, out, err = run_cli(capsys, "run", "--preset", "default", "--out", tmp_path)  # not on top of tiny's stages
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "was started with --preset tiny" in err
+
+    # The same run in the modern layout (chapter 12), its report beside the GPT-2 layout's run.
+    llama = tmp_path / "llama"
+    code, out, err = run_cli(capsys, "run", "--preset", "tiny", "--arch", "llama", "--out", llama,
+                             "--compare-with", tmp_path, "--quiet")
+    assert code == 0, err
+    config = read_json(llama / "pretrain" / "checkpoint" / "config.json")["model"]
+    assert {k: config[k] for k in ("norm", "position", "mlp", "bias", "tie_weights", "n_kv_head")} == {
+        "norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "bias": False, "tie_weights": False, "n_kv_head": 1}
+    assert read_json(llama / "run.json") == {"preset": "tiny", "arch": "llama"}
+    summary_llama = read_json(llama / "summary.json")
+    assert summary_llama["arch"] == "llama" and summary["arch"] == "gpt2"
+    assert summary_llama["command"].endswith(f"--arch llama --compare-with {tmp_path} --quiet")
+    assert list(summary_llama["stages"]) == list(summary["stages"])  # every stage ran in the llama layout
+    report = (llama / "report.md").read_text()
+    sft_row = (f"| SFT: held-out accuracy | {summary_llama['stages']['sft']['accuracy_after']:.1%} | "
+               f"{summary['stages']['sft']['accuracy_after']:.1%} |")
+    assert f"## Compared with `{tmp_path}`" in report and sft_row in report, report[:1500]
+    code, out, err = run_cli(capsys, "run", "--preset", "tiny", "--out", llama)  # not the GPT-2 layout on top
+    assert code == 2 and "was started with --arch llama" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "run", "--preset", "tiny", "--out", tmp_path / "x", "--compare-with", llama / "sft")
+    assert code == 2 and "has no summary.json" in err and not (tmp_path / "x").exists()
 
 
 def test_the_run_command_is_written_as_typed_without_the_machines_paths(monkeypatch, tmp_path):
@@ -499,3 +521,31 @@ def test_the_fast_preset_is_the_default_with_a_narrower_model_and_fewer_steps():
             {k: v for k, v in default[stage].items() if k not in changed}
     assert fast["sft"]["lr"] == 2 * default["sft"]["lr"]
     assert fast["lora"]["lr"] == 1e-2 and default["lora"]["lr"] == 3e-3
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], {"norm": "layernorm", "position": "learned", "mlp": "gelu", "bias": True, "tie_weights": True,
+          "n_kv_head": None}),
+    (["--arch", "llama"], {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "bias": False,
+                           "tie_weights": False, "n_kv_head": 2}),
+    (["--arch", "llama", "--n-kv-head", "1", "--position", "learned"], {"norm": "rmsnorm", "position": "learned",
+                                                                        "n_kv_head": 1, "bias": False}),
+    (["--norm", "rmsnorm", "--no-bias", "--rope-theta", "500"], {"norm": "rmsnorm", "position": "learned",
+                                                                 "bias": False, "rope_theta": 500.0}),
+])
+def test_pretrain_builds_the_layout_asked_for_each_switch_winning_over_arch(monkeypatch, capsys, argv, expected):
+    """--arch llama turns every chapter-12 switch on; a switch given as its own flag wins over it."""
+    import gpt_scratch.pretrain as pretrain_module
+    asked = {}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda corpus, out, model_settings, *a, **k: asked.update(
+        model_settings))
+    code, _, err = run_cli(capsys, "pretrain", "--corpus", "c.txt", *argv)
+    assert code == 0, err
+    from gpt_scratch.model import GPTConfig
+    config = GPTConfig(**asked)
+    assert {key: getattr(config, key) for key in expected} == expected
+
+
+def test_a_layout_that_cannot_be_built_is_one_line(capsys):
+    code, out, err = run_cli(capsys, "pretrain", "--arch", "llama", "--n-kv-head", "3")  # 3 does not divide 4 heads
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--n-kv-head 3 must divide --n-head 4" in err

@@ -114,8 +114,8 @@ def test_llama_config_turns_every_switch_on_and_settings_win():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(n_kv_head=3), "must divide n_head"), (dict(n_kv_head=0), "must divide n_head"),
-    (dict(n_kv_head=8), "must divide n_head"), (dict(norm="batchnorm"), "norm must be"),
+    (dict(n_kv_head=3), "must divide --n-head"), (dict(n_kv_head=0), "must divide --n-head"),
+    (dict(n_kv_head=8), "must divide --n-head"), (dict(norm="batchnorm"), "norm must be"),
     (dict(position="alibi"), "position must be"), (dict(mlp="relu"), "mlp must be"),
     (dict(position="rope", n_embd=36, n_head=4), "even"), (dict(position="rope", rope_theta=0.0), "positive"),
     (dict(mlp_hidden=0), "mlp_hidden"),
