@@ -118,6 +118,20 @@ def test_a_failed_check_names_its_input(tmp_path):
     assert results["1.3"].status == results["1.4"].status == "pass", "graded with the reference helpers"
 
 
+def test_an_answer_that_equals_anything_fails(tmp_path):
+    """A merge that returns an object whose == is always True does not pass for the right list."""
+    student = tmp_path / "eve"
+    shutil.copytree(REPO / "solutions" / "ch01", student / "ch01")
+    script = student / "ch01" / "ex1_bpe.py"
+    text = script.read_text()
+    cheat = ("class Anything(list):\n    def __eq__(self, other):\n        return True\n\n\n"
+             "def merge(")
+    script.write_text(text.replace("def merge(", cheat, 1).replace("    return merged\n", "    return Anything(merged)\n", 1))
+    results = {r.label: r for r in grade(student, [1])}
+    assert results["1.2"].status == "fail" and "merge([1, 2, 3, 1, 2], (1, 2), 9) returned" in results["1.2"].reason
+    assert results["1.1"].status == "pass"
+
+
 def test_exercise_checks_name_their_input():
     """The grader shows a failed check's first line, so every check in tests/exercises says what
     it called: checks.py's helpers (expect, check, close, ...) or an assert with a message; never

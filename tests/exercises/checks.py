@@ -120,13 +120,26 @@ def _difference(got, expected) -> str:
     return ""
 
 
+class _Nothing:
+    """A fresh value that nothing honest is equal to."""
+
+
+def equals_anything(value) -> bool:
+    """Does value claim to equal a value it has never seen? An object whose __eq__ always answers True
+    would pass every comparison; no answer an exercise asks for does that."""
+    try:
+        return bool(value == _Nothing())
+    except Exception:  # e.g. a tensor compared with an object: an honest value
+        return False
+
+
 def check(what: str, got, expected, why: str = "", same: bool | None = None, verb: str = "returned") -> None:
     """Assert got == expected (or the verdict `same` given), failing with one line:
     '<what> <verb> <got>, expected <expected>; <why>'. Where long lists or dicts would be cut
-    short, the line says where they differ instead."""
+    short, the line says where they differ instead. A value that equals anything never passes."""
     if same is None:
         try:
-            same = bool(got == expected)
+            same = bool(got == expected) and not equals_anything(got)
         except Exception:  # e.g. a tensor of several values compared with a number: not what was asked for
             same = False
     if not same:
