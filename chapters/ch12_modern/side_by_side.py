@@ -2,6 +2,7 @@
 
     python chapters/ch12_modern/side_by_side.py                          # every variant, seed 0 (about 1 h)
     python chapters/ch12_modern/side_by_side.py --variants gpt2 llama --seeds 0 1 2
+    python chapters/ch12_modern/side_by_side.py --variants swiglu llama --pretrain-lr 3e-3 --out runs/ch12_lr_3e-3
     python chapters/ch12_modern/side_by_side.py --help
 
 Every variant pretrains a model of the run's preset (the default preset: 4 layers of width 128) on the
@@ -25,7 +26,7 @@ if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package with
     sys.path.insert(0, str(REPO))
 
 from gpt_scratch.ablation import check_run_folder, markdown_table, run_ablation  # noqa: E402
-from gpt_scratch.args import OneLineParser, int_range, non_negative_int  # noqa: E402
+from gpt_scratch.args import OneLineParser, int_range, non_negative_int, positive_float  # noqa: E402
 from gpt_scratch.bench import measure_generation  # noqa: E402
 from gpt_scratch.checkpoint import load_stage_checkpoint  # noqa: E402
 from gpt_scratch.formats import write_json  # noqa: E402
@@ -36,15 +37,16 @@ from gpt_scratch.pretrain import pretrain  # noqa: E402
 from gpt_scratch.sft import sft  # noqa: E402
 from gpt_scratch.train import TrainConfig  # noqa: E402
 
-VARIANTS = {  # name -> the GPTConfig switches it turns on (GPT-2's layout is every switch off)
-    "gpt2": {},
-    "rmsnorm": {"norm": "rmsnorm"},
-    "rope": {"position": "rope"},
-    "swiglu": {"mlp": "swiglu"},
-    "gqa": {"n_kv_head": 2},  # two query heads per key/value head
-    "no-bias": {"bias": False},
-    "untied": {"tie_weights": False},
-    "llama": "all",  # model.layout("llama", n_head): every switch above
+LLAMA = tuple(layout("llama", 4))  # the switches of chapter 12's layout: norm, position, mlp, bias, ...
+VARIANTS = {  # name -> the switches of the llama layout it turns on (GPT-2's layout: none)
+    "gpt2": (),
+    "rmsnorm": ("norm",),
+    "rope": ("position",),
+    "swiglu": ("mlp",),
+    "gqa": ("n_kv_head",),  # two query heads per key/value head
+    "no-bias": ("bias",),
+    "untied": ("tie_weights",),
+    "llama": LLAMA,
 }
 COLUMNS = [("variant", "variant", "{}"), ("seed", "seed", "{}"), ("parameters", "parameters", "{:,}"),
            ("val_loss", "validation loss after pretraining", "{:.4f}"),
@@ -56,8 +58,12 @@ GENERATED = 64  # new tokens per generation measurement
 
 
 def switches(variant: str, n_head: int) -> dict:
-    """The GPTConfig settings of a variant: its own switches, or the whole llama layout."""
-    return layout("llama", n_head) if VARIANTS[variant] == "all" else dict(VARIANTS[variant])
+    """The GPTConfig settings of a variant: its switches as the llama layout sets them (model.layout).
+
+    Example: switches("gqa", 4) -> {"n_kv_head": 2};  switches("llama", 4) -> the whole layout
+    """
+    llama = layout("llama", n_head)
+    return {name: llama[name] for name in VARIANTS[variant]}
 
 
 def kv_bytes_per_token(config: GPTConfig) -> int:
@@ -88,6 +94,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
                         help="pretraining steps of every variant (default: the preset's)")
     parser.add_argument("--sft-steps", type=int_range(1, 1_000_000),
                         help="SFT steps of every variant (default: the preset's)")
+    parser.add_argument("--pretrain-lr", type=positive_float,
+                        help="pretraining learning rate of every variant (default: the preset's)")
+    parser.add_argument("--sft-lr", type=positive_float, help="SFT learning rate of every variant (default: the preset's)")
     parser.add_argument("--quiet", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds):
@@ -104,6 +113,8 @@ def train_variant(variant: str, seed: int, preset: str, args: argparse.Namespace
         pretrain_cfg = with_steps(pretrain_cfg, args.pretrain_steps)
     if args.sft_steps:
         sft_cfg = with_steps(sft_cfg, args.sft_steps)
+    pretrain_cfg = replace(pretrain_cfg, lr=args.pretrain_lr or pretrain_cfg.lr)
+    sft_cfg = replace(sft_cfg, lr=args.sft_lr or sft_cfg.lr)
     model_settings = {**settings["model"], **switches(variant, settings["model"]["n_head"])}
     corpus = run / "data" / "corpus.txt"
     base = pretrain(corpus, folder / "pretrain", model_settings, pretrain_cfg, settings["vocab_size"], resume=True,
@@ -112,7 +123,7 @@ def train_variant(variant: str, seed: int, preset: str, args: argparse.Namespace
                 score_before=False, replay=settings["sft"]["replay"], replay_corpus=corpus)
     model, tokenizer, _ = load_stage_checkpoint(folder / "sft", device=torch.device("cpu"))
     speed = measure_generation(model.eval(), tokenizer.encode("What is 3 plus 4?"), GENERATED, torch.device("cpu"))
-    row = {"parameters": base["parameters"], "val_loss": base["final_val_loss"], "accuracy": tuned["accuracy_after"],
+    row = {"pretrain_lr": pretrain_cfg.lr, "sft_lr": sft_cfg.lr, "parameters": base["parameters"], "val_loss": base["final_val_loss"], "accuracy": tuned["accuracy_after"],
            "pretrain_seconds": base["train_seconds"], "sft_seconds": tuned["train_seconds"],
            "kv_bytes_per_token": kv_bytes_per_token(model.config), "tokens_per_second": speed["cached"]}
     write_json(folder / "metrics.json", row)
@@ -126,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_ablation(runs, lambda changes, folder: train_variant(changes["variant"], changes["seed"], preset,
                                                                     args, folder), Path(args.out), quiet=args.quiet)
     rows = [{**row, "variant": row["changes"]["variant"], "seed": row["changes"]["seed"]} for row in rows]
+    pretrain_cfg, sft_cfg = (stage_train_config(preset, stage, 0, "auto") for stage in ("pretrain", "sft"))
+    print(f"preset {preset}; pretraining lr {args.pretrain_lr or pretrain_cfg.lr:g}, SFT lr {args.sft_lr or sft_cfg.lr:g}")
     print(markdown_table(rows, COLUMNS))
     return 0
 
