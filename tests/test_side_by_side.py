@@ -59,6 +59,8 @@ def test_a_tiny_side_by_side_writes_its_rows_and_reuses_finished_variants(run, t
         assert 0 <= row["accuracy"] <= 1 and row["val_loss"] > 0 and row["tokens_per_second"] > 0
         assert row["pretrain_lr"] == 0.02 and row["sft_lr"] == 3e-3  # the flag's, and the tiny preset's
         assert f"| {row['changes']['variant']} | 0 | {row['parameters']:,} |" in table
+    families = json.loads((out / "families.json").read_text())["tables"]
+    assert set(families) == {"gpt2-seed0", "gqa-seed0"} and "| family | n | accuracy |" in families["gqa-seed0"]
     written = (out / "gpt2-seed0" / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
     assert side_by_side.main(argv) == 0  # finished: reused, not trained again
     assert (out / "gpt2-seed0" / "pretrain" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == written

@@ -11,10 +11,12 @@ instructions as the main job's SFT stage does, and is judged on the same held-ou
 layout changes: one switch of GPTConfig (model.py), or all of them (llama). Each row also has the
 model's parameters, the KV cache's bytes per token (bf16) and greedy generation speed with the cache.
 Each variant trains in its own folder under --out (a finished one is reused); --out/results.json keeps
-the rows, the command and the machine, and the chapter's README table is checked against it.
+the rows, the command and the machine, --out/families.json each variant's accuracy per task family, and
+the chapter's README tables are checked against them.
 """
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +32,7 @@ from gpt_scratch.args import OneLineParser, int_range, non_negative_int, positiv
 from gpt_scratch.bench import measure_generation  # noqa: E402
 from gpt_scratch.checkpoint import load_stage_checkpoint  # noqa: E402
 from gpt_scratch.formats import write_json  # noqa: E402
+from gpt_scratch.measured import command_line  # noqa: E402
 from gpt_scratch.model import GPTConfig, layout  # noqa: E402
 from gpt_scratch.pipeline import stage_train_config  # noqa: E402
 from gpt_scratch.presets import PRESETS  # noqa: E402
@@ -130,6 +133,12 @@ def train_variant(variant: str, seed: int, preset: str, args: argparse.Namespace
     return row
 
 
+def write_families(runs: dict, out: Path) -> None:
+    """out/families.json: each variant's held-out accuracy per task family after SFT (its SFT stage's table)."""
+    tables = {name: json.loads((out / name / "sft" / "metrics.json").read_text())["table"] for name in runs}
+    write_json(out / "families.json", {"command": command_line(), "tables": tables})
+
+
 def main(argv: list[str] | None = None) -> int:
     args, preset = parse_args(argv)
     runs = {f"{variant}-seed{seed}": {"variant": variant, "seed": seed}
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_ablation(runs, lambda changes, folder: train_variant(changes["variant"], changes["seed"], preset,
                                                                     args, folder), Path(args.out), quiet=args.quiet)
     rows = [{**row, "variant": row["changes"]["variant"], "seed": row["changes"]["seed"]} for row in rows]
+    write_families(runs, Path(args.out))
     pretrain_cfg, sft_cfg = (stage_train_config(preset, stage, 0, "auto") for stage in ("pretrain", "sft"))
     print(f"preset {preset}; pretraining lr {args.pretrain_lr or pretrain_cfg.lr:g}, SFT lr {args.sft_lr or sft_cfg.lr:g}")
     print(markdown_table(rows, COLUMNS))
