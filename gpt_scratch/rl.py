@@ -34,7 +34,7 @@ import torch
 from gpt_scratch import distributed
 from gpt_scratch.args import float_range, int_range
 from gpt_scratch.checkpoint import find_checkpoint, load_model_into, load_stage_checkpoint, load_train_state, save_checkpoint
-from gpt_scratch.lora import remove_lora, save_adapter
+from gpt_scratch.lora import parameter_groups, remove_lora, save_adapter
 from gpt_scratch.model import GPT, disable_dropout
 from gpt_scratch.settings import setting
 from gpt_scratch.tokenizer import Tokenizer
@@ -73,9 +73,12 @@ def make_reference(policy: GPT, cfg) -> GPT | None:
 
 
 def adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-    """The RL stages' optimizer: AdamW over the parameters that train, betas (0.9, 0.95), no weight decay."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95),
-                             weight_decay=0.0)
+    """The RL stages' optimizer: AdamW over the parameters that train, betas (0.9, 0.95), no weight decay.
+
+    The learning rate is constant; with LoRA+ the lora_B matrices train at lr * the ratio (lora.parameter_groups).
+    """
+    groups = parameter_groups(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
 
 @dataclass

@@ -62,8 +62,8 @@ class Tuning(LoRASettings):
     """Which parameters fine-tuning may change (chapters 6 and 7); the default trains them all.
 
     freeze: a strategy of freeze.py (full, last_blocks, head, norms_biases, embeddings_frozen); with a
-    lora_rank (Tuning is also a LoRASettings: lora_rank, lora_alpha, lora_targets, lora_dropout) the
-    base model is frozen and LoRA adapters are trained instead.
+    lora_rank (Tuning is also a LoRASettings: lora_rank, lora_alpha, lora_targets, lora_dropout, lora_rslora,
+    lora_plus_ratio) the base model is frozen and LoRA adapters are trained instead.
     """
     freeze: str = setting("full", "freezing strategy (last_blocks needs --trainable-blocks; full = nothing frozen)",
                           choices=STRATEGIES, preset=False)
@@ -88,7 +88,9 @@ class Tuning(LoRASettings):
 
     def describe(self) -> str:
         if self.lora_rank is not None:
-            return f"LoRA rank {self.lora_rank} on {'+'.join(self.lora_targets)}"
+            return (f"LoRA rank {self.lora_rank} on {'+'.join(self.lora_targets)}"
+                    + (", rsLoRA" if self.lora_rslora else "")
+                    + (f", LoRA+ ratio {self.lora_plus_ratio:g}" if self.lora_plus_ratio != 1 else ""))
         return self.freeze + (f" {self.trainable_blocks}" if self.freeze == "last_blocks" else "")
 
 
