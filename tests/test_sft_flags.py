@@ -68,7 +68,7 @@ def test_every_lora_rank_trains_the_formula_count_and_writes_an_adapter(setup, r
     assert len(history["train_loss"]) == metrics["steps"]
 
 
-@pytest.mark.parametrize("targets", [["attn"], ["mlp"], ["head"], ["attn", "mlp", "head"]])
+@pytest.mark.parametrize("targets", [["attn"], ["mlp"], ["head"], ["emb"], ["attn", "mlp", "head"]])
 def test_every_lora_target_set_changes_the_count(setup, targets):
     metrics, _ = run_sft(setup, "lora_t_" + "_".join(targets), "--lora-rank", "2", "--lora-targets", *targets)
     assert metrics["trainable_parameters"] == lora_parameter_count(setup["config"], 2, tuple(targets))
@@ -85,6 +85,21 @@ def test_lora_alpha_and_dropout_take_effect(setup):
     assert json.loads((d / "adapter" / "adapter.json").read_text())["dropout"] == 0.5
 
 
+def test_lora_rslora_plus_ratio_and_the_embedding_target_take_effect(setup):
+    lora = ["--lora-rank", "2", "--lora-targets", "attn", "emb"]
+    plain, p = run_sft(setup, "knobs_plain", *lora)
+    rs, r = run_sft(setup, "knobs_rslora", *lora, "--lora-rslora")
+    plus, q = run_sft(setup, "knobs_plus", *lora, "--lora-plus-ratio", "16")
+    settings = [json.loads((out / "adapter" / "adapter.json").read_text()) for out in (p, r, q)]
+    assert [s["rslora"] for s in settings] == [False, True, False]
+    assert all(s["targets"] == ["attn", "emb"] for s in settings)
+    assert plain["trainable_parameters"] == lora_parameter_count(setup["config"], 2, ("attn", "emb"))
+    assert (plain["tuning"], rs["tuning"], plus["tuning"]) == (
+        "LoRA rank 2 on attn+emb", "LoRA rank 2 on attn+emb, rsLoRA", "LoRA rank 2 on attn+emb, LoRA+ ratio 16")
+    weights = [load_checkpoint(out)[0].transformer.wte.weight for out in (p, r, q)]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])  # each: another model
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--freeze", "some"], "--freeze"),
     (["--freeze", "last_blocks"], "--trainable-blocks"),
@@ -96,7 +111,7 @@ def test_lora_alpha_and_dropout_take_effect(setup):
     (["--lora-rank", "2", "--lora-alpha", "0"], "--lora-alpha"),
     (["--lora-alpha", "8"], "--lora-alpha needs --lora-rank"),
     (["--lora-targets", "attn"], "--lora-targets needs --lora-rank"),
-    (["--lora-rank", "2", "--lora-targets", "emb"], "--lora-targets"),
+    (["--lora-rank", "2", "--lora-targets", "ffn"], "--lora-targets"),
     (["--lora-rank", "2", "--freeze", "head"], "cannot be combined"),
     (["--template", "vicuna"], "--template"),
     (["--loss-on", "prompt"], "--loss-on"),
