@@ -19,8 +19,11 @@ from gpt_scratch.cli import main
 from gpt_scratch.data import Encoded
 from gpt_scratch.grpo import (GRPOConfig, collect_groups, draw_records, group_advantages, grpo_stage, grpo_step,
                               judge_rewards, pass_at_k, pass_rates, sft_error_rates)
+from gpt_scratch.logprobs import token_logprobs
+from gpt_scratch.lora import LoRAEmbedding, adapters_off, load_adapter, lora_layers
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.ppo_math import aggregate_loss, clipped_policy_loss
+from gpt_scratch.rl import adamw, make_reference
 from gpt_scratch.rollout import collated
 from gpt_scratch.tokenizer import Tokenizer
 from gpt_scratch.train import TrainingDiverged
@@ -540,3 +543,83 @@ def test_pass_at_k_counts_what_the_reward_counts(monkeypatch):
     passes = pass_rates(None, None, [record], small(group_size=2, eval_samples=4))
     assert passes["pass_at_1"] == pytest.approx(pass_at_k(4, 1, 1)) == 0.25  # not 0.75: two never ended
     assert passes["pass_at_g"] == pytest.approx(pass_at_k(4, 1, 2)) == 0.5
+
+
+# A LoRA policy -------------------------------------------------------------------------------------------------
+
+LORA_SETTINGS = [dict(lora_rank=2),
+                 dict(lora_rank=2, lora_rslora=True, lora_targets=["attn", "mlp", "emb"], lora_plus_ratio=4.0,
+                      temperature=0.7)]
+
+
+@pytest.mark.parametrize("lora", LORA_SETTINGS, ids=["lora", "rslora-emb-plus4-T0.7"])
+def test_a_lora_policy_starts_at_kl_0_and_ratio_1_and_its_checkpoint_is_the_base_plus_its_adapter(
+        tmp_path, folders, monkeypatch, reward_by_length, lora):
+    """B = 0 (A = 0 for the embedding): at the first step the policy is its reference, the base with its
+    adapters off, bit for bit. At the end adapter/ holds the adapter and checkpoint/ the merged policy:
+    the SFT model + the adapter (load_adapter) gives its logits."""
+    optimizers = []
+    monkeypatch.setattr(grpo_module, "adamw", lambda model, lr: optimizers.append(adamw(model, lr)) or optimizers[-1])
+    out = tmp_path / "lora"
+    cfg = small(**lora)
+    grpo_stage(folders["sft"], folders["data"], out, cfg, quiet=True)
+    history = json.loads((out / "history.json").read_text())
+    assert history["kl"][0] == 0.0 and history["ratio_first_minibatch"] == [1.0] * cfg.steps
+    assert history["kl"][-1] > 0.0, "the adapters did not move the policy"
+    ratios = {group["lr_ratio"]: group["lr"] for group in optimizers[0].param_groups}
+    assert ratios == ({1.0: cfg.lr, 4.0: 4.0 * cfg.lr} if cfg.lora_plus_ratio == 4.0 else {1.0: cfg.lr})
+
+    merged, _, meta = load_checkpoint(out)
+    assert meta["merged_lora"] is True and not any(".lora_" in name for name in merged.state_dict())
+    adapter = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert adapter["rslora"] is cfg.lora_rslora and adapter["targets"] == cfg.lora_targets
+    sft = load_checkpoint(folders["sft"])[0]
+    load_adapter(sft, out / "adapter")
+    x = torch.randint(0, folders["tokenizer"].n_vocab, (2, 10), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sft(x), merged(x), atol=1e-5, rtol=1e-5)
+    plain_sft = load_checkpoint(folders["sft"])[0]
+    with adapters_off(sft):
+        assert torch.equal(sft(x), plain_sft(x))
+    assert torch.equal(merged.lm_head.weight, plain_sft.lm_head.weight)  # the head is no target: untouched
+
+
+def test_the_reference_of_a_lora_policy_is_its_base_with_the_adapters_off(folders, monkeypatch, reward_by_length):
+    """Adapters that already moved the policy: the reference log-probs (at the rollout temperature) are
+    exactly those of a plain copy of the base, the first minibatch's ratio is still 1, and only the
+    adapters train; LoRA+ trains every lora_B at 4 times the learning rate."""
+    seen = {}
+
+    def keep_groups(*args):
+        seen["groups"] = collect_groups(*args)
+        return seen["groups"]
+
+    def keep_kl(*args, real=grpo_module.kl_per_token):
+        seen["kl"] = args
+        return real(*args)
+    monkeypatch.setattr(grpo_module, "collect_groups", keep_groups)
+    monkeypatch.setattr(grpo_module, "kl_per_token", keep_kl)
+    policy, tokenizer, _ = load_checkpoint(folders["sft"])
+    base = copy.deepcopy(policy).eval()
+    cfg = small(lora_rank=2, lora_targets=["attn", "mlp", "emb"], lora_plus_ratio=4.0, temperature=0.7, kl_coef=0.1)
+    assert make_reference(policy, cfg) is None  # the policy got its adapters
+    torch.manual_seed(1)
+    for _, layer in lora_layers(policy):  # a trained adapter, so that the policy is not its base
+        torch.nn.init.normal_(layer.lora_A if isinstance(layer, LoRAEmbedding) else layer.lora_B, std=0.5)
+    frozen = {name: t.clone() for name, t in policy.state_dict().items() if ".lora_" not in name}
+    adapters = {name: t.clone() for name, t in policy.state_dict().items() if ".lora_" in name}
+    optimizer = adamw(policy, cfg.lr)
+    for name, layer in lora_layers(policy):
+        group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        assert group_of[id(layer.lora_B)]["lr"] == 4.0 * cfg.lr and group_of[id(layer.lora_A)]["lr"] == cfg.lr, name
+    metrics = grpo_step(policy, None, tokenizer, by_family(folders), None, cfg, optimizer, 0, torch.device("cpu"))
+
+    batch = seen["groups"][0]
+    old_logp, ref_logp, mask, _ = seen["kl"]  # the logged KL: the policy that sampled against the reference
+    with torch.no_grad():
+        assert torch.equal(ref_logp, token_logprobs(base(batch.x), batch.y, 0.7))
+        assert not torch.equal(old_logp[mask], ref_logp[mask])
+    assert metrics["ratio_first_minibatch"] == 1.0 and metrics["kl"] > 0.0
+    after = policy.state_dict()
+    for name, tensor in frozen.items():
+        assert torch.equal(after[name], tensor), f"the frozen {name} moved"
+    assert all(not torch.equal(after[name], tensor) for name, tensor in adapters.items() if name.endswith("lora_B"))
