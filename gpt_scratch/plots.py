@@ -98,8 +98,8 @@ def plot_histograms(panels: dict[str, tuple[list[float], list[float]]], labels: 
 def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, per_row: int = 4) -> Path:
     """Line charts, per_row of them side by side. Each panel: {"ylabel": str, "lines": [(label, xs, ys, style), ...]},
     and optionally "ylim": (bottom, top), either None for matplotlib's choice: (0, 1.05) for shares, (0, None) for a
-    loss, so that a drop is drawn to scale; and "legend": keyword arguments of the legend, e.g.
-    {"loc": "lower center", "ncol": 2} to keep it off the lines."""
+    loss, so that a drop is drawn to scale; "xscale": "log" for a learning rate; and "legend": keyword arguments
+    of the legend, e.g. {"loc": "lower center", "ncol": 2} to keep it off the lines."""
     ncols = min(per_row, len(panels))
     nrows = -(-len(panels) // ncols)  # ceiling division
     fig, axes = new_figure(5.5 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
@@ -113,6 +113,7 @@ def plot_curves(panels: list[dict], path: str | Path, xlabel: str, title: str, p
         ax.set_ylabel(panel["ylabel"])
         if "ylim" in panel:
             ax.set_ylim(*panel["ylim"])
+        ax.set_xscale(panel.get("xscale", "linear"))
         ax.legend(fontsize=8, **panel.get("legend", {}))
         ax.grid(alpha=0.3)
     fig.suptitle(title)

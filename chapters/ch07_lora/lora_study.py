@@ -1,0 +1,301 @@
+"""Chapter 7's LoRA study at full size: which rank, learning rate, targets and scale make LoRA match full
+fine-tuning, and what limits it when it does not.
+
+    python chapters/ch07_lora/lora_study.py --list                                  # the variants, grouped
+    python chapters/ch07_lora/lora_study.py                                         # all of them (~4 min each)
+    python chapters/ch07_lora/lora_study.py --variants r16-lr3e-3 full-lr1e-3       # some of them
+    python chapters/ch07_lora/lora_study.py --groups ranks targets                  # some groups
+
+Every variant fine-tunes the main job's pretrained model (--run/pretrain) on the main job's instructions
+exactly as its LoRA stage does (the preset's "lora" training settings: 3200 steps of 16 on the default
+preset, 2 replay windows per step), with one or two settings changed, and the judge scores it on the same
+held-out questions. "full-*" variants train every weight as the SFT stage does (the preset's "sft"
+settings). A LoRA variant trains without weight decay unless it says otherwise ("r16-wd0.1").
+
+Each variant trains in its own folder under --out (a finished one is reused, an interrupted one resumes);
+--out/results.json keeps the rows, the command and the machine. After training, each variant's merged
+model is also scored on the pretraining text it was not trained on (the pretraining stage's validation
+windows): "learns less, forgets less" in numbers. --plots FOLDER draws the chapter's figures there.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[2]
+if (REPO / "gpt_scratch").is_dir():  # run from a clone: import the package without installing it
+    sys.path.insert(0, str(REPO))
+
+from gpt_scratch.ablation import check_run_folder, markdown_table, run_ablation  # noqa: E402
+from gpt_scratch.args import OneLineParser  # noqa: E402
+from gpt_scratch.checkpoint import load_stage_checkpoint  # noqa: E402
+from gpt_scratch.data import IGNORE, TokenWindows, collate, encode_records, split_train_val  # noqa: E402
+from gpt_scratch.evaluate import evaluate, load_split  # noqa: E402
+from gpt_scratch.formats import write_json  # noqa: E402
+from gpt_scratch.lora import target_names  # noqa: E402
+from gpt_scratch.measured import command_line  # noqa: E402
+from gpt_scratch.hardware import measured_on  # noqa: E402
+from gpt_scratch.pipeline import stage_train_config  # noqa: E402
+from gpt_scratch.plots import plot_curves, plot_labelled_points  # noqa: E402
+from gpt_scratch.presets import PRESETS  # noqa: E402
+from gpt_scratch.sft import Tuning, sft  # noqa: E402
+from gpt_scratch.train import TrainConfig, evaluate_loss  # noqa: E402
+
+RANKS = (1, 4, 8, 16, 64)
+
+
+def lora(rank: int, lr: float, **changes) -> dict:
+    """A LoRA variant's settings: rank and learning rate, plus any other change (a Tuning or TrainConfig field,
+    "replay" or "n_train")."""
+    return {"lora_rank": rank, "lr": lr, **changes}
+
+
+# Each group answers one question; a variant is named by what it changes. The learning rates of each rank
+# bracket its best one (the U-curves); the other groups use rank 16 at its best measured rate.
+GROUPS: dict[str, dict[str, dict]] = {
+    "ranks": {
+        "full-lr3e-4": {"lr": 3e-4}, "full-lr1e-3": {"lr": 1e-3}, "full-lr3e-3": {"lr": 3e-3},
+        "r1-lr1e-2": lora(1, 1e-2), "r1-lr3e-2": lora(1, 3e-2),
+        "r4-lr3e-3": lora(4, 3e-3), "r4-lr1e-2": lora(4, 1e-2),
+        "r8-lr3e-3": lora(8, 3e-3), "r8-lr1e-2": lora(8, 1e-2),
+        "r16-lr1e-3": lora(16, 1e-3), "r16-lr3e-3": lora(16, 3e-3), "r16-lr1e-2": lora(16, 1e-2),
+        "r64-lr1e-3": lora(64, 1e-3), "r64-lr3e-3": lora(64, 3e-3),
+    },
+    "targets": {
+        "r16-attn": lora(16, 3e-3, lora_targets=["attn"]),
+        "r16-mlp": lora(16, 3e-3, lora_targets=["mlp"]),
+        "r16-all+head": lora(16, 3e-3, lora_targets=["attn", "mlp", "head"]),
+    },
+    "alpha": {"r64-rslora": lora(64, 3e-3, lora_rslora=True, lora_alpha=8.0)},  # rsLoRA: 8 / sqrt(64) = 1, not 2
+    "lora+": {  # B's learning rate 16 times A's (LoRA+); A at the given rate
+        "r16-plus16": lora(16, 7.5e-4, lora_plus_ratio=16.0),
+        "r16-plus16-lr1.5e-3": lora(16, 1.5e-3, lora_plus_ratio=16.0),
+        "r8-plus16": lora(8, 7.5e-4, lora_plus_ratio=16.0),
+    },
+    "seeds": {"full-seed1": {"lr": 1e-3, "seed": 1}, "r16-plus16-seed1": lora(16, 7.5e-4, lora_plus_ratio=16.0, seed=1)},
+    "batch": {"full-batch64": {"lr": 1e-3, "batch_size": 64, "max_steps": 800},
+              "r16-batch64": lora(16, 3e-3, batch_size=64, max_steps=800)},
+    "capacity": {"full-n2500": {"lr": 1e-3, "n_train": 2500}, "r1-n2500": lora(1, 1e-2, n_train=2500),
+                 "r16-n2500": lora(16, 3e-3, n_train=2500)},
+    "recipe": {"r16-wd0.1": lora(16, 3e-3, weight_decay=0.1), "r16-replay0": lora(16, 3e-3, replay=0),
+               "full-replay0": {"lr": 1e-3, "replay": 0}},
+}
+VARIANTS = {name: changes for group in GROUPS.values() for name, changes in group.items()}
+TUNING_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_rslora", "lora_plus_ratio")
+COLUMNS = [("variant", "variant", "{}"), ("trainable_parameters", "trainable", "{:,}"),
+           ("lr", "lr", "{:g}"), ("final_val_loss", "validation loss", "{:.3f}"),
+           ("accuracy_after", "held-out accuracy", "{:.1%}"), ("unseen_accuracy_after", "unseen", "{:.1%}"),
+           ("end_of_text_loss", "end-of-text loss", "{:.2f}"), ("corpus_loss", "pretraining-text loss", "{:.3f}"),
+           ("train_seconds", "train s", "{:.0f}")]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
+    parser = OneLineParser(prog=Path(__file__).name,
+                           description="Fine-tune the main job's pretrained model with LoRA at many settings (and "
+                                       "fully at a few), judge each, print a table and write --out/results.json.")
+    parser.add_argument("--run", default="runs/default",
+                        help="the main job's run folder: its pretrained model, instructions and preset "
+                             "(default runs/default)")
+    parser.add_argument("--out", default="runs/lora_study",
+                        help="one folder per variant, and results.json (default runs/lora_study)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="the variants to run, in this order")
+    parser.add_argument("--groups", nargs="+", choices=list(GROUPS), help="run these groups' variants")
+    parser.add_argument("--list", action="store_true", help="print the groups and their variants, and stop")
+    parser.add_argument("--plots", metavar="FOLDER", help="also draw the chapter's figures into FOLDER")
+    parser.add_argument("--truncation", action="store_true",
+                        help="instead of training: judge full fine-tuning's update (--run/sft) cut to each rank, "
+                             "written to --out/truncation.json (under a minute)")
+    parser.add_argument("--quiet", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    if args.variants and args.groups:
+        parser.error("give --variants or --groups, not both")
+    if args.list:
+        return args, ""
+    chosen = args.variants or [name for group in (args.groups or GROUPS) for name in GROUPS[group]]
+    args.variants = list(dict.fromkeys(chosen))
+    if args.variants and len(args.variants) < len(chosen) and not args.groups:
+        parser.error("--variants names a variant twice; give each once")
+    return args, check_run_folder(parser, args, ("sft",) if args.truncation else ("pretrain",))
+
+
+def train_config(changes: dict, preset: str) -> TrainConfig:
+    """The preset's LoRA (or, without a rank, SFT) training settings with the variant's changes."""
+    is_lora = "lora_rank" in changes
+    cfg = stage_train_config(preset, "lora" if is_lora else "sft", 0, "auto")
+    if is_lora:
+        cfg = replace(cfg, weight_decay=0.0)
+    fields = {k: v for k, v in changes.items() if k in TrainConfig.__dataclass_fields__}
+    cfg = replace(cfg, **fields)
+    if cfg.max_steps < cfg.eval_every or cfg.max_steps < cfg.save_every:
+        cfg = replace(cfg, eval_every=min(cfg.eval_every, cfg.max_steps), save_every=min(cfg.save_every, cfg.max_steps))
+    return cfg
+
+
+def pretraining_text_batches(run: Path, block_size: int) -> list:
+    """The pretraining stage's own validation windows (the last 5% of the corpus, as pretrain() splits it)."""
+    _, tokenizer, _ = load_stage_checkpoint(run / "pretrain", device=torch.device("cpu"))
+    _, val_ids = split_train_val(tokenizer.encode((run / "data" / "corpus.txt").read_text()), 0.05)
+    return TokenWindows(val_ids, block_size, 16).evenly_spaced_batches(8)
+
+
+def train_variant(changes: dict, folder: Path, run: Path, preset: str, quiet: bool) -> dict:
+    tuning = Tuning(**{k: v for k, v in changes.items() if k in TUNING_FIELDS})
+    replay = changes.get("replay", PRESETS[preset]["sft"]["replay"])
+    return sft(run / "pretrain", run / "data", folder, train_config(changes, preset), resume=True, quiet=quiet,
+               tuning=tuning, score_before=False, n_train=changes.get("n_train"), replay=replay,
+               replay_corpus=run / "data" / "corpus.txt" if replay else None)
+
+
+@torch.no_grad()
+def end_of_text_loss(model, tokenizer, records: list[dict]) -> float:
+    """The mean loss on the end-of-text that closes each answer: how well the model has learned to stop."""
+    model.eval()
+    losses = []
+    for example in encode_records(tokenizer, records, "chat", model.config.block_size, quiet=True):
+        x, y = collate([example], tokenizer.eot_id)
+        last = int((y[0] != IGNORE).nonzero()[-1])  # the answer's last target: its end-of-text
+        losses.append(F.cross_entropy(model(x)[0, last], y[0, last]).item())
+    return sum(losses) / len(losses)
+
+
+def add_forgetting_and_stopping(folder: Path, run: Path, batches: list, base_loss: float) -> dict:
+    """The variant's metrics with its loss on the pretraining text and on the answers' end-of-text (validation
+    records): both computed once and kept in its metrics.json."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if "corpus_loss" not in metrics or "end_of_text_loss" not in metrics:
+        model, tokenizer, _ = load_stage_checkpoint(folder, device=torch.device("cpu"))
+        metrics["corpus_loss"] = round(evaluate_loss(model, batches, torch.device("cpu")), 4)
+        metrics["end_of_text_loss"] = round(end_of_text_loss(model, tokenizer, load_split(run / "data", "val", 200)), 4)
+        write_json(folder / "metrics.json", metrics)
+    return {**metrics, "base_corpus_loss": round(base_loss, 4)}
+
+
+def truncated(update: torch.Tensor, rank: int) -> torch.Tensor:
+    """The best rank-`rank` approximation of a matrix (its top singular directions, Eckart-Young)."""
+    U, S, Vh = torch.linalg.svd(update.float(), full_matrices=False)
+    return (U[:, :rank] * S[:rank]) @ Vh[:rank]
+
+
+def truncation_study(run: Path, ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> list[dict]:
+    """Does full fine-tuning's own update fit in rank r? For each rank: keep the top r directions of its change to
+    every attention and MLP matrix (the layers LoRA targets), with its other changes (embeddings, norms, biases)
+    kept or not, and judge that model. Also the share of the change's squared norm in those directions."""
+    base, tokenizer, _ = load_stage_checkpoint(run / "pretrain", device=torch.device("cpu"))
+    tuned, _, _ = load_stage_checkpoint(run / "sft", device=torch.device("cpu"))
+    # Copies: base.state_dict() shares its tensors with the model, which load_state_dict overwrites below.
+    before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    after = tuned.state_dict()
+    test = load_split(run / "data", "test")
+    rows = []
+    for rank in (None, *ranks):  # None: the whole change
+        for rest in ("base", "sft"):
+            state = dict(before if rest == "base" else after)  # the targeted weights are replaced, not edited
+            shares = []
+            for name in target_names(base, ("attn", "mlp")):
+                update = after[f"{name}.weight"] - before[f"{name}.weight"]
+                if rank is not None:
+                    squared = torch.linalg.svdvals(update.float()) ** 2
+                    shares.append(float(squared[:rank].sum() / squared.sum()))
+                    update = truncated(update, rank)
+                state[f"{name}.weight"] = before[f"{name}.weight"] + update
+            base.load_state_dict(state)
+            rows.append({"rank": rank, "other_changes": rest == "sft", "accuracy": evaluate(base, tokenizer, test, "chat")[0]["accuracy"],
+                         "norm_share": sum(shares) / len(shares) if shares else 1.0})
+    return rows
+
+
+def method(row: dict) -> str:
+    """"full", "r16", ...: the part of a variant's name before its first "-"."""
+    return row["variant"].split("-")[0]
+
+
+def rank_order(name: str) -> tuple[bool, int]:
+    return name != "full", int(name[1:]) if name != "full" else 0
+
+
+def best_rows(rows: list[dict]) -> dict[str, dict]:
+    """Per method (full, or LoRA of a rank) of the "ranks" group: the row with the highest accuracy."""
+    best = {}
+    for row in rows:
+        if row["variant"] in GROUPS["ranks"]:
+            if method(row) not in best or row["accuracy_after"] > best[method(row)]["accuracy_after"]:
+                best[method(row)] = row
+    return dict(sorted(best.items(), key=lambda item: rank_order(item[0])))
+
+
+def draw(rows: list[dict], folder: Path) -> None:
+    """accuracy_vs_trainable.png (with the capacity panel) and lr_curves.png from the study's rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    best = best_rows(rows)
+    lora_best = [row for name, row in best.items() if name != "full"]
+    panels = [{"ylabel": "held-out accuracy", "xscale": "log", "ylim": (0, 1.05), "lines": [
+        ("LoRA, the best lr of each rank", [r["trainable_parameters"] for r in lora_best],
+         [r["accuracy_after"] for r in lora_best], "o-")]}]
+    plus = sorted((r for r in rows if r["variant"] in GROUPS["lora+"]), key=lambda r: r["trainable_parameters"])
+    if plus:
+        panels[0]["lines"].append(("LoRA+ (B's lr 16x A's)", [r["trainable_parameters"] for r in plus],
+                                   [r["accuracy_after"] for r in plus], "s"))
+    if "full" in best and lora_best:
+        span = [min(r["trainable_parameters"] for r in lora_best), best["full"]["trainable_parameters"]]
+        panels[0]["lines"].append((f"full fine-tuning (lr {best['full']['lr']:g})", span,
+                                   [best["full"]["accuracy_after"]] * 2, "k--"))
+    capacity = {}
+    for row in rows:
+        n = row["changes"].get("n_train", row["train_examples"]) if row["variant"] in GROUPS["capacity"] else None
+        if n is not None or (row["variant"] in GROUPS["ranks"] and best.get(method(row)) is row):
+            capacity.setdefault(method(row), []).append((row["train_examples"], row["accuracy_after"]))
+    lines = [(name, [n for n, _ in sorted(points)], [a for _, a in sorted(points)], "o-")
+             for name, points in sorted(capacity.items(), key=lambda item: rank_order(item[0])) if len(points) > 1]
+    if lines:
+        panels.append({"ylabel": "held-out accuracy", "xscale": "log", "ylim": (0, 1.05), "lines": lines})
+    plot_curves(panels[:1], folder / "accuracy_vs_trainable.png", "trainable parameters (log)",
+                "accuracy against trainable parameters")
+    if len(panels) > 1:
+        plot_curves(panels[1:], folder / "capacity.png", "SFT examples (log)", "accuracy against the data's size")
+    lr_lines, forgetting = [], []
+    for name in best:
+        tried = sorted((r for r in rows if method(r) == name and r["variant"] in GROUPS["ranks"]), key=lambda r: r["lr"])
+        lr_lines.append((name, [r["lr"] for r in tried], [r["accuracy_after"] for r in tried], "o-"))
+        forgetting.append((name, [r["lr"] for r in tried], [r["corpus_loss"] for r in tried], "o-"))
+    plot_curves([{"ylabel": "held-out accuracy", "lines": lr_lines, "ylim": (0, 1.05), "xscale": "log"},
+                 {"ylabel": "loss on the pretraining text", "lines": forgetting, "xscale": "log", "ylim": (0, None)}],
+                folder / "lr_curves.png", "peak learning rate (log)", "accuracy and forgetting against the learning rate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, preset = parse_args(argv)
+    if args.list:
+        for group, variants in GROUPS.items():
+            print(f"{group}: {' '.join(variants)}")
+        return 0
+    run, out = Path(args.run), Path(args.out)
+    if args.truncation:
+        rows = truncation_study(run)
+        write_json(out / "truncation.json", {"command": command_line(), "measured_on": measured_on(), "rows": rows})
+        print(markdown_table(rows, [("rank", "rank kept", "{}"), ("other_changes", "other changes of SFT kept", "{}"),
+                                    ("norm_share", "share of the squared norm", "{:.1%}"),
+                                    ("accuracy", "held-out accuracy", "{:.1%}")]))
+        return 0
+    batches = pretraining_text_batches(run, PRESETS[preset]["model"]["block_size"])
+    base_model, _, _ = load_stage_checkpoint(run / "pretrain", device=torch.device("cpu"))
+    base_loss = evaluate_loss(base_model, batches, torch.device("cpu"))
+    chosen = {name: VARIANTS[name] for name in args.variants}
+    rows = run_ablation(chosen, lambda changes, folder: train_variant(changes, folder, run, preset, args.quiet), out,
+                        quiet=args.quiet)
+    rows = [{**row, **add_forgetting_and_stopping(out / row["variant"], run, batches, base_loss),
+             "lr": train_config(row["changes"], preset).lr} for row in rows]
+    write_json(out / "results.json", {**json.loads((out / "results.json").read_text()), "rows": rows})
+    print(f"preset {preset}; loss on the pretraining text before fine-tuning: {base_loss:.3f}")
+    print(markdown_table(rows, COLUMNS))
+    if args.plots:
+        draw(rows, Path(args.plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

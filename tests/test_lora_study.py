@@ -1,0 +1,80 @@
+"""Chapter 7's LoRA study (chapters/ch07_lora/lora_study.py): its variants, its flags, a tiny run, the truncation."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from gpt_scratch.cli import main as cli_main
+from tiny import REPO
+
+spec = importlib.util.spec_from_file_location("lora_study", REPO / "chapters" / "ch07_lora" / "lora_study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The main job on the tiny preset: its data, pretrained model and SFT model."""
+    folder = tmp_path_factory.mktemp("lora_study") / "run"
+    assert cli_main(["run", "--preset", "tiny", "--out", str(folder), "--quiet"]) == 0
+    return folder
+
+
+def test_every_variant_is_named_once_and_lora_variants_train_without_weight_decay():
+    names = [name for group in study.GROUPS.values() for name in group]
+    assert len(names) == len(set(names)) == len(study.VARIANTS)
+    lora_cfg = study.train_config(study.VARIANTS["r16-lr3e-3"], "default")
+    full_cfg = study.train_config(study.VARIANTS["full-lr1e-3"], "default")
+    assert (lora_cfg.lr, lora_cfg.weight_decay, lora_cfg.max_steps) == (3e-3, 0.0, 3200)
+    assert (full_cfg.lr, full_cfg.weight_decay) == (1e-3, 0.1)  # the SFT stage's own settings
+    assert study.train_config(study.VARIANTS["r16-wd0.1"], "default").weight_decay == 0.1
+    batch64 = study.train_config(study.VARIANTS["r16-batch64"], "default")
+    assert batch64.batch_size * batch64.max_steps == lora_cfg.batch_size * lora_cfg.max_steps  # the same examples
+
+
+def test_truncated_keeps_the_top_singular_directions():
+    matrix = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+    assert torch.equal(study.truncated(matrix, 1), torch.diag(torch.tensor([3.0, 0.0, 0.0])))
+    assert torch.allclose(study.truncated(matrix, 3), matrix)
+
+
+def test_a_tiny_study_writes_its_rows_with_the_forgetting_and_reuses_finished_variants(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--run", str(run), "--out", str(out), "--variants", "full-lr1e-3", "r1-lr1e-2", "--quiet",
+            "--plots", str(tmp_path / "plots")]
+    assert study.main(argv) == 0
+    table = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["variant"]: row for row in results["rows"]}
+    assert set(rows) == {"full-lr1e-3", "r1-lr1e-2"} and {"device", "dtype", "torch", "date"} <= set(results["measured_on"])
+    assert rows["r1-lr1e-2"]["trainable_parameters"] < rows["full-lr1e-3"]["trainable_parameters"]
+    assert rows["r1-lr1e-2"]["lr"] == 1e-2 and rows["full-lr1e-3"]["lr"] == 1e-3
+    for name, row in rows.items():
+        assert row["corpus_loss"] > 0 and row["base_corpus_loss"] > 0 and f"| {name} |" in table
+    assert rows["r1-lr1e-2"]["tuning"] == "LoRA rank 1 on attn+mlp" and rows["full-lr1e-3"]["tuning"] == "full"
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"accuracy_vs_trainable.png", "lr_curves.png"}
+    written = (out / "r1-lr1e-2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    assert study.main(argv) == 0  # finished: reused, not trained again
+    assert (out / "r1-lr1e-2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == written
+
+
+def test_the_whole_update_of_full_fine_tuning_gives_back_the_sft_model(run, tmp_path):
+    rows = study.truncation_study(run, ranks=(1, 4))
+    sft_accuracy = json.loads((run / "sft" / "metrics.json").read_text())["accuracy_after"]
+    whole = next(r for r in rows if r["rank"] is None and r["other_changes"])
+    assert whole["accuracy"] == pytest.approx(sft_accuracy, abs=1e-4) and whole["norm_share"] == 1.0
+    shares = [r["norm_share"] for r in rows if r["rank"] is not None and r["other_changes"]]
+    assert 0 < shares[0] < shares[1] <= 1.0 + 1e-6  # more directions hold more of the update
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--variants", "r3-lr1e-2"], "--variants"), (["--groups", "nope"], "--groups"),
+    (["--variants", "r1-lr1e-2", "--groups", "ranks"], "--groups"),
+    (["--variants", "r1-lr1e-2", "r1-lr1e-2"], "twice"), (["--run", "/nonexistent"], "/nonexistent")])
+def test_bad_flags_exit_2_with_one_line(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
