@@ -31,6 +31,9 @@ VARIANTS = {  # name -> the PPOConfig fields it changes
     "kl-0.2": {"kl_coef": 0.2},  # four times the default's pull towards it
     "no-value-baseline": {"value_baseline": False},  # a token's advantage is the reward still to come, whitened
     "one-epoch": {"epochs": 1},  # each rollout batch used once
+    # LoRA of rank 1 on the policy (the reference: its adapters off; the value model trains fully), at two rates
+    "lora-r1-lr3e-4": {"lora_rank": 1, "lr": 3e-4},
+    "lora-r1-lr1e-3": {"lora_rank": 1, "lr": 1e-3},
 }
 COLUMNS = [("variant", "variant", "{}"), ("accuracy_before", "accuracy before", "{:.1%}"),
            ("accuracy_after", "accuracy after", "{:.1%}"), ("sentence_rate_after", "preferred style", "{:.1%}"),

@@ -33,6 +33,9 @@ VARIANTS = {  # name -> the GRPOConfig fields it changes
     "token-mean": {"aggregation": "token-mean"},  # every token of the batch counts the same (DAPO)
     "kl-0.05": {"kl_coef": 0.05},  # the k3 KL to the SFT model in the loss, weight 0.05
     "temperature-1.5": {"temperature": 1.5},  # rollouts (and pass@k) sampled at temperature 1.5
+    # LoRA of rank 1 (the reference: the policy with its adapters off), at two rates
+    "lora-r1-lr5e-4": {"lora_rank": 1, "lr": 5e-4},
+    "lora-r1-lr2e-3": {"lora_rank": 1, "lr": 2e-3},
 }
 COLUMNS = [("variant", "variant", "{}"), ("accuracy_before", "accuracy before", "{:.1%}"),
            ("accuracy_after", "accuracy after", "{:.1%}"),
