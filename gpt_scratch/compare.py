@@ -9,8 +9,8 @@ The result: OUT/compare.md (trainable parameters, step time, peak memory, held-o
 for each method), OUT/compare.json and OUT/accuracy_vs_trainable.png.
 
 Methods: full, last_blocks:N, head, norms_biases, embeddings_frozen (freeze.py) and lora:R
-(LoRA of rank R on attention + MLP, lora.py). LoRA runs use the preset's "lora" learning rate:
-adapters start at zero and need larger steps than full fine-tuning.
+(LoRA of rank R, lora.py). LoRA runs use the rest of the preset's LoRA stage: its targets, LoRA+
+ratio, learning rate, weight decay and steps (chapter 7's study measured them).
 """
 
 import argparse
@@ -29,6 +29,7 @@ from gpt_scratch.freeze import STRATEGIES
 from gpt_scratch.plots import plot_labelled_points
 from gpt_scratch.presets import PRESETS, StageOptions
 from gpt_scratch.settings import add_flags, from_flags, setting
+from gpt_scratch.sft import preset_lora
 from gpt_scratch.train import TrainConfig
 
 DEFAULT_METHODS = ("full", "last_blocks:1", "last_blocks:2", "head", "norms_biases", "embeddings_frozen",
@@ -47,10 +48,15 @@ def method_type(text: str) -> str:
 
 
 def method_flags(method: str, preset: str) -> list[str]:
-    """The sft flags of a method: 'lora:8' -> ['--lora-rank', '8', '--lr', <the preset's LoRA lr>]."""
+    """The sft flags of a method: 'lora:8' -> ['--lora-rank', '8', and the rest of the preset's LoRA stage:
+    '--lora-targets', 'attn', 'mlp', '--lora-plus-ratio', ..., '--lr', ..., '--weight-decay', ..., '--max-steps', ...]."""
     name, _, number = method.partition(":")
     if name == "lora":
-        return ["--lora-rank", number, "--lr", str(PRESETS[preset]["lora"]["lr"])]
+        tuning, lora = preset_lora(preset), PRESETS[preset]["lora"]
+        training = [(f"--{key.replace('_', '-')}", str(lora[key])) for key in ("lr", "weight_decay", "max_steps")
+                    if key in lora]
+        return ["--lora-rank", number, "--lora-targets", *tuning.lora_targets,
+                "--lora-plus-ratio", str(tuning.lora_plus_ratio), *(part for flag in training for part in flag)]
     if name == "last_blocks":
         return ["--freeze", "last_blocks", "--trainable-blocks", number]
     return ["--freeze", name]

@@ -225,7 +225,7 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
     from gpt_scratch.ppo import PPOConfig, ppo_stage
     from gpt_scratch.pretrain import model_settings, pretrain
     from gpt_scratch.reward import reward_stage
-    from gpt_scratch.sft import Tuning, sft
+    from gpt_scratch.sft import preset_lora, sft
     from gpt_scratch.tokenizer import gpt2_tokenizer
     from gpt_scratch.world.command import ensure_default_data
 
@@ -257,11 +257,9 @@ def run_pipeline(out: str | Path, preset: str = "auto", seed: int = 0, corpus: s
         run_dir / "pretrain", data_dir, run_dir / "sft", stage_train_config(preset, "sft", seed, device),
         resume=True, quiet=quiet, **replay), quiet)
     # Chapter 7: the same fine-tuning with the base frozen and LoRA adapters trained instead.
-    lora = settings["lora"]
     results["lora"] = run_stage("lora", run_dir / "lora", lambda: sft(
         run_dir / "pretrain", data_dir, run_dir / "lora", stage_train_config(preset, "lora", seed, device),
-        resume=True, quiet=quiet, tuning=Tuning(lora_rank=lora["rank"], lora_targets=tuple(lora["targets"])),
-        **replay), quiet)
+        resume=True, quiet=quiet, tuning=preset_lora(preset), **replay), quiet)
     # Chapter 8: a reward model from the SFT model, trained on the preference pairs.
     reward = settings["reward"]
     results["reward"] = run_stage("reward", run_dir / "reward", lambda: reward_stage(

@@ -59,8 +59,10 @@ PRESETS: dict[str, dict] = {
                      "save_every": 400},
         "sft": {"max_steps": 3200, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "eval_every": 400,
                 "save_every": 800, "replay": 2},
-        "lora": {"max_steps": 3200, "batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "eval_every": 400,
-                 "save_every": 800, "rank": 8, "targets": ["attn", "mlp"]},
+        # LoRA: rank 16 on attention and MLP with LoRA+ (B's learning rate 16 x A's 7.5e-4), no weight decay: the
+        # best of chapter 7's study (chapters/ch07_lora/README.md: ranks, learning rates, targets, LoRA+ measured).
+        "lora": {"max_steps": 3200, "batch_size": 16, "lr": 7.5e-4, "warmup_steps": 50, "weight_decay": 0.0,
+                 "eval_every": 400, "save_every": 800, "rank": 16, "targets": ["attn", "mlp"], "plus_ratio": 16.0},
         # The reward model: batch_size counts pairs (each step scores 2 x batch_size answers); one epoch.
         # lr 5e-3 suits the default frozen body (only the head learns); a trained body needs ~5e-4.
         "reward": {"max_steps": 600, "batch_size": 32, "lr": 5e-3, "warmup_steps": 30, "eval_every": 100,
@@ -110,8 +112,8 @@ PRESETS: dict[str, dict] = {
 }
 
 # fast: the default's data and stages, a narrower model (n_embd 96 instead of 128: 0.56M parameters)
-# with PyTorch's fused attention, 2200 pretraining steps (the default 2400), and 2000 SFT steps at twice
-# the default's lr, and LoRA at lr 1e-2. SDPA's shorter steps pay for the extra pretraining steps; the
+# with PyTorch's fused attention, 2200 pretraining steps (the default 2400), 2000 SFT steps at twice
+# the default's lr, and the default's LoRA stage for 1800 steps. SDPA's shorter steps pay for the extra pretraining steps; the
 # model computes the same attention either way (test_model). How each setting was measured, in float32
 # over several pretraining seeds: docs/performance-notes.md ("The fast preset's settings"); whole-run
 # times: docs/benchmarks.md.
@@ -120,7 +122,7 @@ PRESETS["fast"] = {
     "model": {**PRESETS["default"]["model"], "n_embd": 96, "attention": "sdpa"},
     "pretrain": {**PRESETS["default"]["pretrain"], "max_steps": 2200},
     "sft": {**PRESETS["default"]["sft"], "max_steps": 2000, "lr": 2e-3},
-    "lora": {**PRESETS["default"]["lora"], "max_steps": 1800, "lr": 1e-2},
+    "lora": {**PRESETS["default"]["lora"], "max_steps": 1800},
 }
 
 

@@ -516,11 +516,10 @@ def test_the_fast_preset_is_the_default_with_a_narrower_model_and_fewer_steps():
     assert [stage for stage in default if fast[stage] != default[stage]] == ["model", "pretrain", "sft", "lora"]
     for stage in ("pretrain", "sft", "lora"):
         assert fast[stage]["max_steps"] < default[stage]["max_steps"]
-        changed = {"max_steps"} if stage == "pretrain" else {"max_steps", "lr"}  # fine-tuning at a higher rate
+        changed = {"max_steps", "lr"} if stage == "sft" else {"max_steps"}  # full fine-tuning at a higher rate
         assert {k: v for k, v in fast[stage].items() if k not in changed} == \
             {k: v for k, v in default[stage].items() if k not in changed}
     assert fast["sft"]["lr"] == 2 * default["sft"]["lr"]
-    assert fast["lora"]["lr"] == 1e-2 and default["lora"]["lr"] == 3e-3
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -549,3 +548,20 @@ def test_pretrain_builds_the_layout_asked_for_each_switch_winning_over_arch(monk
 def test_a_layout_that_cannot_be_built_is_one_line(capsys):
     code, out, err = run_cli(capsys, "pretrain", "--arch", "llama", "--n-kv-head", "3")  # 3 does not divide 4 heads
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--n-kv-head 3 must divide --n-head 4" in err
+
+
+@pytest.mark.parametrize("preset", ["default", "fast", "tiny"])
+def test_compare_trains_lora_with_the_preset_s_lora_stage(preset):
+    """compare's lora:R is the sft command with the rank R and the rest of the preset's LoRA stage, as the main job
+    trains it (targets, LoRA+ ratio, learning rate, weight decay, steps)."""
+    from gpt_scratch.cli import command_parser
+    from gpt_scratch.compare import method_flags
+    from gpt_scratch.pipeline import stage_train_config
+    from gpt_scratch.settings import from_flags
+    from gpt_scratch.sft import Tuning, preset_lora
+    from gpt_scratch.train import training_settings
+    args = command_parser("sft").parse_args(["--preset", preset, *method_flags("lora:4", preset)])
+    expected = preset_lora(preset)
+    expected.lora_rank = 4
+    assert from_flags(Tuning, args) == expected
+    assert training_settings(args, "sft") == stage_train_config(preset, "lora", 0, "auto")

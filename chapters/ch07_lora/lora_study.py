@@ -10,7 +10,7 @@ Every variant fine-tunes the main job's pretrained model (--run/pretrain) on the
 exactly as its LoRA stage does (the preset's "lora" training settings: 3200 steps of 16 on the default
 preset, 2 replay windows per step), with one or two settings changed, and the judge scores it on the same
 held-out questions. "full-*" variants train every weight as the SFT stage does (the preset's "sft"
-settings). A LoRA variant trains without weight decay unless it says otherwise ("r16-wd0.1").
+settings). A LoRA variant trains without weight decay.
 
 Each variant trains in its own folder under --out (a finished one is reused, an interrupted one resumes);
 --out/results.json keeps the rows, the command and the machine. After training, each variant's merged
@@ -59,7 +59,7 @@ def lora(rank: int, lr: float, **changes) -> dict:
 # bracket its best one (the U-curves); the other groups use rank 16 at its best measured rate.
 GROUPS: dict[str, dict[str, dict]] = {
     "ranks": {
-        "full-lr3e-4": {"lr": 3e-4}, "full-lr1e-3": {"lr": 1e-3}, "full-lr3e-3": {"lr": 3e-3},
+        "full-lr1e-3": {"lr": 1e-3}, "full-lr3e-3": {"lr": 3e-3},
         "r1-lr1e-2": lora(1, 1e-2), "r1-lr3e-2": lora(1, 3e-2),
         "r4-lr3e-3": lora(4, 3e-3), "r4-lr1e-2": lora(4, 1e-2),
         "r8-lr3e-3": lora(8, 3e-3), "r8-lr1e-2": lora(8, 1e-2),
@@ -82,8 +82,7 @@ GROUPS: dict[str, dict[str, dict]] = {
               "r16-batch64": lora(16, 3e-3, batch_size=64, max_steps=800)},
     "capacity": {"full-n2500": {"lr": 1e-3, "n_train": 2500}, "r1-n2500": lora(1, 1e-2, n_train=2500),
                  "r16-n2500": lora(16, 3e-3, n_train=2500)},
-    "recipe": {"r16-wd0.1": lora(16, 3e-3, weight_decay=0.1), "r16-replay0": lora(16, 3e-3, replay=0),
-               "full-replay0": {"lr": 1e-3, "replay": 0}},
+    "replay": {"r16-replay0": lora(16, 3e-3, replay=0), "full-replay0": {"lr": 1e-3, "replay": 0}},
 }
 VARIANTS = {name: changes for group in GROUPS.values() for name, changes in group.items()}
 TUNING_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_rslora", "lora_plus_ratio")
