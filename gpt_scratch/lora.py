@@ -23,7 +23,8 @@ Two variants of the field, each one switch:
 - LoRA+ (Hayou et al. 2024; peft's loraplus_lr_ratio): B learns at plus_ratio times A's learning
   rate (the paper suggests 16). add_lora marks every LoRA layer with the ratio, and
   parameter_groups puts each lora_B in a param group whose "lr_ratio" is that ratio: the training
-  loop's schedule multiplies the group's learning rate by it. A ratio of 1 is plain LoRA.
+  loop's schedule multiplies the group's learning rate by it. A ratio of 1 is plain LoRA. (The
+  embedding's B too, here; peft gives an embedding's A and B a learning rate of their own.)
 
 The token embedding (target "emb", transformer.wte) is a lookup table, not a Linear: row i of W
 is token i's vector. LoRAEmbedding adds row i of scale * (B A)^T, with A: (r, vocab) and
