@@ -79,7 +79,32 @@ def lora_scale(rank: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
-class LoRALinear(nn.Module):
+class Mergeable(nn.Module):
+    """What LoRALinear and LoRAEmbedding share: a frozen weight, its update delta() of the weight's shape, and
+    merging that update into the weight (forward then skips the LoRA path) or taking it out again."""
+
+    weight: nn.Parameter
+    merged: bool
+
+    def delta(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update into the weight; forward then skips the LoRA path."""
+        if not self.merged:
+            self.weight.add_(self.delta())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update again (the base weight comes back up to float rounding)."""
+        if self.merged:
+            self.weight.sub_(self.delta())
+            self.merged = False
+
+
+class LoRALinear(Mergeable):
     """A frozen nn.Linear plus a trainable low-rank update: W x + b + scale * B (A x).
 
     plus_ratio does not change what the layer computes: it is lora_B's learning rate as a multiple of
@@ -118,20 +143,6 @@ class LoRALinear(nn.Module):
         # (..., in) @ A^T -> (..., rank) @ B^T -> (..., out): never builds the (out, in) matrix
         return out + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add scale * B @ A into the weight; forward then skips the LoRA path."""
-        if not self.merged:
-            self.weight.add_(self.delta())
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update again (the base weight comes back up to float rounding)."""
-        if self.merged:
-            self.weight.sub_(self.delta())
-            self.merged = False
-
     def plain_layer(self) -> nn.Linear:
         """An nn.Linear holding this layer's weight and bias (the merged weight, once merged)."""
         # skip_init: build the layer without initialising a weight we replace on the next line
@@ -147,7 +158,7 @@ class LoRALinear(nn.Module):
                 f"rank={self.rank}, alpha={self.alpha}, rslora={self.rslora}, merged={self.merged}")
 
 
-class LoRAEmbedding(nn.Module):
+class LoRAEmbedding(Mergeable):
     """A frozen nn.Embedding plus a trainable low-rank update: token i's vector is W[i] + scale * (B A)^T[i].
 
     A is (rank, num_embeddings): column i is token i's rank-r code; B is (embedding_dim, rank) and turns a
@@ -183,20 +194,6 @@ class LoRAEmbedding(nn.Module):
             return out
         # the ids' columns of A, (..., rank), then @ B^T -> (..., embedding_dim)
         return out + self.scale * (F.embedding(ids, self.lora_A.T) @ self.lora_B.T)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update into the table; forward then skips the LoRA path."""
-        if not self.merged:
-            self.weight.add_(self.delta())
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update again (the base table comes back up to float rounding)."""
-        if self.merged:
-            self.weight.sub_(self.delta())
-            self.merged = False
 
     def plain_layer(self) -> nn.Embedding:
         """An nn.Embedding holding this layer's table (the merged one, once merged)."""
