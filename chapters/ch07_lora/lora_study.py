@@ -1,5 +1,5 @@
-"""Chapter 7's LoRA study at full size: which rank, learning rate, targets and scale make LoRA match full
-fine-tuning, and what limits it when it does not.
+"""Chapter 7's LoRA study at full size: which rank, learning rate, targets and LoRA+ ratio bring LoRA closest
+to full fine-tuning, and what limits it.
 
     python chapters/ch07_lora/lora_study.py --list                                  # the variants, grouped
     python chapters/ch07_lora/lora_study.py                                         # all of them (~4 min each)
@@ -35,7 +35,7 @@ from gpt_scratch.ablation import check_run_folder, markdown_table, run_ablation 
 from gpt_scratch.args import OneLineParser  # noqa: E402
 from gpt_scratch.checkpoint import load_stage_checkpoint  # noqa: E402
 from gpt_scratch.data import IGNORE, TokenWindows, collate, encode_records, split_train_val  # noqa: E402
-from gpt_scratch.evaluate import evaluate, load_split  # noqa: E402
+from gpt_scratch.evaluate import answer_with_ends, evaluate, load_split  # noqa: E402
 from gpt_scratch.formats import write_json  # noqa: E402
 from gpt_scratch.lora import target_names  # noqa: E402
 from gpt_scratch.measured import command_line  # noqa: E402
@@ -71,15 +71,13 @@ GROUPS: dict[str, dict[str, dict]] = {
         "r16-mlp": lora(16, 3e-3, lora_targets=["mlp"]),
         "r16-all+head": lora(16, 3e-3, lora_targets=["attn", "mlp", "head"]),
     },
-    "alpha": {"r64-rslora": lora(64, 3e-3, lora_rslora=True, lora_alpha=8.0)},  # rsLoRA: 8 / sqrt(64) = 1, not 2
     "lora+": {  # B's learning rate 16 times A's (LoRA+); A at the given rate
         "r16-plus16": lora(16, 7.5e-4, lora_plus_ratio=16.0),
         "r16-plus16-lr1.5e-3": lora(16, 1.5e-3, lora_plus_ratio=16.0),
         "r8-plus16": lora(8, 7.5e-4, lora_plus_ratio=16.0),
+        "r16-plus16+head": lora(16, 7.5e-4, lora_plus_ratio=16.0, lora_targets=["attn", "mlp", "head"]),
     },
     "seeds": {"full-seed1": {"lr": 1e-3, "seed": 1}, "r16-plus16-seed1": lora(16, 7.5e-4, lora_plus_ratio=16.0, seed=1)},
-    "batch": {"full-batch64": {"lr": 1e-3, "batch_size": 64, "max_steps": 800},
-              "r16-batch64": lora(16, 3e-3, batch_size=64, max_steps=800)},
     "capacity": {"full-n2500": {"lr": 1e-3, "n_train": 2500}, "r1-n2500": lora(1, 1e-2, n_train=2500),
                  "r16-n2500": lora(16, 3e-3, n_train=2500)},
     "replay": {"r16-replay0": lora(16, 3e-3, replay=0), "full-replay0": {"lr": 1e-3, "replay": 0}},
@@ -89,7 +87,7 @@ TUNING_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_rslora", "lora
 COLUMNS = [("variant", "variant", "{}"), ("trainable_parameters", "trainable", "{:,}"),
            ("lr", "lr", "{:g}"), ("final_val_loss", "validation loss", "{:.3f}"),
            ("accuracy_after", "held-out accuracy", "{:.1%}"), ("unseen_accuracy_after", "unseen", "{:.1%}"),
-           ("end_of_text_loss", "end-of-text loss", "{:.2f}"), ("corpus_loss", "pretraining-text loss", "{:.3f}"),
+           ("end_of_text_loss", "end-of-text loss", "{:.2f}"), ("sampled_end_rate", "sampled answers that end", "{:.0%}"), ("corpus_loss", "pretraining-text loss", "{:.3f}"),
            ("train_seconds", "train s", "{:.0f}")]
 
 
@@ -163,13 +161,17 @@ def end_of_text_loss(model, tokenizer, records: list[dict]) -> float:
 
 
 def add_forgetting_and_stopping(folder: Path, run: Path, batches: list, base_loss: float) -> dict:
-    """The variant's metrics with its loss on the pretraining text and on the answers' end-of-text (validation
-    records): both computed once and kept in its metrics.json."""
+    """The variant's metrics with its loss on the pretraining text, its loss on the answers' end-of-text and the
+    share of its answers sampled at temperature 1 that end (200 validation prompts): computed once, kept in its
+    metrics.json."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    if "corpus_loss" not in metrics or "end_of_text_loss" not in metrics:
+    if not {"corpus_loss", "end_of_text_loss", "sampled_end_rate"} <= set(metrics):
         model, tokenizer, _ = load_stage_checkpoint(folder, device=torch.device("cpu"))
+        records = load_split(run / "data", "val", 200)
         metrics["corpus_loss"] = round(evaluate_loss(model, batches, torch.device("cpu")), 4)
-        metrics["end_of_text_loss"] = round(end_of_text_loss(model, tokenizer, load_split(run / "data", "val", 200)), 4)
+        metrics["end_of_text_loss"] = round(end_of_text_loss(model, tokenizer, records), 4)
+        ended = answer_with_ends(model, tokenizer, records, "chat", temperature=1.0, seed=0)[1]
+        metrics["sampled_end_rate"] = round(sum(ended) / len(ended), 4)
         write_json(folder / "metrics.json", metrics)
     return {**metrics, "base_corpus_loss": round(base_loss, 4)}
 
@@ -243,11 +245,11 @@ def draw(rows: list[dict], folder: Path) -> None:
         span = [min(r["trainable_parameters"] for r in lora_best), best["full"]["trainable_parameters"]]
         panels[0]["lines"].append((f"full fine-tuning (lr {best['full']['lr']:g})", span,
                                    [best["full"]["accuracy_after"]] * 2, "k--"))
-    capacity = {}
+    capacity = {}  # method -> (examples, accuracy) of each capacity row, and of its ranks row at the same lr
     for row in rows:
-        n = row["changes"].get("n_train", row["train_examples"]) if row["variant"] in GROUPS["capacity"] else None
-        if n is not None or (row["variant"] in GROUPS["ranks"] and best.get(method(row)) is row):
-            capacity.setdefault(method(row), []).append((row["train_examples"], row["accuracy_after"]))
+        if row["variant"] in GROUPS["capacity"]:
+            same = [r for r in rows if r["variant"] in GROUPS["ranks"] and method(r) == method(row) and r["lr"] == row["lr"]]
+            capacity.setdefault(method(row), []).extend((r["train_examples"], r["accuracy_after"]) for r in [row, *same])
     lines = [(name, [n for n, _ in sorted(points)], [a for _, a in sorted(points)], "o-")
              for name, points in sorted(capacity.items(), key=lambda item: rank_order(item[0])) if len(points) > 1]
     if lines:
