@@ -29,8 +29,8 @@ def test_every_variant_is_named_once_and_lora_variants_train_without_weight_deca
     full_cfg = study.train_config(study.VARIANTS["full-lr1e-3"], "default")
     assert (lora_cfg.lr, lora_cfg.weight_decay, lora_cfg.max_steps) == (3e-3, 0.0, 3200)
     assert (full_cfg.lr, full_cfg.weight_decay) == (1e-3, 0.1)  # the SFT stage's own settings
-    batch64 = study.train_config(study.VARIANTS["r16-batch64"], "default")
-    assert batch64.batch_size * batch64.max_steps == lora_cfg.batch_size * lora_cfg.max_steps  # the same examples
+    plus = study.VARIANTS["r16-plus16"]
+    assert (plus["lora_plus_ratio"], study.train_config(plus, "default").lr) == (16.0, 7.5e-4)  # the LoRA stage's
 
 
 def test_truncated_keeps_the_top_singular_directions():
@@ -52,6 +52,7 @@ def test_a_tiny_study_writes_its_rows_with_the_forgetting_and_reuses_finished_va
     assert rows["r1-lr1e-2"]["lr"] == 1e-2 and rows["full-lr1e-3"]["lr"] == 1e-3
     for name, row in rows.items():
         assert row["corpus_loss"] > 0 and row["base_corpus_loss"] > 0 and f"| {name} |" in table
+        assert row["end_of_text_loss"] > 0 and 0 <= row["sampled_end_rate"] <= 1
     assert rows["r1-lr1e-2"]["tuning"] == "LoRA rank 1 on attn+mlp" and rows["full-lr1e-3"]["tuning"] == "full"
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"accuracy_vs_trainable.png", "lr_curves.png"}
     written = (out / "r1-lr1e-2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
