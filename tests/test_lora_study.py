@@ -78,3 +78,18 @@ def test_bad_flags_exit_2_with_one_line(capsys, argv, flag):
         study.main(argv)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_the_end_of_text_loss_scores_the_token_that_closes_each_answer(run):
+    from gpt_scratch.checkpoint import load_stage_checkpoint
+    from gpt_scratch.data import encode_records
+    from gpt_scratch.evaluate import load_split
+    model, tokenizer, _ = load_stage_checkpoint(run / "sft", device=torch.device("cpu"))
+    records = load_split(run / "data", "val", 5)
+    expected = []
+    for example in encode_records(tokenizer, records, "chat", model.config.block_size, quiet=True):
+        assert example.ids[-1] == tokenizer.eot_id  # the answer ends with its end-of-text
+        with torch.no_grad():
+            logits = model.eval()(torch.tensor([example.ids[:-1]]))[0, -1]
+        expected.append(-torch.log_softmax(logits.float(), -1)[tokenizer.eot_id].item())
+    assert study.end_of_text_loss(model, tokenizer, records) == pytest.approx(sum(expected) / len(expected), rel=1e-5)

@@ -15,13 +15,15 @@ settings). A LoRA variant trains without weight decay.
 Each variant trains in its own folder under --out (a finished one is reused, an interrupted one resumes);
 --out/results.json keeps the rows, the command and the machine. After training, each variant's merged
 model is also scored on the pretraining text it was not trained on (the pretraining stage's validation
-windows): "learns less, forgets less" in numbers. --plots FOLDER draws the chapter's figures there.
+windows): "learns less, forgets less" in numbers; and on the end-of-text that closes each answer, with the
+share of answers sampled at temperature 1 that end: whether it learned to stop. --plots FOLDER draws the
+chapter's figures there.
 """
 
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -56,7 +58,7 @@ def lora(rank: int, lr: float, **changes) -> dict:
 
 
 # Each group answers one question; a variant is named by what it changes. The learning rates of each rank
-# bracket its best one (the U-curves); the other groups use rank 16 at its best measured rate.
+# bracket its best one (the U-curves); the other groups use a rank's best measured rate.
 GROUPS: dict[str, dict[str, dict]] = {
     "ranks": {
         "full-lr1e-3": {"lr": 1e-3}, "full-lr3e-3": {"lr": 3e-3},
@@ -77,18 +79,20 @@ GROUPS: dict[str, dict[str, dict]] = {
         "r8-plus16": lora(8, 7.5e-4, lora_plus_ratio=16.0),
         "r16-plus16+head": lora(16, 7.5e-4, lora_plus_ratio=16.0, lora_targets=["attn", "mlp", "head"]),
     },
-    "seeds": {"full-seed1": {"lr": 1e-3, "seed": 1}, "r16-plus16-seed1": lora(16, 7.5e-4, lora_plus_ratio=16.0, seed=1)},
+    "seeds": {"full-seed1": {"lr": 1e-3, "seed": 1},
+              "r16-plus16-seed1": lora(16, 7.5e-4, lora_plus_ratio=16.0, seed=1)},
     "capacity": {"full-n2500": {"lr": 1e-3, "n_train": 2500}, "r1-n2500": lora(1, 1e-2, n_train=2500),
                  "r16-n2500": lora(16, 3e-3, n_train=2500)},
     "replay": {"r16-replay0": lora(16, 3e-3, replay=0), "full-replay0": {"lr": 1e-3, "replay": 0}},
 }
 VARIANTS = {name: changes for group in GROUPS.values() for name, changes in group.items()}
-TUNING_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_rslora", "lora_plus_ratio")
+TUNING_FIELDS = {field.name for field in fields(Tuning)}  # what a variant may change of what trains
 COLUMNS = [("variant", "variant", "{}"), ("trainable_parameters", "trainable", "{:,}"),
            ("lr", "lr", "{:g}"), ("final_val_loss", "validation loss", "{:.3f}"),
            ("accuracy_after", "held-out accuracy", "{:.1%}"), ("unseen_accuracy_after", "unseen", "{:.1%}"),
-           ("end_of_text_loss", "end-of-text loss", "{:.2f}"), ("sampled_end_rate", "sampled answers that end", "{:.0%}"), ("corpus_loss", "pretraining-text loss", "{:.3f}"),
-           ("train_seconds", "train s", "{:.0f}")]
+           ("end_of_text_loss", "end-of-text loss", "{:.2f}"),
+           ("sampled_end_rate", "sampled answers that end", "{:.0%}"),
+           ("corpus_loss", "pretraining-text loss", "{:.3f}"), ("train_seconds", "train s", "{:.0f}")]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
