@@ -113,16 +113,17 @@ PRESETS: dict[str, dict] = {
 
 # fast: the default's data and stages, a narrower model (n_embd 96 instead of 128: 0.56M parameters)
 # with PyTorch's fused attention, 2200 pretraining steps (the default 2400), 2000 SFT steps at twice
-# the default's lr, and the default's LoRA stage for 1800 steps. SDPA's shorter steps pay for the extra
-# pretraining steps; the model computes the same attention either way (test_model). How each setting was
-# measured, in float32 over several pretraining seeds: docs/performance-notes.md ("The fast preset's
-# settings"); whole-run times: docs/benchmarks.md.
+# the default's lr, and the default's LoRA stage for 1800 steps at twice its lr (the best of chapter 7's
+# study on the fast model: chapters/ch07_lora/README.md, "The fast preset"). SDPA's shorter steps pay
+# for the extra pretraining steps; the model computes the same attention either way (test_model). How
+# each setting was measured, in float32 over several pretraining seeds: docs/performance-notes.md ("The
+# fast preset's settings"); whole-run times: docs/benchmarks.md.
 PRESETS["fast"] = {
     **PRESETS["default"],
     "model": {**PRESETS["default"]["model"], "n_embd": 96, "attention": "sdpa"},
     "pretrain": {**PRESETS["default"]["pretrain"], "max_steps": 2200},
     "sft": {**PRESETS["default"]["sft"], "max_steps": 2000, "lr": 2e-3},
-    "lora": {**PRESETS["default"]["lora"], "max_steps": 1800},
+    "lora": {**PRESETS["default"]["lora"], "max_steps": 1800, "lr": 1.5e-3},
 }
 
 

@@ -516,10 +516,10 @@ def test_the_fast_preset_is_the_default_with_a_narrower_model_and_fewer_steps():
     assert [stage for stage in default if fast[stage] != default[stage]] == ["model", "pretrain", "sft", "lora"]
     for stage in ("pretrain", "sft", "lora"):
         assert fast[stage]["max_steps"] < default[stage]["max_steps"]
-        changed = {"max_steps", "lr"} if stage == "sft" else {"max_steps"}  # full fine-tuning at a higher rate
+        changed = {"max_steps"} if stage == "pretrain" else {"max_steps", "lr"}  # fine-tuning at a higher rate
         assert {k: v for k, v in fast[stage].items() if k not in changed} == \
             {k: v for k, v in default[stage].items() if k not in changed}
-    assert fast["sft"]["lr"] == 2 * default["sft"]["lr"]
+    assert fast["sft"]["lr"] == 2 * default["sft"]["lr"] and fast["lora"]["lr"] == 2 * default["lora"]["lr"]
 
 
 @pytest.mark.parametrize("argv, expected", [
