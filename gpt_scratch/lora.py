@@ -12,14 +12,19 @@ The idea: a frozen layer computes y = W x + b. LoRA adds a trainable update of r
     y = W x + b + (alpha / r) * B (A x),    A: (r, in), B: (out, r)
 so it trains r * (in + out) numbers instead of in * out. A starts random and B starts at
 zero: B A = 0, so the model starts exactly as the base model, while B's gradient (which
-goes through A x) is not zero, so training can begin. alpha / r keeps the size of the update
-similar when you change r. After training, B A can be merged into W: the same outputs with
-no extra cost per token.
+goes through A x) is not zero, so training can begin. With alpha fixed, alpha / r keeps the size
+of the update similar when you change r (chapter 7's study: the same best learning rate at ranks 4
+and 64); this course's default, alpha = 2r, keeps the scale at 2 instead, so a higher rank wants a
+lower learning rate. After training, B A can be merged into W: the same outputs with no extra
+cost per token.
 
 Two variants of the field, each one switch:
 - rsLoRA (Kalajdzievski 2023; peft's use_rslora): scale by alpha / sqrt(r) instead of alpha / r.
-  With alpha / r the update of a larger rank learns ever more slowly; alpha / sqrt(r) keeps how
-  fast it learns about the same at any rank. Example: r = 4, alpha = 8: scale 2 -> 4.
+  The rsLoRA paper argues that with alpha / r the update of a larger rank learns ever more slowly
+  and that alpha / sqrt(r) keeps how fast it learns about the same at any rank; with Adam, chapter 7's
+  study finds the best learning rate at ranks 4 and 64 the same with a fixed alpha, and about the
+  same with rsLoRA.
+  Example: r = 4, alpha = 8: scale 2 -> 4.
 - LoRA+ (Hayou et al. 2024; peft's loraplus_lr_ratio): B learns at plus_ratio times A's learning
   rate (the paper suggests 16). add_lora marks every LoRA layer with the ratio, and
   parameter_groups puts each lora_B in a param group whose "lr_ratio" is that ratio: the training

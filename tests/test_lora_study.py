@@ -33,6 +33,23 @@ def test_every_variant_is_named_once_and_lora_variants_train_without_weight_deca
     assert (plus["lora_plus_ratio"], study.train_config(plus, "default").lr) == (16.0, 7.5e-4)  # the LoRA stage's
 
 
+def test_batch_64_sees_the_same_examples_and_the_alpha_rules_meet_at_rank_16():
+    lora_16 = study.train_config(study.VARIANTS["r16-lr3e-3"], "default")
+    for name in study.GROUPS["batch"]:
+        cfg = study.train_config(study.VARIANTS[name], "default")
+        assert cfg.batch_size == 64 and cfg.batch_size * cfg.max_steps == lora_16.batch_size * lora_16.max_steps
+        assert cfg.eval_every <= cfg.max_steps and cfg.save_every <= cfg.max_steps
+
+    scales = {name: study.lora_scale_of(changes) for name, changes in study.GROUPS["alpha"].items()}
+    assert (scales["r4-rslora-lr3e-3"], scales["r64-rslora-lr1e-3"]) == (4.0, 1.0)  # 8 / sqrt(r)
+    assert (scales["r4-alpha32-lr1e-3"], scales["r64-alpha32-lr3e-3"]) == (8.0, 0.5)  # 32 / r
+    at_rank_16 = [{**study.VARIANTS[name], "lora_rank": 16} for name in ("r4-rslora-lr3e-3", "r4-alpha32-lr1e-3")]
+    r16 = study.lora_scale_of(study.VARIANTS["r16-lr3e-3"])
+    assert [study.lora_scale_of(changes) for changes in at_rank_16] == [r16, r16] == [2.0, 2.0]
+    rules = {study.alpha_rule(changes) for changes in study.GROUPS["alpha"].values()}
+    assert rules == {"rsLoRA, alpha 8", "alpha 32"} and study.alpha_rule(study.VARIANTS["r4-lr1e-2"]) == "alpha = 2r"
+
+
 def test_truncated_keeps_the_top_singular_directions():
     matrix = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
     assert torch.equal(study.truncated(matrix, 1), torch.diag(torch.tensor([3.0, 0.0, 0.0])))
@@ -50,6 +67,8 @@ def test_a_tiny_study_writes_its_rows_with_the_forgetting_and_reuses_finished_va
     assert set(rows) == {"full-lr1e-3", "r1-lr1e-2"} and {"device", "dtype", "torch", "date"} <= set(results["measured_on"])
     assert rows["r1-lr1e-2"]["trainable_parameters"] < rows["full-lr1e-3"]["trainable_parameters"]
     assert rows["r1-lr1e-2"]["lr"] == 1e-2 and rows["full-lr1e-3"]["lr"] == 1e-3
+    assert (rows["r1-lr1e-2"]["lora_scale"], rows["full-lr1e-3"]["lora_scale"]) == (2.0, None)
+    assert rows["r1-lr1e-2"]["batch_size"] == rows["full-lr1e-3"]["batch_size"] == 8  # the tiny preset's
     for name, row in rows.items():
         assert row["corpus_loss"] > 0 and row["base_corpus_loss"] > 0 and f"| {name} |" in table
         assert row["end_of_text_loss"] > 0 and 0 <= row["sampled_end_rate"] <= 1

@@ -39,7 +39,7 @@ from gpt_scratch.checkpoint import load_stage_checkpoint  # noqa: E402
 from gpt_scratch.data import IGNORE, TokenWindows, collate, encode_records, split_train_val  # noqa: E402
 from gpt_scratch.evaluate import answer_with_ends, evaluate, load_split  # noqa: E402
 from gpt_scratch.formats import write_json  # noqa: E402
-from gpt_scratch.lora import target_names  # noqa: E402
+from gpt_scratch.lora import lora_scale, target_names  # noqa: E402
 from gpt_scratch.measured import command_line  # noqa: E402
 from gpt_scratch.hardware import measured_on  # noqa: E402
 from gpt_scratch.pipeline import stage_train_config  # noqa: E402
@@ -76,6 +76,7 @@ GROUPS: dict[str, dict[str, dict]] = {
     "lora+": {  # B's learning rate 16 times A's (LoRA+); A at the given rate
         "r16-plus16": lora(16, 7.5e-4, lora_plus_ratio=16.0),
         "r16-plus16-lr1.5e-3": lora(16, 1.5e-3, lora_plus_ratio=16.0),
+        "r16-plus16-lr3e-3": lora(16, 3e-3, lora_plus_ratio=16.0),
         "r8-plus16": lora(8, 7.5e-4, lora_plus_ratio=16.0),
         "r16-plus16+head": lora(16, 7.5e-4, lora_plus_ratio=16.0, lora_targets=["attn", "mlp", "head"]),
     },
@@ -84,6 +85,27 @@ GROUPS: dict[str, dict[str, dict]] = {
     "capacity": {"full-n2500": {"lr": 1e-3, "n_train": 2500}, "r1-n2500": lora(1, 1e-2, n_train=2500),
                  "r16-n2500": lora(16, 3e-3, n_train=2500)},
     "replay": {"r16-replay0": lora(16, 3e-3, replay=0), "full-replay0": {"lr": 1e-3, "replay": 0}},
+    "batch": {  # 64 examples a step for a quarter of the steps: the same examples, four times fewer updates
+        "full-b64-lr1e-3": {"lr": 1e-3, "batch_size": 64, "max_steps": 800},
+        "full-b64-lr3e-3": {"lr": 3e-3, "batch_size": 64, "max_steps": 800},
+        "full-b64-lr1e-2": {"lr": 1e-2, "batch_size": 64, "max_steps": 800},
+        "r16-b64-lr3e-3": lora(16, 3e-3, batch_size=64, max_steps=800),
+        "r16-b64-lr1e-2": lora(16, 1e-2, batch_size=64, max_steps=800),
+        "r16-b64-lr3e-2": lora(16, 3e-2, batch_size=64, max_steps=800),
+    },
+    "alpha": {  # the scale of B A: alpha / r (alpha = 2r above), rsLoRA's alpha / sqrt(r), or a fixed alpha / r;
+        # at rank 16 all three give 2, so the ranks group's r16 rows are every rule's rank-16 row
+        "r4-rslora-lr3e-3": lora(4, 3e-3, lora_rslora=True, lora_alpha=8.0),
+        "r4-rslora-lr1e-2": lora(4, 1e-2, lora_rslora=True, lora_alpha=8.0),
+        "r64-rslora-lr1e-3": lora(64, 1e-3, lora_rslora=True, lora_alpha=8.0),
+        "r64-rslora-lr3e-3": lora(64, 3e-3, lora_rslora=True, lora_alpha=8.0),
+        "r4-alpha32-lr1e-3": lora(4, 1e-3, lora_alpha=32.0),
+        "r4-alpha32-lr3e-3": lora(4, 3e-3, lora_alpha=32.0),
+        "r4-alpha32-lr1e-2": lora(4, 1e-2, lora_alpha=32.0),
+        "r64-alpha32-lr1e-3": lora(64, 1e-3, lora_alpha=32.0),
+        "r64-alpha32-lr3e-3": lora(64, 3e-3, lora_alpha=32.0),
+        "r64-alpha32-lr1e-2": lora(64, 1e-2, lora_alpha=32.0),
+    },
 }
 VARIANTS = {name: changes for group in GROUPS.values() for name, changes in group.items()}
 TUNING_FIELDS = {field.name for field in fields(Tuning)}  # what a variant may change of what trains
@@ -144,8 +166,13 @@ def pretraining_text_batches(run: Path, block_size: int) -> list:
     return TokenWindows(val_ids, block_size, 16).evenly_spaced_batches(8)
 
 
+def tuning_of(changes: dict) -> Tuning:
+    """The Tuning (LoRA's settings, or full fine-tuning) of a variant."""
+    return Tuning(**{k: v for k, v in changes.items() if k in TUNING_FIELDS})
+
+
 def train_variant(changes: dict, folder: Path, run: Path, preset: str, quiet: bool) -> dict:
-    tuning = Tuning(**{k: v for k, v in changes.items() if k in TUNING_FIELDS})
+    tuning = tuning_of(changes)
     replay = changes.get("replay", PRESETS[preset]["sft"]["replay"])
     return sft(run / "pretrain", run / "data", folder, train_config(changes, preset), resume=True, quiet=quiet,
                tuning=tuning, score_before=False, n_train=changes.get("n_train"), replay=replay,
@@ -233,8 +260,38 @@ def best_rows(rows: list[dict]) -> dict[str, dict]:
     return dict(sorted(best.items(), key=lambda item: rank_order(item[0])))
 
 
+def alpha_rule(changes: dict) -> str:
+    """How a LoRA variant scales B A: "alpha = 2r" (the course's rule), "rsLoRA, alpha 8" or "alpha 32"."""
+    if changes.get("lora_rslora"):
+        return f"rsLoRA, alpha {changes['lora_alpha']:g}"
+    return f"alpha {changes['lora_alpha']:g}" if "lora_alpha" in changes else "alpha = 2r"
+
+
+def draw_alpha_rules(rows: list[dict], folder: Path) -> None:
+    """alpha_rules.png: accuracy against the learning rate at ranks 4 and 64 under each rule for alpha."""
+    panels = []
+    for rank in (4, 64):
+        curves = {}
+        for row in rows:
+            if row["changes"].get("lora_rank") == rank and row["variant"] in {**GROUPS["ranks"], **GROUPS["alpha"]}:
+                rule = f"{alpha_rule(row['changes'])} (scale {lora_scale_of(row['changes']):g})"
+                curves.setdefault(rule, []).append((row["lr"], row["accuracy_after"]))
+        lines = [(rule, [lr for lr, _ in sorted(points)],
+                  [acc for _, acc in sorted(points)], "o-") for rule, points in curves.items()]
+        panels.append({"ylabel": f"held-out accuracy, rank {rank}", "lines": lines, "ylim": (0, 1.05), "xscale": "log"})
+    plot_curves(panels, folder / "alpha_rules.png", "peak learning rate (log)",
+                "the rule for alpha moves the best learning rate")
+
+
+def lora_scale_of(changes: dict) -> float:
+    """The scale of B A in a LoRA variant: alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
+    tuning = tuning_of(changes)
+    return lora_scale(tuning.lora_rank, tuning.alpha, tuning.lora_rslora)
+
+
 def draw(rows: list[dict], folder: Path) -> None:
-    """accuracy_vs_trainable.png (with the capacity panel) and lr_curves.png from the study's rows."""
+    """accuracy_vs_trainable.png (with the capacity panel), lr_curves.png and, with the alpha group's rows,
+    alpha_rules.png from the study's rows."""
     folder.mkdir(parents=True, exist_ok=True)
     best = best_rows(rows)
     lora_best = [row for name, row in best.items() if name != "full"]
@@ -270,6 +327,15 @@ def draw(rows: list[dict], folder: Path) -> None:
     plot_curves([{"ylabel": "held-out accuracy", "lines": lr_lines, "ylim": (0, 1.05), "xscale": "log"},
                  {"ylabel": "loss on the pretraining text", "lines": forgetting, "xscale": "log", "ylim": (0, None)}],
                 folder / "lr_curves.png", "peak learning rate (log)", "accuracy and forgetting against the learning rate")
+    if any(row["variant"] in GROUPS["alpha"] for row in rows):
+        draw_alpha_rules(rows, folder)
+
+
+def settings_shown(changes: dict, preset: str) -> dict:
+    """The settings a variant trained with that its tables show: learning rate, batch size, LoRA's scale."""
+    cfg = train_config(changes, preset)
+    scale = lora_scale_of(changes) if "lora_rank" in changes else None
+    return {"lr": cfg.lr, "batch_size": cfg.batch_size, "lora_scale": scale}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_ablation(chosen, lambda changes, folder: train_variant(changes, folder, run, preset, args.quiet), out,
                         quiet=args.quiet)
     rows = [{**row, **add_forgetting_and_stopping(out / row["variant"], run, batches, base_loss),
-             "lr": train_config(row["changes"], preset).lr} for row in rows]
+             **settings_shown(row["changes"], preset)} for row in rows]
     write_json(out / "results.json", {**json.loads((out / "results.json").read_text()), "rows": rows})
     print(f"preset {preset}; loss on the pretraining text before fine-tuning: {base_loss:.3f}")
     print(markdown_table(rows, COLUMNS))
