@@ -43,12 +43,10 @@ from gpt_scratch.lora import lora_scale, target_names  # noqa: E402
 from gpt_scratch.measured import command_line  # noqa: E402
 from gpt_scratch.hardware import measured_on  # noqa: E402
 from gpt_scratch.pipeline import stage_train_config  # noqa: E402
-from gpt_scratch.plots import plot_curves, plot_labelled_points  # noqa: E402
+from gpt_scratch.plots import plot_curves  # noqa: E402
 from gpt_scratch.presets import PRESETS  # noqa: E402
 from gpt_scratch.sft import Tuning, sft  # noqa: E402
 from gpt_scratch.train import TrainConfig, evaluate_loss  # noqa: E402
-
-RANKS = (1, 4, 8, 16, 64)
 
 
 def lora(rank: int, lr: float, **changes) -> dict:
@@ -61,11 +59,13 @@ def lora(rank: int, lr: float, **changes) -> dict:
 # bracket its best one (the U-curves); the other groups use a rank's best measured rate.
 GROUPS: dict[str, dict[str, dict]] = {
     "ranks": {
-        "full-lr1e-3": {"lr": 1e-3}, "full-lr3e-3": {"lr": 3e-3},
+        "full-lr1e-3": {"lr": 1e-3}, "full-lr3e-3": {"lr": 3e-3}, "full-lr1e-2": {"lr": 1e-2},
         "r1-lr1e-2": lora(1, 1e-2), "r1-lr3e-2": lora(1, 3e-2),
-        "r4-lr3e-3": lora(4, 3e-3), "r4-lr1e-2": lora(4, 1e-2),
-        "r8-lr3e-3": lora(8, 3e-3), "r8-lr1e-2": lora(8, 1e-2),
+        "r2-lr1e-2": lora(2, 1e-2), "r2-lr3e-2": lora(2, 3e-2),
+        "r4-lr3e-3": lora(4, 3e-3), "r4-lr1e-2": lora(4, 1e-2), "r4-lr3e-2": lora(4, 3e-2),
+        "r8-lr3e-3": lora(8, 3e-3), "r8-lr1e-2": lora(8, 1e-2), "r8-lr3e-2": lora(8, 3e-2),
         "r16-lr1e-3": lora(16, 1e-3), "r16-lr3e-3": lora(16, 3e-3), "r16-lr1e-2": lora(16, 1e-2),
+        "r32-lr1e-3": lora(32, 1e-3), "r32-lr3e-3": lora(32, 3e-3),
         "r64-lr1e-3": lora(64, 1e-3), "r64-lr3e-3": lora(64, 3e-3),
     },
     "targets": {
