@@ -112,3 +112,18 @@ def test_the_end_of_text_loss_scores_the_token_that_closes_each_answer(run):
             logits = model.eval()(torch.tensor([example.ids[:-1]]))[0, -1]
         expected.append(-torch.log_softmax(logits.float(), -1)[tokenizer.eot_id].item())
     assert study.end_of_text_loss(model, tokenizer, records) == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+
+
+def test_the_alpha_rules_figure_draws_one_curve_per_rule_at_ranks_4_and_64(tmp_path, monkeypatch):
+    names = [n for n in {**study.GROUPS["ranks"], **study.GROUPS["alpha"]} if n.startswith(("r4-", "r64-"))]
+    rows = [{"variant": n, "changes": study.VARIANTS[n], "lr": study.VARIANTS[n]["lr"], "accuracy_after": 0.5}
+            for n in names]
+    drawn = []
+    monkeypatch.setattr(study, "plot_curves", lambda panels, path, *args: drawn.append((panels, path)))
+    study.draw_alpha_rules(rows, tmp_path)
+    [(panels, path)] = drawn
+    assert path == tmp_path / "alpha_rules.png"
+    labels = [[label for label, *_ in panel["lines"]] for panel in panels]
+    assert labels == [["alpha = 2r (scale 2)", "rsLoRA, alpha 8 (scale 4)", "alpha 32 (scale 8)"],
+                      ["alpha = 2r (scale 2)", "rsLoRA, alpha 8 (scale 1)", "alpha 32 (scale 0.5)"]]
+    assert [len(xs) for _, xs, _, _ in panels[0]["lines"]] == [3, 2, 3]  # rank 4's learning rates under each rule
