@@ -23,8 +23,7 @@ Two variants of the field, each one switch:
   The rsLoRA paper argues that with alpha / r the update of a larger rank learns ever more slowly
   and that alpha / sqrt(r) keeps how fast it learns about the same at any rank; with Adam, chapter 7's
   study finds the best learning rate at ranks 4 and 64 the same with a fixed alpha, and about the
-  same with rsLoRA.
-  Example: r = 4, alpha = 8: scale 2 -> 4.
+  same with rsLoRA. Example: r = 4, alpha = 8: scale 2 -> 4.
 - LoRA+ (Hayou et al. 2024; peft's loraplus_lr_ratio): B learns at plus_ratio times A's learning
   rate (the paper suggests 16). add_lora marks every LoRA layer with the ratio, and
   parameter_groups puts each lora_B in a param group whose "lr_ratio" is that ratio: the training

@@ -97,7 +97,8 @@ class Tuning(LoRASettings):
 def preset_lora(preset: str) -> Tuning:
     """The LoRA stage of a preset (PRESETS[preset]["lora"]: its rank, targets and LoRA+ ratio) as a Tuning."""
     lora = PRESETS[preset]["lora"]
-    return Tuning(lora_rank=lora["rank"], lora_targets=list(lora["targets"]), lora_plus_ratio=lora.get("plus_ratio", 1.0))
+    return Tuning(lora_rank=lora["rank"], lora_targets=list(lora["targets"]),
+                  lora_plus_ratio=lora.get("plus_ratio", 1.0))
 
 
 def replay_windows(tokenizer: Tokenizer, corpus: str | Path | None, block_size: int, per_step: int,

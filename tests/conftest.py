@@ -33,3 +33,13 @@ def tiny_model():
 
     torch.manual_seed(0)
     return GPT(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_main_job(tmp_path_factory):
+    """The main job on the tiny preset (data, pretrained, SFT, LoRA, reward, ... models) for a module's tests."""
+    from gpt_scratch.cli import main as cli_main
+
+    folder = tmp_path_factory.mktemp("tiny_main_job") / "run"
+    assert cli_main(["run", "--preset", "tiny", "--out", str(folder), "--quiet"]) == 0
+    return folder

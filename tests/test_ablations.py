@@ -1,32 +1,18 @@
 """The ablation scripts of chapters 8-11 (exercises/chNN/ablations.py) on a tiny main-job run: every variant
 reaches its stage with the setting it names, finished variants are reused, bad flags exit 2 with one line."""
 
-import importlib.util
 import json
 
 import pytest
 
 from gpt_scratch.ablation import lookup, markdown_table
-from gpt_scratch.cli import main as cli_main
-from tiny import REPO
+from tiny import load_script
 
 SCRIPTS = {8: "ch08/ablations.py", 9: "ch09/ablations.py", 10: "ch10/ablations.py", 11: "ch11/ablations.py"}
 
 
 def load(chapter: int):
-    path = REPO / "exercises" / SCRIPTS[chapter]
-    spec = importlib.util.spec_from_file_location(f"ablations_ch{chapter:02d}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The main job on the tiny preset: data, SFT and reward models for the scripts to start from."""
-    folder = tmp_path_factory.mktemp("ablations") / "run"
-    assert cli_main(["run", "--preset", "tiny", "--out", str(folder), "--quiet"]) == 0
-    return folder
+    return load_script(f"exercises/{SCRIPTS[chapter]}", f"ablations_ch{chapter:02d}")
 
 
 def test_a_markdown_table_reads_nested_keys_and_shows_missing_values_as_a_dash():
@@ -47,10 +33,10 @@ CHANGED = {
 
 
 @pytest.mark.parametrize("chapter", sorted(SCRIPTS))
-def test_each_variant_trains_its_setting_and_a_finished_variant_is_reused(chapter, run, tmp_path, capsys):
+def test_each_variant_trains_its_setting_and_a_finished_variant_is_reused(chapter, tiny_main_job, tmp_path, capsys):
     variants, read, expected = CHANGED[chapter]
     script, out = load(chapter), tmp_path / "out"
-    argv = ["--run", str(run), "--out", str(out), "--variants", *variants, "--steps", "1", "--quiet"]
+    argv = ["--run", str(tiny_main_job), "--out", str(out), "--variants", *variants, "--steps", "1", "--quiet"]
     argv += [] if chapter == 8 else ["--n-eval", "8"]
     assert script.main(argv) == 0
     table = capsys.readouterr().out
@@ -68,13 +54,13 @@ def test_each_variant_trains_its_setting_and_a_finished_variant_is_reused(chapte
 
 
 @pytest.mark.parametrize("chapter", sorted(SCRIPTS))
-def test_bad_flags_exit_2_with_one_line(chapter, run, tmp_path, capsys):
+def test_bad_flags_exit_2_with_one_line(chapter, tiny_main_job, tmp_path, capsys):
     script = load(chapter)
     for argv, flag in ((["--run", str(tmp_path / "nowhere")], "--run"), (["--variants", "default", "default"], "--variants"),
                        (["--variants", "nonsense"], "--variants"), (["--steps", "0"], "--steps"),
                        (["--seed", "-1"], "--seed")):
         with pytest.raises(SystemExit) as exit_info:
-            script.main(["--run", str(run), *argv] if argv[0] != "--run" else argv)
+            script.main(["--run", str(tiny_main_job), *argv] if argv[0] != "--run" else argv)
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, (argv, err)
         assert err.startswith("ablations.py: error: "), err

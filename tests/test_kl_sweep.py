@@ -1,7 +1,6 @@
 """Chapter 9's KL sweep script (chapters/ch09_ppo/kl_sweep.py): its helpers, its flags, a tiny sweep."""
 
 import copy
-import importlib.util
 import json
 
 import pytest
@@ -11,11 +10,9 @@ from gpt_scratch.checkpoint import save_checkpoint
 from gpt_scratch.heads import GPTWithHead
 from gpt_scratch.model import GPT, GPTConfig
 from gpt_scratch.tokenizer import Tokenizer
-from tiny import REPO, write_yes_data
+from tiny import load_script, write_yes_data
 
-spec = importlib.util.spec_from_file_location("kl_sweep", REPO / "chapters" / "ch09_ppo" / "kl_sweep.py")
-kl_sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kl_sweep)
+kl_sweep = load_script("chapters/ch09_ppo/kl_sweep.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,13 @@
 """Chapter 7's LoRA study (chapters/ch07_lora/lora_study.py): its variants, its flags, a tiny run, the truncation."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from gpt_scratch.cli import main as cli_main
-from tiny import REPO
+from tiny import load_script
 
-spec = importlib.util.spec_from_file_location("lora_study", REPO / "chapters" / "ch07_lora" / "lora_study.py")
-study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The main job on the tiny preset: its data, pretrained model and SFT model."""
-    folder = tmp_path_factory.mktemp("lora_study") / "run"
-    assert cli_main(["run", "--preset", "tiny", "--out", str(folder), "--quiet"]) == 0
-    return folder
+study = load_script("chapters/ch07_lora/lora_study.py")
 
 
 def test_every_variant_is_named_once_and_lora_variants_train_without_weight_decay():
@@ -56,9 +44,9 @@ def test_truncated_keeps_the_top_singular_directions():
     assert torch.allclose(study.truncated(matrix, 3), matrix)
 
 
-def test_a_tiny_study_writes_its_rows_with_the_forgetting_and_reuses_finished_variants(run, tmp_path, capsys):
+def test_a_tiny_study_writes_its_rows_with_the_forgetting_and_reuses_finished_variants(tiny_main_job, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["--run", str(run), "--out", str(out), "--variants", "full-lr1e-3", "r1-lr1e-2", "--quiet",
+    argv = ["--run", str(tiny_main_job), "--out", str(out), "--variants", "full-lr1e-3", "r1-lr1e-2", "--quiet",
             "--plots", str(tmp_path / "plots")]
     assert study.main(argv) == 0
     table = capsys.readouterr().out
@@ -79,9 +67,9 @@ def test_a_tiny_study_writes_its_rows_with_the_forgetting_and_reuses_finished_va
     assert (out / "r1-lr1e-2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == written
 
 
-def test_the_whole_update_of_full_fine_tuning_gives_back_the_sft_model(run, tmp_path):
-    rows = study.truncation_study(run, ranks=(1, 4))
-    sft_accuracy = json.loads((run / "sft" / "metrics.json").read_text())["accuracy_after"]
+def test_the_whole_update_of_full_fine_tuning_gives_back_the_sft_model(tiny_main_job, tmp_path):
+    rows = study.truncation_study(tiny_main_job, ranks=(1, 4))
+    sft_accuracy = json.loads((tiny_main_job / "sft" / "metrics.json").read_text())["accuracy_after"]
     whole = next(r for r in rows if r["rank"] is None and r["other_changes"])
     assert whole["accuracy"] == pytest.approx(sft_accuracy, abs=1e-4) and whole["norm_share"] == 1.0
     shares = [r["norm_share"] for r in rows if r["rank"] is not None and r["other_changes"]]
@@ -99,12 +87,12 @@ def test_bad_flags_exit_2_with_one_line(capsys, argv, flag):
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
 
 
-def test_the_end_of_text_loss_scores_the_token_that_closes_each_answer(run):
+def test_the_end_of_text_loss_scores_the_token_that_closes_each_answer(tiny_main_job):
     from gpt_scratch.checkpoint import load_stage_checkpoint
     from gpt_scratch.data import encode_records
     from gpt_scratch.evaluate import load_split
-    model, tokenizer, _ = load_stage_checkpoint(run / "sft", device=torch.device("cpu"))
-    records = load_split(run / "data", "val", 5)
+    model, tokenizer, _ = load_stage_checkpoint(tiny_main_job / "sft", device=torch.device("cpu"))
+    records = load_split(tiny_main_job / "data", "val", 5)
     expected = []
     for example in encode_records(tokenizer, records, "chat", model.config.block_size, quiet=True):
         assert example.ids[-1] == tokenizer.eot_id  # the answer ends with its end-of-text

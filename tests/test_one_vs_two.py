@@ -1,15 +1,12 @@
 """The DDP appendix's script (chapters/appendix_ddp/one_vs_two.py): its flags and a tiny run."""
 
-import importlib.util
 import json
 
 import pytest
 
-from tiny import REPO
+from tiny import load_script
 
-spec = importlib.util.spec_from_file_location("one_vs_two", REPO / "chapters" / "appendix_ddp" / "one_vs_two.py")
-one_vs_two = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(one_vs_two)
+one_vs_two = load_script("chapters/appendix_ddp/one_vs_two.py")
 
 
 @pytest.mark.parametrize("argv, flag", [

@@ -1,16 +1,13 @@
 """Chapter 12's side-by-side script (chapters/ch12_modern/side_by_side.py): its layouts, its flags, a tiny run."""
 
-import importlib.util
 import json
 
 import pytest
 
 from gpt_scratch.model import GPTConfig
-from tiny import REPO, write_world_corpus, write_yes_data
+from tiny import load_script, write_world_corpus, write_yes_data
 
-spec = importlib.util.spec_from_file_location("side_by_side", REPO / "chapters" / "ch12_modern" / "side_by_side.py")
-side_by_side = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(side_by_side)
+side_by_side = load_script("chapters/ch12_modern/side_by_side.py")
 
 
 @pytest.fixture(scope="module")

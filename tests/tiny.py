@@ -1,5 +1,6 @@
 """Tiny configs shared by the tests: models of a few thousand parameters keep the suite fast."""
 
+import importlib.util
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -19,6 +20,14 @@ from gpt_scratch.world.corpus import build_world, generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_TIKTOKEN = REPO.parent / "shared" / "data" / "gpt2.tiktoken"  # reference data beside the clone
+
+
+def load_script(path: str, name: str | None = None):
+    """A chapter's or an exercise's script (a path under the repository) imported as a module, for its tests."""
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> GPTConfig:
